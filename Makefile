@@ -1,0 +1,38 @@
+# One entry point for humans and CI. `make demo` and `make test` are the two commands in the README.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+
+.PHONY: install install-torch cluster-bin lint test test-fast demo bench crds help
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+install: ## install the package with every extra but torch, plus dev tools
+	$(PIP) install -q -U pip
+	$(PIP) install -q -e ".[all,dev]"
+
+install-torch: ## install PyTorch (large; once per machine)
+	$(PYTHON) -c "import torch, torchvision" 2>/dev/null || $(PIP) install -q -e ".[torch]"
+
+cluster-bin: ## build (or find cached) kube-apiserver, etcd, kwok, helm, kubectl from Go modules
+	bash hack/build-cluster-bins.sh
+
+lint: ## ruff, mypy, import-linter
+	ruff check .
+	mypy
+	lint-imports
+
+test: lint cluster-bin ## everything CI runs: lint, then the whole test suite on a real control plane
+	$(PYTHON) -m pytest -q
+
+test-fast: ## the suite without the control-plane tests
+	$(PYTHON) -m pytest -q -m "not cluster"
+
+demo: ## train + register the FAQ model in a temp registry, fetch it, serve it, ask it a question
+	bash examples/faq-matching/demo.sh
+
+bench: ## side-by-side benchmark (this runtime vs MLServer vs AML inference server; batching on/off)
+	$(PYTHON) bench/run.py
+
+crds: ## regenerate crds/ from the pydantic spec models
+	$(PYTHON) -m scoring_operator.crdgen

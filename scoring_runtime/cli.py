@@ -1,0 +1,158 @@
+"""`scoring`: one CLI for the registry, the init container's fetch, and the model server."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from scoring_runtime.registry import RegistryError, open_registry
+from scoring_runtime.registry.local import LocalFileRegistry
+
+REGISTRY_HELP = "registry: a directory, file:///abs/root, or azureml://... (env SCORING_REGISTRY)"
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Errors are one clear line on stderr plus a non-zero exit code."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+class _Progress:
+    """A throttled one-line progress report on stderr (only on a terminal, or every 5 s otherwise)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, done: int, total: int, current: str) -> None:
+        now = time.monotonic()
+        if done < total and now - self.last < (0.2 if self.tty else 5.0):
+            return
+        self.last = now
+        pct = 100.0 * done / total if total else 100.0
+        line = f"{self.label}: {done / 1e6:8.1f}/{total / 1e6:.1f} MB ({pct:5.1f}%) {current}"
+        if self.tty:
+            click.echo("\r" + line[:120].ljust(120), err=True, nl=False)
+            self.shown = True
+        else:
+            click.echo(line, err=True)
+
+    def close(self) -> None:
+        if self.shown:
+            click.echo("", err=True)
+
+
+def _registry_cmd(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--registry", "registry", envvar="SCORING_REGISTRY", required=True, help=REGISTRY_HELP)(fn)
+
+
+def _local(uri: str) -> LocalFileRegistry:
+    reg = open_registry(uri)
+    if not isinstance(reg, LocalFileRegistry):
+        fail(f"{uri}: this command only works on a local file registry")
+    return reg
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="scoring-operator")
+def main() -> None:
+    """Register, fetch and serve scoring models."""
+
+
+@main.command()
+@_registry_cmd
+@click.option("--name", required=True, help="model name (lowercase letters, digits, . _ -)")
+@click.option("--path", "path", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="directory with the artifacts and a model.json (framework, task, flavour)")
+@click.option("--no-latest", is_flag=True, help="do not move the `latest` label to the new version")
+def register(registry: str, name: str, path: Path, no_latest: bool) -> None:
+    """Register DIR as the next version of NAME; prints the new version number."""
+    reg = _local(registry)
+    progress = _Progress(f"register {name}")
+    try:
+        manifest = reg.register(name, path, progress=progress, set_latest=not no_latest)
+    except (RegistryError, ValueError, OSError) as e:
+        progress.close()
+        fail(str(e))
+    progress.close()
+    click.echo(str(manifest.version))
+
+
+@main.command()
+@_registry_cmd
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def models(registry: str, name: str | None, as_json: bool) -> None:
+    """List models, or the versions and labels of NAME."""
+    reg = open_registry(registry)
+    try:
+        names = [name] if name else reg.list_models()
+        rows = [v for n in names for v in reg.list_versions(n)]
+    except RegistryError as e:
+        fail(str(e))
+    if as_json:
+        click.echo(json.dumps([r.__dict__ for r in rows], indent=2, default=list))
+        return
+    if not rows:
+        click.echo("(no models)")
+        return
+    click.echo(f"{'NAME':<24} {'VERSION':>7}  {'FRAMEWORK':<9} {'TASK':<22} {'CREATED':<26} LABELS")
+    for r in rows:
+        click.echo(
+            f"{r.name:<24} {r.version:>7}  {r.framework:<9} {r.task:<22} {r.created[:26]:<26} {','.join(r.labels)}"
+        )
+
+
+@main.command()
+@_registry_cmd
+@click.option("--name", required=True)
+@click.option("--label", required=True, help="label to set, e.g. latest or prod")
+@click.option("--version", type=int, required=True, help="version the label points at")
+def label(registry: str, name: str, label: str, version: int) -> None:
+    """Point LABEL at VERSION (moving `latest` back is a rollback)."""
+    reg = _local(registry)
+    try:
+        reg.set_label(name, label, version)
+    except RegistryError as e:
+        fail(str(e))
+    click.echo(f"{name}: {label} -> {version}")
+
+
+@main.command()
+@_registry_cmd
+@click.option("--name", required=True)
+@click.option("--version", type=int, default=None, help="pinned version")
+@click.option("--label", default=None, help="label to resolve (default: latest)")
+@click.option("--dest", required=True, type=click.Path(path_type=Path), help="empty directory to fetch into")
+def fetch(registry: str, name: str, version: int | None, label: str | None, dest: Path) -> None:
+    """Fetch a model version into DEST and verify every sha256 (the scoring pod's init container)."""
+    if version is not None and label is not None:
+        fail("give --version or --label, not both")
+    if version is None and label is None:
+        label = "latest"
+    reg = open_registry(registry)
+    progress = _Progress(f"fetch {name}")
+    try:
+        resolved = reg.resolve(name, version=version, label=label)
+        manifest = reg.fetch(resolved.name, resolved.version, dest, progress=progress)
+    except (RegistryError, OSError, ValueError) as e:
+        progress.close()
+        fail(str(e))
+    progress.close()
+    click.echo(
+        f"fetched {manifest.name} version {manifest.version} ({resolved.resolved_from}) "
+        f"into {dest}: {len(manifest.files)} files verified",
+        err=True,
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,309 @@
+"""The local file registry: the embedded default, needing no cloud.
+
+Layout::
+
+    <root>/<name>/<version>/model.json   manifest (name, version, framework, task, files + sha256 ...)
+    <root>/<name>/<version>/...          the artifacts
+    <root>/<name>/labels.json            {"latest": 3, "prod": 2}
+    <root>/<name>/.lock                  flock(2) target serialising version allocation
+    <root>/<name>/.staging-*/            registrations in progress (never listed)
+
+A version directory only ever appears by an atomic rename of a complete staging directory, so a
+half-copied model is never visible; the rename happens under an exclusive lock, so two concurrent
+registrations of one name cannot get the same version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from scoring_runtime.manifest import (
+    MANIFEST_FILE,
+    FileEntry,
+    ModelManifest,
+    ModelSource,
+    artifact_files,
+    sha256_file,
+    validate_model_name,
+)
+from scoring_runtime.registry.base import ModelRegistry, ModelVersionInfo, Progress
+from scoring_runtime.registry.errors import (
+    IntegrityError,
+    InvalidReference,
+    ModelNotFound,
+    RegistryUnavailable,
+)
+
+LABELS_FILE = "labels.json"
+_COPY_CHUNK = 1 << 20
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _copy_hashing(src: Path, dst: Path, progress: Progress | None, done: int, total: int) -> tuple[str, int]:
+    """Copy one file and hash what was actually read, so the checksum covers the bytes we wrote."""
+    import hashlib
+
+    h = hashlib.sha256()
+    size = 0
+    rel = dst.name
+    with src.open("rb") as fin, dst.open("wb") as fout:
+        while chunk := fin.read(_COPY_CHUNK):
+            h.update(chunk)
+            fout.write(chunk)
+            size += len(chunk)
+            if progress:
+                progress(done + size, total, rel)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return h.hexdigest(), size
+
+
+class LocalFileRegistry(ModelRegistry):
+    """A registry in a directory tree (a local disk, an NFS/Azure Files mount, a hostPath)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.uri = self.root.as_uri()
+
+    # ---------------------------------------------------------------- helpers
+    def _check_root(self) -> None:
+        if not self.root.is_dir():
+            raise RegistryUnavailable(
+                f"registry root {self.root} does not exist or is not a directory "
+                "(is the volume mounted? create it with `scoring register`)"
+            )
+
+    def _model_dir(self, name: str) -> Path:
+        try:
+            validate_model_name(name)
+        except ValueError as e:
+            raise InvalidReference(str(e)) from None
+        return self.root / name
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[Path]:
+        d = self._model_dir(name)
+        d.mkdir(parents=True, exist_ok=True)
+        with (d / ".lock").open("a+") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield d
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    @staticmethod
+    def _versions_in(d: Path) -> list[int]:
+        return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def _read_labels(self, d: Path) -> dict[str, int]:
+        try:
+            raw = json.loads((d / LABELS_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        return {str(k): int(v) for k, v in raw.items()}
+
+    # ---------------------------------------------------------------- reads
+    def list_models(self) -> list[str]:
+        self._check_root()
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+            and self._versions_in(p)
+        )
+
+    def list_versions(self, name: str) -> list[ModelVersionInfo]:
+        self._check_root()
+        d = self._model_dir(name)
+        if not d.is_dir() or not self._versions_in(d):
+            raise ModelNotFound(f"model {name!r} not found in registry {self.uri}")
+        labels = self._read_labels(d)
+        out = []
+        for v in self._versions_in(d):
+            m = self.get_manifest(name, v)
+            out.append(
+                ModelVersionInfo(
+                    name=name,
+                    version=v,
+                    labels=tuple(sorted(k for k, lv in labels.items() if lv == v)),
+                    created=m.created.isoformat(),
+                    framework=m.framework,
+                    task=m.task,
+                )
+            )
+        return out
+
+    def labels(self, name: str) -> dict[str, int]:
+        self._check_root()
+        d = self._model_dir(name)
+        if not d.is_dir():
+            raise ModelNotFound(f"model {name!r} not found in registry {self.uri}")
+        return self._read_labels(d)
+
+    def get_manifest(self, name: str, version: int) -> ModelManifest:
+        self._check_root()
+        path = self._model_dir(name) / str(version) / MANIFEST_FILE
+        try:
+            return ModelManifest.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            raise ModelNotFound(f"model {name!r} version {version} not found in registry {self.uri}") from None
+
+    # ---------------------------------------------------------------- writes
+    def register(
+        self,
+        name: str,
+        src: str | Path,
+        progress: Progress | None = None,
+        set_latest: bool = True,
+    ) -> ModelManifest:
+        """Copy `src` (a directory with a `model.json` source manifest) in as the next version."""
+        src = Path(src)
+        validate_model_name(name)
+        source_path = src / MANIFEST_FILE
+        if not source_path.is_file():
+            raise FileNotFoundError(
+                f"{source_path} not found: a model directory needs a model.json with at least "
+                '{"framework": "sklearn", "task": "..."}'
+            )
+        source = ModelSource.model_validate_json(source_path.read_bytes())
+        files = artifact_files(src)
+        if not files:
+            raise ValueError(f"{src} holds no artifact files besides model.json")
+        self.root.mkdir(parents=True, exist_ok=True)
+        d = self._model_dir(name)
+        d.mkdir(exist_ok=True)
+        staging = d / f".staging-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            total = sum(f.stat().st_size for f in files)
+            done = 0
+            entries = []
+            for f in files:
+                rel = f.relative_to(src)
+                dst = staging / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                digest, size = _copy_hashing(f, dst, progress, done, total)
+                done += size
+                entries.append(FileEntry(path=rel.as_posix(), sha256=digest, size=size))
+            with self._locked(name):
+                existing = self._versions_in(d)
+                version = (existing[-1] if existing else 0) + 1
+                manifest = ModelManifest(
+                    name=name,
+                    version=version,
+                    framework=source.framework,
+                    task=source.task,
+                    description=source.description,
+                    files=entries,
+                    flavour=source.flavour,
+                    metrics=source.metrics,
+                    source=f"{self.uri}#{name}/{version}",
+                )
+                _write_atomic(staging / MANIFEST_FILE, manifest.to_json())
+                _fsync_dir(staging)
+                os.rename(staging, d / str(version))
+                _fsync_dir(d)
+                if set_latest:
+                    labels = self._read_labels(d)
+                    labels["latest"] = version
+                    _write_atomic(d / LABELS_FILE, json.dumps(labels, indent=2, sort_keys=True) + "\n")
+            return manifest
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def set_label(self, name: str, label: str, version: int) -> None:
+        """Point `label` at `version` (moving `latest` back is how a rollback is done)."""
+        if not label or not all(c.isalnum() or c in "-_." for c in label):
+            raise InvalidReference(f"invalid label {label!r}: use letters, digits, '-', '_' or '.'")
+        self.get_manifest(name, version)
+        with self._locked(name) as d:
+            labels = self._read_labels(d)
+            labels[label] = version
+            _write_atomic(d / LABELS_FILE, json.dumps(labels, indent=2, sort_keys=True) + "\n")
+
+    def remove_label(self, name: str, label: str) -> None:
+        with self._locked(name) as d:
+            labels = self._read_labels(d)
+            labels.pop(label, None)
+            _write_atomic(d / LABELS_FILE, json.dumps(labels, indent=2, sort_keys=True) + "\n")
+
+    # ---------------------------------------------------------------- fetch
+    def fetch(self, name: str, version: int, dest: Path, progress: Progress | None = None) -> ModelManifest:
+        manifest = self.get_manifest(name, version)
+        src = self._model_dir(name) / str(version)
+        return copy_verified(manifest, src, Path(dest), progress)
+
+
+def prepare_dest(dest: Path) -> None:
+    """`dest` may exist (a mounted emptyDir) but must be empty, so stale files never mix in."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if any(dest.iterdir()):
+        raise FileExistsError(f"destination {dest} is not empty; fetch into an empty directory")
+
+
+def verify_file(entry: FileEntry, path: Path) -> None:
+    size = path.stat().st_size
+    if size != entry.size:
+        raise IntegrityError(f"{entry.path}: size {size} does not match the manifest's {entry.size}")
+    digest = sha256_file(path)
+    if digest != entry.sha256:
+        raise IntegrityError(
+            f"{entry.path}: sha256 {digest} does not match the manifest's {entry.sha256}; "
+            "the stored artifact is corrupt or was tampered with"
+        )
+
+
+def copy_verified(manifest: ModelManifest, src: Path, dest: Path, progress: Progress | None) -> ModelManifest:
+    """Copy the manifest's files from `src` to `dest`, checking each sha256; manifest written last.
+
+    On any mismatch everything copied is removed again, so a failed fetch leaves `dest` empty and
+    the init container fails loudly instead of a pod serving a corrupt model.
+    """
+    prepare_dest(dest)
+    total = sum(e.size for e in manifest.files)
+    done = 0
+    try:
+        for entry in manifest.files:
+            s = src / entry.path
+            if not s.is_file():
+                raise IntegrityError(f"{entry.path}: listed in the manifest but missing from {src}")
+            d = dest / entry.path
+            d.parent.mkdir(parents=True, exist_ok=True)
+            digest, size = _copy_hashing(s, d, progress, done, total)
+            done += size
+            if size != entry.size or digest != entry.sha256:
+                raise IntegrityError(
+                    f"{entry.path}: sha256 {digest} ({size} bytes) does not match the manifest's "
+                    f"{entry.sha256} ({entry.size} bytes); the stored artifact is corrupt or was tampered with"
+                )
+        _write_atomic(dest / MANIFEST_FILE, manifest.to_json())
+    except BaseException:
+        for child in list(dest.iterdir()):
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+        raise
+    return manifest

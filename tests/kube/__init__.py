@@ -1,0 +1,1 @@
+"""Harness for a private Kubernetes control plane used by the cluster tests."""
