@@ -154,5 +154,47 @@ def fetch(registry: str, name: str, version: int | None, label: str | None, dest
     )
 
 
+@main.command()
+@click.option("--model-dir", type=click.Path(path_type=Path), help="model directory (what `scoring fetch` wrote) "
+              "[env SCORING_MODEL_DIR]")
+@click.option("--host", help="interface to bind [127.0.0.1; env SCORING_HOST]")
+@click.option("--port", type=int, help="TCP port [8080; env SCORING_PORT]")
+@click.option("--workers", type=int, help="server processes [1; env SCORING_WORKERS]")
+@click.option("--threads", type=int, help="model/parse threads per process [env SCORING_THREADS]")
+@click.option("--api-key-file", type=click.Path(path_type=Path),
+              help="file of accepted API keys, one per line [env SCORING_API_KEY_FILE]")
+@click.option("--max-body-bytes", type=int, help="largest request body [10 MiB; env SCORING_MAX_BODY_BYTES]")
+@click.option("--allow-pickle/--no-allow-pickle", default=None,
+              help="allow pickle/joblib models: they can run code! [off; env SCORING_ALLOW_PICKLE]")
+@click.option("--max-batch-size", type=int,
+              help="rows per model call; >1 enables batching [env SCORING_MAX_BATCH_SIZE]")
+@click.option("--max-batch-delay-ms", type=float, help="longest wait to fill a batch [env SCORING_MAX_BATCH_DELAY_MS]")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"],
+              case_sensitive=False), help="[info; env SCORING_LOG_LEVEL]")
+@click.option("--log-format", type=click.Choice(["json", "text"]), help="[json; env SCORING_LOG_FORMAT]")
+@click.option("--access-log/--no-access-log", default=None, help="log every request [off; env SCORING_ACCESS_LOG]")
+def serve(**options: Any) -> None:
+    """Serve a model directory over HTTP (Open Inference Protocol V2, /score, /metrics)."""
+    from pydantic import ValidationError
+
+    from scoring_runtime.server.run import ServeError
+    from scoring_runtime.server.run import serve as run_server
+    from scoring_runtime.settings import RuntimeSettings
+
+    given = {k: v for k, v in options.items() if v is not None}
+    try:
+        settings = RuntimeSettings(**given)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in e.errors()
+        )
+        fail(f"invalid serve settings: {problems} (flags or SCORING_* environment variables)")
+    try:
+        run_server(settings)
+    except ServeError as e:
+        fail(str(e))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,62 @@
+{{/* Names and labels shared by every template of the chart. */}}
+{{- define "scoring-operator.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "scoring-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "scoring-operator.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "scoring-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "scoring-operator.labels" -}}
+{{ include "scoring-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: operator
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* The least-privilege rules, shared by the ClusterRole and the per-namespace Roles. */}}
+{{- define "scoring-operator.rules" -}}
+# The ScoringModels themselves: watch them, add/remove the operator's finalizer and annotations.
+- apiGroups: ["scoring.dev"]
+  resources: ["scoringmodels"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["scoring.dev"]
+  resources: ["scoringmodels/status"]
+  verbs: ["get", "patch"]
+# Needed to set blockOwnerDeletion on children's ownerReferences.
+- apiGroups: ["scoring.dev"]
+  resources: ["scoringmodels/finalizers"]
+  verbs: ["update"]
+# Children, server-side applied. Deployments are watched for readiness; HPA/PDB are removed
+# when autoscaling or multiple replicas are turned off. No pods, no secrets, no RBAC.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "create", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "create", "patch", "delete"]
+# Kubernetes Events on ScoringModels (rollouts, readiness, failures).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}

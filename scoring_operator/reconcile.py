@@ -1,0 +1,238 @@
+"""One reconcile of one ScoringModel: resolve the version, apply children, observe, write status.
+
+Called by the kopf handlers (create/update/resume), by the per-object poller (label moves, drift
+repair) and when an owned Deployment changes. Reconciles of one object are serialized by a lock,
+so these triggers never race. Nothing here imports kopf: the handlers pass in how to post Events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from scoring_operator import metrics
+from scoring_operator import spec as api
+from scoring_operator.builders import desired_children, meta
+from scoring_operator.builders.status import (
+    Failure,
+    Observation,
+    Resolved,
+    compute_status,
+    evaluate_rollout,
+    status_patch,
+    transition_events,
+)
+from scoring_operator.config import OperatorConfig
+from scoring_operator.kube import Kube, KubeError
+from scoring_operator.resolver import Resolver
+from scoring_runtime import telemetry
+from scoring_runtime.registry import RegistryError
+
+log = logging.getLogger(__name__)
+
+#: post_event(body, type, reason, message): how Events reach Kubernetes (kopf's poster in production).
+EventSink = Callable[[Mapping[str, Any], str, str, str], None]
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class Result:
+    """What happened, for the caller's retry decision."""
+
+    phase: str
+    failure: Failure | None = None
+
+    @property
+    def retry(self) -> bool:
+        """A temporary failure: try again soon (kopf.TemporaryError / short poll)."""
+        return self.failure is not None and self.failure.retryable
+
+
+def _ref_key(ref: api.ModelRef) -> str:
+    return "version" if ref.version is not None else f"label:{ref.label}"
+
+
+def _previous(status: Mapping[str, Any], ref: api.ModelRef) -> Resolved | None:
+    """The version already served, if it still answers the current reference."""
+    prev = status.get("model") or {}
+    if prev.get("name") != ref.name or prev.get("resolvedFrom") != _ref_key(ref):
+        return None
+    if ref.version is not None and prev.get("version") != ref.version:
+        return None
+    return Resolved(name=ref.name, version=int(prev["version"]), resolved_from=str(prev["resolvedFrom"]))
+
+
+class Reconciler:
+    """Reconciles ScoringModels; one instance per operator process."""
+
+    def __init__(
+        self,
+        config: OperatorConfig,
+        kube: Kube,
+        resolver: Resolver,
+        post_event: EventSink,
+        clock: Clock = lambda: datetime.now(UTC),
+    ) -> None:
+        self.config = config
+        self.kube = kube
+        self.resolver = resolver
+        self.post_event = post_event
+        self.clock = clock
+        self.tracker = metrics.ModelTracker()
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._wakeups: dict[tuple[str, str], asyncio.Event] = {}
+        # The status this process last wrote, per object (uid, status): the operator is the only
+        # writer of status, and a handler's body can be older than our own last write.
+        self._written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+
+    # ------------------------------------------------------------------ poller coordination
+    def wakeup(self, key: tuple[str, str]) -> asyncio.Event:
+        """The event the poller of `key` waits on; set it to reconcile `key` early."""
+        return self._wakeups.setdefault(key, asyncio.Event())
+
+    def wake(self, key: tuple[str, str]) -> None:
+        event = self._wakeups.get(key)
+        if event is not None:
+            event.set()
+
+    def forget(self, key: tuple[str, str]) -> None:
+        """Drop in-memory state of a deleted ScoringModel."""
+        self._wakeups.pop(key, None)
+        self._locks.pop(key, None)
+        self._written.pop(key, None)
+        self.tracker.forget(key)
+
+    # ------------------------------------------------------------------ the reconcile
+    async def reconcile(self, body: Mapping[str, Any], *, refresh: bool = True, trigger: str = "spec") -> Result:
+        """Bring the children of `body` in line with its spec and report it in its status.
+
+        refresh=False reuses the version in status when it still answers the reference (used for
+        Deployment events, which should not cost a registry round trip).
+        """
+        owner = meta.Owner.from_body(body)
+        lock = self._locks.setdefault(owner.key, asyncio.Lock())
+        async with lock:
+            with telemetry.reconcile_span(owner.namespace, owner.name, trigger) as span:
+                started = time.monotonic()
+                try:
+                    result = await self._reconcile(owner, body, refresh=refresh)
+                except Exception:
+                    metrics.RECONCILES.labels("error", trigger).inc()
+                    raise
+                finally:
+                    metrics.RECONCILE_SECONDS.labels(trigger).observe(time.monotonic() - started)
+                outcome = "success" if result.failure is None else ("retry" if result.retry else "failed")
+                metrics.RECONCILES.labels(outcome, trigger).inc()
+                failure = result.failure
+                telemetry.record_outcome(span, outcome, failure.reason if failure else None,
+                                         failure.message if failure else "")
+                return result
+
+    async def _reconcile(self, owner: meta.Owner, body: Mapping[str, Any], *, refresh: bool) -> Result:
+        generation = int(body["metadata"].get("generation") or 0)
+        old_status: Mapping[str, Any] = body.get("status") or {}
+        cached = self._written.get(owner.key)
+        if cached is not None and cached[0] == owner.uid:
+            old_status = cached[1]
+        try:
+            spec = api.parse_spec(body.get("spec"))
+        except ValidationError as e:
+            obs = Observation(generation, spec_error=Failure("InvalidSpec", api.format_validation_error(e)))
+            return await self._report(owner, body, old_status, obs, None)
+
+        resolved, resolve_error = await self._resolve(spec.model, old_status, refresh)
+        apply_error: Failure | None = None
+        applied: tuple[str, ...] = ()
+        if resolved is not None:
+            applied, apply_error = await self._apply(owner, spec, resolved.version)
+        rollout = None
+        try:
+            rollout = evaluate_rollout(await self.kube.get("apps/v1", "Deployment", owner.namespace, owner.name))
+        except KubeError as e:
+            metrics.KUBE_ERRORS.labels(e.reason).inc()
+            apply_error = apply_error or Failure(e.reason, str(e), e.retryable)
+        obs = Observation(
+            generation,
+            resolved=resolved,
+            resolve_error=resolve_error,
+            apply_error=apply_error,
+            applied=applied,
+            rollout=rollout,
+            endpoint=meta.endpoint(owner, spec.service.port),
+        )
+        return await self._report(owner, body, old_status, obs, resolved)
+
+    async def _resolve(
+        self, ref: api.ModelRef, old_status: Mapping[str, Any], refresh: bool
+    ) -> tuple[Resolved | None, Failure | None]:
+        previous = _previous(old_status, ref)
+        if previous is not None and not refresh:
+            return previous, None
+        try:
+            return await self.resolver.resolve(ref), None
+        except RegistryError as e:
+            metrics.REGISTRY_ERRORS.labels(e.reason).inc()
+            # Keep serving what runs now: a registry outage or a deleted label is no reason to stop.
+            return previous, Failure(e.reason, str(e), e.retryable)
+
+    async def _apply(
+        self, owner: meta.Owner, spec: api.ScoringModelSpec, version: int
+    ) -> tuple[tuple[str, ...], Failure | None]:
+        children = desired_children(owner, spec, version, self.config)
+        done: list[str] = []
+        try:
+            for obj in children.apply:
+                existing = await self.kube.get(obj["apiVersion"], obj["kind"], owner.namespace, owner.name)
+                if existing is not None and not meta.is_owned_by(existing, owner):
+                    return tuple(done), Failure(
+                        "ChildConflict",
+                        f"{obj['kind']} {owner.namespace}/{owner.name} already exists and does not belong to this "
+                        "ScoringModel: delete or rename it, or rename the ScoringModel",
+                    )
+                await self.kube.apply(obj)
+                done.append(obj["kind"])
+            for ref in children.prune:
+                existing = await self.kube.get(ref.api_version, ref.kind, owner.namespace, ref.name)
+                if existing is not None and meta.is_owned_by(existing, owner):
+                    await self.kube.delete(ref.api_version, ref.kind, owner.namespace, ref.name)
+        except KubeError as e:
+            metrics.KUBE_ERRORS.labels(e.reason).inc()
+            return tuple(done), Failure(e.reason, str(e), e.retryable)
+        return tuple(done), None
+
+    async def _report(
+        self,
+        owner: meta.Owner,
+        body: Mapping[str, Any],
+        old_status: Mapping[str, Any],
+        obs: Observation,
+        resolved: Resolved | None,
+    ) -> Result:
+        new_status = compute_status(old_status, obs, self.clock())
+        patch = status_patch(old_status, new_status)
+        failure = obs.failure
+        if patch is not None:
+            try:
+                await self.kube.patch_status(owner.namespace, owner.name, patch)
+            except KubeError as e:
+                metrics.KUBE_ERRORS.labels(e.reason).inc()
+                if e.code == 404:  # deleted meanwhile: nothing left to report on
+                    return Result(new_status["phase"])
+                failure = failure or Failure(e.reason, str(e), retryable=True)
+            else:
+                self._written[owner.key] = (owner.uid, new_status)
+                for etype, reason, message in transition_events(old_status, new_status):
+                    level = logging.WARNING if etype == "Warning" else logging.INFO
+                    log.log(level, "%s/%s: %s: %s", owner.namespace, owner.name, reason, message)
+                    self.post_event(body, etype, reason, message[:1024])
+        self.tracker.observe(owner.key, new_status["phase"], (resolved.name, resolved.version) if resolved else None)
+        if failure is not None:  # already logged and posted as an Event when it first appeared
+            log.debug("%s/%s: %s: %s", owner.namespace, owner.name, failure.reason, failure.message)
+        return Result(new_status["phase"], failure)

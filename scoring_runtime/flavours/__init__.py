@@ -1,0 +1,89 @@
+"""Flavours: which `Scorer` class serves a model, chosen from its manifest.
+
+A manifest picks its flavour with `flavour.kind`; without one, `(framework, task)` decides.
+Flavour modules are imported lazily, so serving a scikit-learn model never imports torch.
+To add a flavour, add one line to `BUILTIN` (and, optionally, one to `DEFAULT_KIND`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from scoring_runtime.flavours.base import Job, Scorer
+from scoring_runtime.flavours.errors import BadRequest, ModelLoadError, UnsupportedMediaType
+from scoring_runtime.manifest import ModelManifest, load_manifest
+from scoring_runtime.settings import RuntimeSettings
+
+__all__ = [
+    "BUILTIN",
+    "DEFAULT_KIND",
+    "BadRequest",
+    "Job",
+    "ModelLoadError",
+    "Scorer",
+    "UnsupportedMediaType",
+    "flavour_class",
+    "flavour_kind",
+    "load_scorer",
+]
+
+#: flavour kind -> "module:Class"
+BUILTIN: dict[str, str] = {
+    "sklearn-faq": "scoring_runtime.flavours.sklearn_faq:FAQScorer",
+    "sklearn-tabular": "scoring_runtime.flavours.sklearn_tabular:TabularScorer",
+    "torch-image-classification": "scoring_runtime.flavours.torch_vision:ImageClassifier",
+}
+
+#: (framework, task) -> flavour kind, for manifests without `flavour.kind`
+DEFAULT_KIND: dict[tuple[str, str], str] = {
+    ("sklearn", "faq-matching"): "sklearn-faq",
+    ("sklearn", "tabular"): "sklearn-tabular",
+    ("sklearn", "classification"): "sklearn-tabular",
+    ("sklearn", "regression"): "sklearn-tabular",
+    ("torch", "image-classification"): "torch-image-classification",
+}
+
+
+def flavour_kind(manifest: ModelManifest) -> str:
+    """The flavour kind a manifest asks for, or a ModelLoadError listing the known ones."""
+    kind = manifest.flavour.get("kind")
+    if kind is None:
+        kind = DEFAULT_KIND.get((manifest.framework, manifest.task))
+    if not isinstance(kind, str) or kind not in BUILTIN:
+        known = ", ".join(sorted(BUILTIN))
+        raise ModelLoadError(
+            f"model {manifest.name!r} (framework={manifest.framework!r}, task={manifest.task!r}) names no known "
+            f"flavour (flavour.kind={manifest.flavour.get('kind')!r}); "
+            f"set flavour.kind in model.json to one of: {known}"
+        )
+    return kind
+
+
+def flavour_class(manifest: ModelManifest) -> type[Scorer]:
+    """Import the Scorer class for a manifest (lazy: only the module that is needed)."""
+    kind = flavour_kind(manifest)
+    module_name, _, attr = BUILTIN[kind].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ModelLoadError(
+            f"flavour {kind!r} cannot be imported ({e}); install the extra it needs "
+            "(pip install 'scoring-operator[sklearn]' or '[torch]')"
+        ) from e
+    cls = getattr(module, attr)
+    if not (isinstance(cls, type) and issubclass(cls, Scorer)):
+        raise ModelLoadError(f"flavour {kind!r}: {BUILTIN[kind]} is not a Scorer subclass")
+    return cls
+
+
+def load_scorer(settings: RuntimeSettings, model_dir: Path | None = None) -> Scorer:
+    """Read `model.json` from the model directory and load it with its flavour."""
+    model_dir = model_dir or settings.model_dir
+    try:
+        manifest = load_manifest(model_dir)
+    except FileNotFoundError as e:
+        raise ModelLoadError(str(e)) from None
+    except ValueError as e:
+        raise ModelLoadError(f"{model_dir}/model.json is not a valid manifest: {e}") from None
+    return flavour_class(manifest).load(model_dir, manifest, settings)

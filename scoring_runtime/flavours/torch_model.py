@@ -1,0 +1,215 @@
+"""Loading a PyTorch model for inference: file formats, device, precision and CPU threads.
+
+Only the torch flavours import this module (torch is the optional `[torch]` extra).
+
+Formats (manifest `flavour.format`, file `flavour.file`):
+- `state_dict`: a torchvision architecture name (`flavour.arch`) plus weights read with
+  `torch.load(weights_only=True)`, which refuses pickled code: the safe default;
+- `export`: a `torch.export.save` program (the PyTorch-recommended format);
+- `torchscript`: a `torch.jit.save` archive (deprecated by PyTorch, still loadable).
+`export` and `torchscript` archives are programs: serve them only from a registry you trust.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scoring_runtime.flavours.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("state_dict", "export", "torchscript")
+ENV_DEVICE = "SCORING_DEVICE"
+ENV_THREADS = "SCORING_TORCH_THREADS"
+ENV_HALF = "SCORING_HALF_PRECISION"
+
+
+@dataclass(frozen=True)
+class TorchOptions:
+    """Inference knobs from the runtime settings (or `SCORING_*` env when settings lack them)."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    half_precision: bool = False
+    threads: int = 0  # intra-op threads; 0: cores / workers
+    interop_threads: int = 0  # 0: min(2, threads)
+    workers: int = 1
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> TorchOptions:
+        def pick(name: str, env: str, default: Any) -> Any:
+            value = getattr(settings, name, None)
+            if value is None:
+                value = os.environ.get(env, default)
+            return value
+
+        half = pick("half_precision", ENV_HALF, False)
+        if isinstance(half, str):
+            half = half.strip().lower() in ("1", "true", "yes", "on")
+        return cls(
+            device=str(pick("device", ENV_DEVICE, "auto")).strip().lower() or "auto",
+            half_precision=bool(half),
+            threads=int(pick("torch_threads", ENV_THREADS, 0)),
+            interop_threads=int(getattr(settings, "torch_interop_threads", None) or 0),
+            workers=max(1, int(getattr(settings, "workers", 1) or 1)),
+        )
+
+
+def select_device(requested: str, cuda_available: bool | None = None, cuda_count: int | None = None) -> torch.device:
+    """`auto` picks CUDA when present, else CPU; an explicit device that is absent is an error."""
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    if cuda_count is None:
+        cuda_count = torch.cuda.device_count() if cuda_available else 0
+    req = requested.strip().lower() or "auto"
+    if req == "auto":
+        return torch.device("cuda" if cuda_available else "cpu")
+    try:
+        dev = torch.device(req)
+    except RuntimeError:
+        raise ModelLoadError(f"unknown device {requested!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not cuda_available:
+            raise ModelLoadError(
+                f"device {requested!r} requested but CUDA is not available (no GPU, no driver, or a CPU-only "
+                "torch build); set SCORING_DEVICE=auto or cpu, or schedule the pod on a GPU node"
+            )
+        if dev.index is not None and dev.index >= cuda_count:
+            raise ModelLoadError(f"device {requested!r} requested but only {cuda_count} CUDA device(s) are visible")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {requested!r} requested but Apple MPS is not available")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"unsupported device {requested!r}: use auto, cpu, cuda, cuda:N or mps")
+    return dev
+
+
+def resolve_dtype(device: torch.device, half_precision: bool) -> torch.dtype:
+    """fp16 on a GPU when asked; on CPU the flag is ignored with a warning (fp16 is slow there)."""
+    if not half_precision:
+        return torch.float32
+    if device.type in ("cuda", "mps"):
+        return torch.float16
+    log.warning(
+        "half_precision is set but the model runs on %s: ignoring it and using float32 "
+        "(fp16 only pays off on a GPU)", device
+    )
+    return torch.float32
+
+
+def available_cpus() -> float:
+    """CPUs this process may use: the affinity mask, capped by a cgroup v2 CPU quota (a pod's limit)."""
+    cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+def thread_counts(cpus: float, workers: int, threads: int = 0, interop: int = 0) -> tuple[int, int]:
+    """(intra-op, inter-op) threads per worker: the CPUs split between workers, at least 1 each."""
+    intra = threads if threads > 0 else max(1, math.floor(cpus / max(1, workers)))
+    inter = interop if interop > 0 else max(1, min(2, intra))
+    return intra, inter
+
+
+def configure_threads(opts: TorchOptions) -> tuple[int, int]:
+    """Set torch's thread pools once per process, so several workers do not oversubscribe the CPUs."""
+    intra, inter = thread_counts(available_cpus(), opts.workers, opts.threads, opts.interop_threads)
+    torch.set_num_threads(intra)
+    try:
+        torch.set_num_interop_threads(inter)
+    except RuntimeError:  # only settable before the first parallel work in this process
+        inter = torch.get_num_interop_threads()
+    return intra, inter
+
+
+def _artifact(model_dir: Path, flavour: dict[str, Any]) -> Path:
+    name = flavour.get("file")
+    if not isinstance(name, str) or not name:
+        raise ModelLoadError("manifest flavour.file is missing: it names the weights or program file to load")
+    path = (model_dir / name).resolve()
+    if model_dir.resolve() not in path.parents:
+        raise ModelLoadError(f"flavour.file {name!r} points outside the model directory")
+    if not path.is_file():
+        raise ModelLoadError(f"{path} not found (flavour.file); is the model directory complete?")
+    return path
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Weights only: `weights_only=True` refuses any pickled object that is not a tensor or container."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError for code, RuntimeError for a corrupt zip
+        raise ModelLoadError(
+            f"{path.name}: not a plain state_dict ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "only tensors are accepted here, no pickled code. Save weights with torch.save(model.state_dict(), f)"
+        ) from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]  # a training checkpoint wrapping the weights
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ModelLoadError(f"{path.name}: expected a dict of tensor names to tensors (a state_dict)")
+    return sd
+
+
+def build_torchvision(arch: str, num_classes: int) -> torch.nn.Module:
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if arch not in known:
+        raise ModelLoadError(
+            f"flavour.arch {arch!r} is not a torchvision classification model; known: {', '.join(sorted(known))}"
+        )
+    model: torch.nn.Module = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    return model
+
+
+def load_module(model_dir: Path, flavour: dict[str, Any], num_classes: int) -> torch.nn.Module:
+    """The model on CPU in eval mode, from whichever format the manifest names."""
+    fmt = flavour.get("format", "state_dict")
+    if fmt not in FORMATS:
+        raise ModelLoadError(f"unknown flavour.format {fmt!r}: use one of {', '.join(FORMATS)}")
+    path = _artifact(model_dir, flavour)
+    module: torch.nn.Module
+    if fmt == "state_dict":
+        arch = flavour.get("arch")
+        if not isinstance(arch, str):
+            raise ModelLoadError("flavour.arch is required for format state_dict (e.g. resnet152)")
+        module = build_torchvision(arch, num_classes)
+        try:
+            module.load_state_dict(load_state_dict(path), strict=True)
+        except RuntimeError as e:
+            raise ModelLoadError(f"{path.name} does not fit {arch} with {num_classes} classes: {e}") from None
+    elif fmt == "export":
+        try:
+            module = torch.export.load(path).module()
+        except Exception as e:
+            raise ModelLoadError(f"{path.name}: not a torch.export program: {e}") from None
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated; it still loads
+            try:
+                module = torch.jit.load(str(path), map_location="cpu")
+            except Exception as e:
+                raise ModelLoadError(f"{path.name}: not a TorchScript archive: {e}") from None
+        log.info("%s: TorchScript is deprecated by PyTorch; prefer --format export or state_dict", path.name)
+    if fmt != "export":  # an exported program's module has no eval(); it is traced in eval mode already
+        module.eval()
+    return module
+
+
+def place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Move the model to its device and precision; parameters never need gradients here."""
+    module = module.to(device=device, dtype=dtype) if dtype != torch.float32 else module.to(device)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module

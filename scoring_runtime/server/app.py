@@ -1,0 +1,393 @@
+"""The ASGI app: routes, auth, limits, readiness and metrics around one loaded model.
+
+Endpoints (see docs/runtime.md): `GET /`, `POST /score` (Azure ML style), the Open Inference
+Protocol V2 (`/v2`, `/v2/health/*`, `/v2/models/{name}[/versions/{v}][/ready|/infer]`) and
+`GET /metrics`. The model loads in the background after start-up, so liveness answers at once
+while readiness (`/v2/health/ready`, `/`) stays 503 until the model is loaded *and* warmed up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from scoring_runtime import __version__, telemetry
+from scoring_runtime.batching import BatcherClosed
+from scoring_runtime.flavours import BadRequest, ModelLoadError, Scorer, flavour_kind, load_scorer
+from scoring_runtime.flavours.base import Job, decode_json, media_type
+from scoring_runtime.flavours.v2 import V2Tensor, parse_request
+from scoring_runtime.manifest import ModelManifest, load_manifest
+from scoring_runtime.server.auth import ApiKeyAuth
+from scoring_runtime.server.dispatch import Dispatcher, QueueFull, make_dispatcher
+from scoring_runtime.server.http import JSON, error, read_body
+from scoring_runtime.server.logs import event
+from scoring_runtime.server.metrics import Metrics
+from scoring_runtime.settings import RuntimeSettings
+
+log = logging.getLogger("scoring_runtime.server")
+Loader = Callable[[RuntimeSettings], Scorer]
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class Phase(enum.StrEnum):
+    LOADING = "loading"
+    WARMING_UP = "warming_up"
+    READY = "ready"
+    FAILED = "failed"
+    STOPPING = "stopping"
+
+
+class RequestMetrics:
+    """Pure ASGI middleware: request counts, latency and in-flight gauge (and the optional access log)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            elapsed = time.perf_counter() - start
+            self.metrics.in_flight.dec()
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            self.metrics.requests.labels(endpoint, method, str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(elapsed)
+            if self.access_log:
+                event(log, logging.INFO, "request", method=method, path=scope["path"], status=status,
+                      duration_ms=round(elapsed * 1000, 3))
+
+
+class ScoringServer:
+    """One model behind HTTP. `build()` returns the Starlette app; state lives here."""
+
+    def __init__(
+        self,
+        settings: RuntimeSettings,
+        loader: Loader | None = None,
+        on_fatal: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        try:
+            self.manifest: ModelManifest = load_manifest(settings.model_dir)
+        except (FileNotFoundError, ValueError) as e:
+            raise ModelLoadError(f"cannot read the model manifest: {e}") from None
+        self.flavour = flavour_kind(self.manifest)
+        self.loader: Loader = loader or load_scorer
+        self.on_fatal = on_fatal
+        self.auth = ApiKeyAuth(settings.api_key_file) if settings.api_key_file else None
+        self.metrics = Metrics()
+        self.phase = Phase.LOADING
+        self.failure: str | None = None
+        self.scorer: Scorer | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.executor: ThreadPoolExecutor | None = None
+        self.load_seconds: float | None = None
+        self.warmup_seconds: float | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        # Per worker process (after the fork); exports only when APPLICATIONINSIGHTS_CONNECTION_STRING is set.
+        telemetry.configure_telemetry(
+            "scoring-runtime", service_version=__version__, prometheus_registry=self.metrics.registry,
+            secret_files=[self.settings.api_key_file] if self.settings.api_key_file else [],
+            resource_attributes={"scoring.model": self.manifest.name,
+                                 "scoring.model_version": str(self.manifest.version)},
+        )
+        self.executor = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="scoring")
+        task = asyncio.create_task(self._load(), name="load-model")
+        try:
+            yield
+        finally:
+            self.phase = Phase.STOPPING
+            self.metrics.ready.set(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if self.dispatcher is not None:
+                await self.dispatcher.stop()
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.metrics.process_exit()
+            telemetry.shutdown_telemetry()
+
+    async def _load(self) -> None:
+        loop = asyncio.get_running_loop()
+        m = self.manifest
+        try:
+            t0 = time.perf_counter()
+            scorer = await loop.run_in_executor(self.executor, self.loader, self.settings)
+            self.load_seconds = time.perf_counter() - t0
+            self.metrics.load_seconds.set(self.load_seconds)
+            event(log, logging.INFO, "model_loaded", model=m.name, version=m.version, flavour=self.flavour,
+                  seconds=round(self.load_seconds, 3))
+            self.phase = Phase.WARMING_UP
+            t1 = time.perf_counter()
+            if self.settings.warmup:
+                await loop.run_in_executor(self.executor, scorer.warmup)
+            self.warmup_seconds = time.perf_counter() - t1
+            self.metrics.warmup_seconds.set(self.warmup_seconds)
+            dispatcher = make_dispatcher(scorer, self.settings, self.executor, self.metrics.registry)
+            await dispatcher.start()
+            self.scorer, self.dispatcher = scorer, dispatcher
+            self.phase = Phase.READY
+            self.metrics.ready.set(1)
+            self.metrics.info.labels(m.name, str(m.version), self.flavour).set(1)
+            event(log, logging.INFO, "model_ready", model=m.name, version=m.version,
+                  warmup_seconds=round(self.warmup_seconds, 3), batching=self.settings.batching)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            known = isinstance(e, ModelLoadError)
+            self.failure = str(e) if known else f"{type(e).__name__}: {e}"
+            self.phase = Phase.FAILED
+            log.error("model_load_failed", extra={"fields": {"model": m.name, "error": self.failure}},
+                      exc_info=None if known else e)
+            if self.on_fatal is not None:
+                self.on_fatal(self.failure)
+
+    # ------------------------------------------------------------------ guards
+    def _deny(self, request: Request) -> Response | None:
+        if self.auth is None:
+            return None
+        why = self.auth.check(request.headers.get("authorization"))
+        if why is None:
+            return None
+        self.metrics.errors.labels("unauthorized").inc()
+        if why == "missing":
+            return error(401, "missing API key: send the header 'Authorization: Bearer <key>'",
+                         {"WWW-Authenticate": 'Bearer realm="scoring"'})
+        return error(401, "invalid API key: send a current key as 'Authorization: Bearer <key>'",
+                     {"WWW-Authenticate": 'Bearer realm="scoring", error="invalid_token"'})
+
+    def _unknown_model(self, request: Request) -> Response | None:
+        name = request.path_params.get("name")
+        version = request.path_params.get("version")
+        if name != self.manifest.name:
+            return error(404, f"model {name!r} not found; this server serves {self.manifest.name!r}")
+        if version is not None and version != str(self.manifest.version):
+            return error(404, f"model {name!r} has no version {version!r} here; it serves version "
+                              f"{self.manifest.version}")
+        return None
+
+    def _not_ready(self) -> Response | None:
+        if self.phase is Phase.READY:
+            return None
+        if self.phase is Phase.FAILED:
+            return error(503, f"the model failed to load: {self.failure}")
+        return error(503, f"the model is {self.phase.value.replace('_', ' ')}; retry when GET /v2/health/ready "
+                          "answers 200", {"Retry-After": "1"})
+
+    async def _codec(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run flavour parse/render code in the pool, or inline when the flavour says it is cheap."""
+        assert self.scorer is not None
+        if self.scorer.parse_in_thread:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        return fn(*args)
+
+    async def _predict(self, job: Job, protocol: str) -> Any:
+        assert self.dispatcher is not None
+        self.metrics.rows.labels(protocol).observe(job.rows)
+        t0 = time.perf_counter()
+        try:
+            return await self.dispatcher.submit(job)
+        finally:
+            self.metrics.model_seconds.labels(protocol).observe(time.perf_counter() - t0)
+
+    def _failed(self, e: Exception, protocol: str) -> Response:
+        """Map an exception from parsing/predicting to a JSON error (never a traceback in the body)."""
+        if isinstance(e, BadRequest):
+            self.metrics.errors.labels("too_large" if e.status == 413 else "bad_request").inc()
+            return error(e.status, str(e))
+        if isinstance(e, QueueFull):
+            self.metrics.errors.labels("overloaded").inc()
+            retry = e.retry_after_s if e.retry_after_s is not None else self.settings.retry_after_s
+            return error(503, f"{e}; retry after {retry:g} s", {"Retry-After": str(max(0, round(retry)))})
+        if isinstance(e, BatcherClosed):
+            self.metrics.errors.labels("shutting_down").inc()
+            return error(503, str(e), {"Retry-After": "1"})
+        self.metrics.errors.labels("internal").inc()
+        log.error("predict_failed", extra={"fields": {"protocol": protocol, "error": f"{type(e).__name__}: {e}"}},
+                  exc_info=e)
+        return error(500, "internal error while scoring; the details are in the server log")
+
+    # ------------------------------------------------------------------ health and metadata
+    async def root(self, request: Request) -> Response:
+        if (r := self._not_ready()) is not None:
+            return r
+        return JSON({"status": "ready", "model": self.manifest.name, "version": self.manifest.version})
+
+    async def live(self, request: Request) -> Response:
+        return JSON({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        if self.phase is Phase.READY:
+            return JSON({"ready": True})
+        body: dict[str, Any] = {"ready": False, "status": self.phase.value}
+        if self.failure:
+            body["error"] = f"the model failed to load: {self.failure}"
+        return JSON(body, status_code=503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return JSON({"name": "scoring-runtime", "version": __version__, "extensions": []})
+
+    async def model_ready(self, request: Request) -> Response:
+        if (r := self._deny(request) or self._unknown_model(request)) is not None:
+            return r
+        ok = self.phase is Phase.READY
+        return JSON({"name": self.manifest.name, "ready": ok}, status_code=200 if ok else 503)
+
+    async def model_metadata(self, request: Request) -> Response:
+        if (r := self._deny(request) or self._unknown_model(request) or self._not_ready()) is not None:
+            return r
+        assert self.scorer is not None
+        return JSON({
+            "name": self.manifest.name,
+            "versions": [str(self.manifest.version)],
+            "platform": self.scorer.platform,
+            **self.scorer.v2_metadata(),
+        })
+
+    async def metrics_text(self, request: Request) -> Response:
+        body, ctype = self.metrics.render()
+        return Response(body, media_type=ctype)
+
+    # ------------------------------------------------------------------ scoring
+    def _parse_v2(self, body: bytes) -> tuple[str | None, Job]:
+        assert self.scorer is not None
+        req = parse_request(decode_json(body))
+        return req.id, self.scorer.parse_v2(req)
+
+    @staticmethod
+    def _select(tensors: list[V2Tensor], wanted: list[str] | None) -> list[V2Tensor]:
+        if wanted is None:
+            return tensors
+        by_name = {t.name: t for t in tensors}
+        unknown = [w for w in wanted if w not in by_name]
+        if unknown:
+            raise BadRequest(f"unknown output(s) {', '.join(map(repr, unknown))}; this model has: "
+                             f"{', '.join(by_name)}")
+        return [by_name[w] for w in wanted]
+
+    async def infer(self, request: Request) -> Response:
+        if (r := self._deny(request) or self._unknown_model(request) or self._not_ready()) is not None:
+            return r
+        assert self.scorer is not None
+        try:
+            body = await read_body(request, self.settings.max_body_bytes)
+            self.metrics.body_bytes.labels("infer").observe(len(body))
+            req_id, job = await self._codec(self._parse_v2, body)
+            result = await self._predict(job, "v2")
+            tensors = await self._codec(self.scorer.render_v2, result, job)
+            outputs = self._select(tensors, job.outputs)
+        except Exception as e:
+            return self._failed(e, "v2")
+        out: dict[str, Any] = {
+            "model_name": self.manifest.name,
+            "model_version": str(self.manifest.version),
+            "outputs": [t.to_json() for t in outputs],
+        }
+        if req_id is not None:
+            out["id"] = req_id
+        return JSON(out)
+
+    async def score(self, request: Request) -> Response:
+        if (r := self._deny(request) or self._not_ready()) is not None:
+            return r
+        scorer = self.scorer
+        assert scorer is not None
+        ctype = request.headers.get("content-type") or "application/json"
+        if media_type(ctype) not in scorer.score_media_types:
+            self.metrics.errors.labels("unsupported_media_type").inc()
+            return error(415, f"Content-Type {media_type(ctype)!r} is not accepted by this model; use one of: "
+                              f"{', '.join(scorer.score_media_types)}")
+        try:
+            body = await read_body(request, self.settings.max_body_bytes)
+            self.metrics.body_bytes.labels("score").observe(len(body))
+            job = await self._codec(scorer.parse_score, body, ctype)
+            result = await self._predict(job, "score")
+            out = await self._codec(scorer.render_score, result, job)
+        except Exception as e:
+            return self._failed(e, "score")
+        return JSON(out)
+
+    # ------------------------------------------------------------------ app
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return error(404, f"no endpoint at {request.url.path}; see docs/runtime.md for the endpoints "
+                              "(/score, /v2/models/{name}/infer, /v2/health/ready, /metrics ...)")
+        if exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            return error(405, f"method {request.method} is not allowed on {request.url.path}; use {allowed}",
+                         dict(exc.headers or {}))
+        return error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+
+    async def _crash(self, request: Request, exc: Exception) -> Response:
+        log.error("unhandled_error", extra={"fields": {"path": request.url.path}}, exc_info=exc)
+        return error(500, "internal server error; the details are in the server log")
+
+    def build(self) -> Starlette:
+        models = "/v2/models/{name}"
+        versions = "/v2/models/{name}/versions/{version}"
+        routes = [
+            Route("/", self.root, methods=["GET"]),
+            Route("/score", self.score, methods=["POST"]),
+            Route("/metrics", self.metrics_text, methods=["GET"]),
+            Route("/v2", self.server_metadata, methods=["GET"]),
+            Route("/v2/health/live", self.live, methods=["GET"]),
+            Route("/v2/health/ready", self.ready, methods=["GET"]),
+            Route(models, self.model_metadata, methods=["GET"]),
+            Route(versions, self.model_metadata, methods=["GET"]),
+            Route(models + "/ready", self.model_ready, methods=["GET"]),
+            Route(versions + "/ready", self.model_ready, methods=["GET"]),
+            Route(models + "/infer", self.infer, methods=["POST"]),
+            Route(versions + "/infer", self.infer, methods=["POST"]),
+        ]
+        app = Starlette(
+            routes=routes,
+            lifespan=self.lifespan,
+            exception_handlers={HTTPException: self._http_error, Exception: self._crash},
+        )
+        app.add_middleware(RequestMetrics, metrics=self.metrics, access_log=self.settings.access_log)
+        app.add_middleware(telemetry.TelemetryMiddleware)  # a span per request while telemetry is on
+        app.state.server = self
+        return app
+
+
+def create_app(
+    settings: RuntimeSettings,
+    loader: Loader | None = None,
+    on_fatal: Callable[[str], None] | None = None,
+) -> Starlette:
+    """The ASGI app for `settings` (the model loads when the app's lifespan starts)."""
+    return ScoringServer(settings, loader=loader, on_fatal=on_fatal).build()

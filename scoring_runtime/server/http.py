@@ -1,0 +1,50 @@
+"""Small HTTP helpers: fast JSON responses, `{"error": ...}` bodies, a body reader with a size cap."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from scoring_runtime.flavours.errors import BadRequest
+
+
+class JSON(Response):
+    """JSON rendered by orjson (numpy arrays serialised natively)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSON:
+    """The one error shape of every endpoint (also the V2 protocol's): `{"error": "..."}`."""
+    return JSON({"error": message}, status_code=status, headers=headers)
+
+
+class BodyTooLarge(BadRequest):
+    status = 413
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read the body, failing with 413 as soon as it passes `limit` (never buffering more than that)."""
+    hint = f"the limit is {limit} bytes (server setting --max-body-bytes / SCORING_MAX_BODY_BYTES)"
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise BadRequest(f"invalid Content-Length header {declared!r}") from None
+        if size > limit:
+            raise BodyTooLarge(f"request body of {size} bytes is too large; {hint}")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise BodyTooLarge(f"request body is too large (over {limit} bytes so far); {hint}")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,84 @@
+"""Settings of the scoring runtime (`scoring serve`): one model, read from CLI flags or `SCORING_*` env.
+
+The operator configures scoring pods through environment variables, so every field here can be
+set as `SCORING_<FIELD>` (e.g. `SCORING_MAX_BODY_BYTES=1048576`); CLI flags win over env.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+def default_threads() -> int:
+    """Model calls run in a thread pool: a few threads per core keep the loop free without thrashing."""
+    return min(8, (os.cpu_count() or 1) + 2)
+
+
+class RuntimeSettings(BaseSettings):
+    """Everything `scoring serve` needs; validated once at start-up so a typo fails fast."""
+
+    model_config = SettingsConfigDict(env_prefix="SCORING_", extra="ignore", frozen=True)
+
+    model_dir: Path = Field(description="directory with model.json and the artifacts (what `scoring fetch` wrote)")
+    host: str = Field("127.0.0.1", description="interface to bind; 0.0.0.0 in a pod")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port (0: any free port)")
+    workers: int = Field(1, ge=1, le=64, description="server processes, each with its own copy of the model")
+    threads: int = Field(default_factory=default_threads, ge=1, le=256,
+                         description="threads per process for parsing and model calls")
+    api_key_file: Path | None = Field(None, description="file with one accepted API key per line")
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest accepted request body")
+    allow_pickle: bool = Field(False, description="allow pickle/joblib models (runs code from the file!)")
+    trusted_types: tuple[str, ...] = Field(
+        (), description="extra type names skops may construct (env: JSON list), beyond the built-in allow-list"
+    )
+    log_level: LogLevel = "info"
+    log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line")
+    access_log: bool = Field(False, description="one log line per request (off by default: it costs throughput)")
+    warmup: bool = Field(True, description="score a sample before reporting ready")
+    # Adaptive batching (used when max_batch_size > 1; see scoring_runtime.server.dispatch).
+    max_batch_size: int = Field(1, ge=1, description="rows per model call; 1 disables batching")
+    max_batch_delay_ms: float = Field(2.0, ge=0, le=10_000, description="longest wait to fill a batch")
+    max_queue_rows: int = Field(1024, ge=1, description="rows waiting for the model before 503 Retry-After")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with a 503 when overloaded")
+    # PyTorch models only (see scoring_runtime.flavours.torch_model); scikit-learn models ignore these.
+    device: str = Field("auto", description="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps")
+    half_precision: bool = Field(False, description="fp16 on a GPU; ignored with a warning on CPU")
+    torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads per worker; 0: CPUs / workers")
+
+    @field_validator("model_dir")
+    @classmethod
+    def _model_dir_exists(cls, v: Path) -> Path:
+        if not v.is_dir():
+            raise ValueError(f"model directory {v} does not exist (fetch one with `scoring fetch --dest DIR`)")
+        return v
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _key_file_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"API key file {v} does not exist or is not a file")
+        return v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, v: object) -> object:
+        return v.lower() if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _batch_fits_queue(self) -> RuntimeSettings:
+        if self.max_queue_rows < self.max_batch_size:
+            raise ValueError(
+                f"max_queue_rows ({self.max_queue_rows}) must be at least max_batch_size ({self.max_batch_size})"
+            )
+        return self
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch_size > 1

@@ -1,0 +1,247 @@
+"""AdaptiveBatcher behaviour: correctness under concurrency, row accounting, delay, back-pressure, failures.
+
+The model here is a tiny deterministic function (row -> 3 * row + 1) applied to the *concatenated*
+batch and split back by rows, exactly like a real flavour does, so any mix-up of rows between
+requests shows up as a wrong answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from scoring_runtime.batching import AdaptiveBatcher, BatcherClosed, BatchingConfig, BatchingMetrics
+from scoring_runtime.flavours.base import Job
+from scoring_runtime.server.dispatch import QueueFull
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class RowModel:
+    """predict(jobs): concatenate rows, f(x) = 3x + 1, split per job; records every batch it saw."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.batches: list[list[int]] = []  # rows per job, per batch
+        self.tags: list[list[Any]] = []
+        self.delay_s = delay_s
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def predict(self, jobs: list[Job]) -> list[Any]:
+        self.entered.set()
+        self.gate.wait(10)
+        self.batches.append([j.rows for j in jobs])
+        self.tags.append([j.params.get("tag") for j in jobs])
+        if any(j.params.get("boom") for j in jobs):
+            raise ValueError("model exploded on a poisoned row")
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        x = np.concatenate([j.data for j in jobs])
+        y = 3 * x + 1
+        out, start = [], 0
+        for j in jobs:
+            out.append(y[start:start + j.rows])
+            start += j.rows
+        return out
+
+
+def job(rows: int, base: int = 0, **params: Any) -> Job:
+    return Job(rows=rows, data=np.arange(base, base + rows, dtype=np.int64), params=params)
+
+
+async def started(model: RowModel, **cfg: Any) -> AdaptiveBatcher[Job, Any]:
+    b: AdaptiveBatcher[Job, Any] = AdaptiveBatcher(model.predict, BatchingConfig(**cfg))
+    await b.start()
+    return b
+
+
+async def test_concurrent_mixed_requests_each_get_their_own_rows() -> None:
+    model = RowModel(delay_s=0.002)
+    b = await started(model, max_batch_rows=16, max_delay_s=0.005, max_queue_rows=10_000)
+    rng = random.Random(7)
+    sizes = [rng.randint(1, 7) for _ in range(300)]
+    sizes[10] = 40  # one request bigger than a whole batch: served alone
+    jobs = [job(n, base=i * 1000) for i, n in enumerate(sizes)]
+
+    async def one(j: Job) -> Any:
+        await asyncio.sleep(rng.random() * 0.05)  # staggered arrivals
+        return await b.submit(j)
+
+    results = await asyncio.gather(*(one(j) for j in jobs))
+    await b.stop()
+    for j, r in zip(jobs, results, strict=True):
+        np.testing.assert_array_equal(r, 3 * j.data + 1)
+    assert sum(sum(batch) for batch in model.batches) == sum(sizes)
+    assert any(len(batch) > 1 for batch in model.batches), "concurrent requests were never batched"
+    for batch in model.batches:
+        assert sum(batch) <= 16 or batch == [40], f"batch over max_batch_size: {batch}"
+    assert [40] in model.batches
+
+
+async def test_batches_count_rows_not_requests_and_close_when_full() -> None:
+    model = RowModel()
+    model.gate.clear()
+    # A long delay: batches can only close by size, so timing shows they did.
+    b = await started(model, max_batch_rows=8, max_delay_s=5.0, max_queue_rows=64)
+    first = asyncio.ensure_future(b.submit(job(8, tag="first")))  # full at once: starts immediately
+    while not model.entered.is_set():
+        await asyncio.sleep(0.001)
+    t0 = time.monotonic()
+    rest = [asyncio.ensure_future(b.submit(job(4, base=10 * i, tag=i))) for i in range(4)]
+    await asyncio.sleep(0.01)
+    model.gate.set()
+    await asyncio.gather(first, *rest)
+    assert time.monotonic() - t0 < 2.0, "full batches waited for max_delay"
+    assert model.batches == [[8], [4, 4], [4, 4]]
+    assert model.tags[1:] == [[0, 1], [2, 3]], "requests were reordered"
+    await b.stop()
+
+
+async def test_max_delay_runs_from_the_first_queued_request() -> None:
+    model = RowModel(delay_s=0.03)
+    b = await started(model, max_batch_rows=64, max_delay_s=0.1, max_queue_rows=256)
+    # A steady stream, one request every 10 ms, faster than the model (30 ms a call): batches must
+    # close ~100 ms after their first request arrived (not when full: 64 rows would take 640 ms).
+    t0 = time.monotonic()
+    done_at: dict[int, float] = {}
+
+    async def one(i: int) -> None:
+        await asyncio.sleep(0.01 * i)
+        await b.submit(job(1, tag=i))
+        done_at[i] = time.monotonic() - t0
+
+    await asyncio.gather(*(one(i) for i in range(40)))
+    await b.stop()
+    assert model.tags[0] == [0], "the very first request had no reason to wait"
+    big = [t for t in model.tags if len(t) >= 4]
+    assert big, f"a steady stream was not batched: {model.tags}"
+    for tags in big[:-1]:  # the last batch may close early: the stream ended
+        held = done_at[tags[0]] - 0.01 * tags[0]
+        assert 0.08 <= held < 0.1 + 0.03 + 0.15, f"batch {tags}: its first request was held {held:.3f}s"
+    assert [i for t in model.tags for i in t] == list(range(40)), "arrival order was not kept"
+
+
+async def test_a_lone_request_after_a_quiet_spell_is_not_held() -> None:
+    model = RowModel()
+    b = await started(model, max_batch_rows=64, max_delay_s=0.5, max_queue_rows=256)
+    await asyncio.gather(*(b.submit(job(1)) for _ in range(8)))  # a burst teaches it requests come in groups
+    await asyncio.sleep(0.6)  # then silence, longer than max_delay
+    t0 = time.monotonic()
+    await b.submit(job(1))
+    await b.submit(job(1))  # closed loop, one client: each waits for the previous answer
+    elapsed = time.monotonic() - t0
+    assert elapsed < 0.5, f"lone requests were held for company that never came ({elapsed:.3f}s)"
+    await b.stop()
+
+
+async def test_full_queue_fails_fast_with_queue_full() -> None:
+    model = RowModel()
+    model.gate.clear()
+    b = await started(model, max_batch_rows=4, max_delay_s=0.0, max_queue_rows=8)
+    running = asyncio.ensure_future(b.submit(job(4)))
+    while not model.entered.is_set():
+        await asyncio.sleep(0.001)
+    queued = [asyncio.ensure_future(b.submit(job(4, base=100 * i))) for i in range(2)]
+    await asyncio.sleep(0.01)
+    assert b.queued_rows == 8
+    t0 = time.monotonic()
+    with pytest.raises(QueueFull, match="queue full"):
+        await b.submit(job(1))
+    assert time.monotonic() - t0 < 0.05, "QueueFull was not immediate"
+    model.gate.set()
+    results = await asyncio.gather(running, *queued)
+    np.testing.assert_array_equal(results[2], 3 * np.arange(100, 104) + 1)
+    assert b.queued_rows == 0
+    await b.submit(job(1))  # accepted again once drained
+    await b.stop()
+
+
+async def test_predict_exception_fails_only_its_batch() -> None:
+    model = RowModel()
+    b = await started(model, max_batch_rows=2, max_delay_s=1.0, max_queue_rows=16)
+    bad = asyncio.ensure_future(b.submit(job(1, boom=True)))
+    neighbour = asyncio.ensure_future(b.submit(job(1)))  # same batch (2 rows: closes at once)
+    done = await asyncio.gather(bad, neighbour, return_exceptions=True)
+    assert all(isinstance(e, ValueError) and "poisoned" in str(e) for e in done)
+    later = await asyncio.gather(b.submit(job(1, base=5)), b.submit(job(1, base=6)))
+    assert [int(r[0]) for r in later] == [16, 19]
+    await b.stop()
+
+
+async def test_wrong_result_count_is_an_error_not_a_mixup() -> None:
+    b: AdaptiveBatcher[Job, Any] = AdaptiveBatcher(lambda jobs: [0], BatchingConfig(2, 1.0, 16))
+    await b.start()
+    out = await asyncio.gather(b.submit(job(1)), b.submit(job(1)), return_exceptions=True)
+    assert all(isinstance(e, RuntimeError) and "2 requests" in str(e) for e in out)
+    await b.stop()
+
+
+async def test_stop_fails_queued_requests_and_finishes_the_running_batch() -> None:
+    model = RowModel()
+    model.gate.clear()
+    b = await started(model, max_batch_rows=1, max_delay_s=0.0, max_queue_rows=16)
+    running = asyncio.ensure_future(b.submit(job(1, base=7)))
+    while not model.entered.is_set():
+        await asyncio.sleep(0.001)
+    queued = [asyncio.ensure_future(b.submit(job(1))) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    stopping = asyncio.ensure_future(b.stop())
+    await asyncio.sleep(0.01)
+    for q in queued:
+        assert q.done()
+        assert isinstance(q.exception(), BatcherClosed)
+    model.gate.set()
+    await stopping
+    assert int((await running)[0]) == 22
+    with pytest.raises(BatcherClosed, match="shutting down"):
+        await b.submit(job(1))
+
+
+async def test_cancelled_request_leaves_the_queue() -> None:
+    model = RowModel()
+    model.gate.clear()
+    b = await started(model, max_batch_rows=1, max_delay_s=0.0, max_queue_rows=16)
+    running = asyncio.ensure_future(b.submit(job(1)))
+    while not model.entered.is_set():
+        await asyncio.sleep(0.001)
+    gone = asyncio.ensure_future(b.submit(job(3)))
+    await asyncio.sleep(0.01)
+    assert b.queued_rows == 3
+    gone.cancel()
+    await asyncio.sleep(0.01)
+    assert b.queued_rows == 0
+    model.gate.set()
+    await running
+    await b.stop()
+    assert model.batches == [[1]], "a cancelled request still reached the model"
+
+
+async def test_metrics_record_rows_queue_wait_and_depth() -> None:
+    reg = CollectorRegistry()
+    model = RowModel()
+    b: AdaptiveBatcher[Job, Any] = AdaptiveBatcher(
+        model.predict, BatchingConfig(8, 0.02, 64), BatchingMetrics(registry=reg, prefix="t")
+    )
+    await b.start()
+    await asyncio.gather(b.submit(job(3)), b.submit(job(5)))
+    await b.stop()
+    assert reg.get_sample_value("t_batch_rows_sum") == 8
+    assert reg.get_sample_value("t_batch_rows_count") == 1
+    assert reg.get_sample_value("t_batch_requests_sum") == 2
+    assert reg.get_sample_value("t_batch_queue_wait_seconds_count") == 2
+    assert reg.get_sample_value("t_batch_queue_rows") == 0
+
+
+def test_config_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="max_queue_rows"):
+        BatchingConfig(max_batch_rows=32, max_delay_s=0.01, max_queue_rows=8)
+    with pytest.raises(ValueError, match="at least 1"):
+        BatchingConfig(max_batch_rows=0, max_delay_s=0.01, max_queue_rows=8)

@@ -1,0 +1,85 @@
+"""Fixtures for the operator tests: specs and owners for the builders, the operator for the cluster tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from scoring_operator.builders.meta import Owner
+from scoring_operator.config import OperatorConfig
+from scoring_operator.spec import ScoringModelSpec, parse_spec
+from tests.kube.controlplane import KubeCluster, free_ports, namespace_name_for
+from tests.operator.kubehelpers import CHART, Operator, registry_claim
+
+
+def make_spec(**overrides: Any) -> ScoringModelSpec:
+    """A minimal valid spec (local registry, tracked label) with top-level overrides."""
+    body: dict[str, Any] = {
+        "model": {"registry": {"type": "local", "claimName": "registry"}, "name": "faq", "label": "latest"},
+    }
+    body.update(overrides)
+    return parse_spec(body)
+
+
+@pytest.fixture
+def owner() -> Owner:
+    return Owner(name="faq", namespace="ml", uid="0b6c1c1e-5f0a-4c38-9d1f-6a2c3c6d7e8f")
+
+
+@pytest.fixture
+def config() -> OperatorConfig:
+    return OperatorConfig(runtime_image="example.com/runtime:1", runtime_gpu_image="example.com/runtime-cuda:1")
+
+
+# ---------------------------------------------------------------------------------------------
+# Cluster fixtures (tests using them are marked `cluster` by tests/conftest.py)
+
+
+@pytest.fixture(scope="package")
+def operator(cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    """The chart installed with replicaCount=0, and the operator run locally with its ServiceAccount's token.
+
+    The operator watches all namespaces and reads a temp local registry; tests register tiny dummy
+    models into it (kwok pods never run them).
+    """
+    release_ns = cluster.create_namespace(namespace_name_for("scoring-system"))
+    release = f"so-{release_ns.rsplit('-', 1)[-1]}"
+    cluster.helm("install", release, CHART, "-n", release_ns, "--set", "replicaCount=0", "--wait")
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/scoringmodels.scoring.dev")
+    service_account = f"{release}-scoring-operator"
+    work = tmp_path_factory.mktemp("operator")
+    op = Operator.start(
+        kubeconfig=cluster.token_kubeconfig(service_account, release_ns, path=work / "sa.kubeconfig"),
+        registry_root=work / "registry",
+        ports=free_ports(2),
+        log_path=work / "operator.log",
+        release=release,
+        release_namespace=release_ns,
+        service_account=service_account,
+    )
+    try:
+        yield op
+    finally:
+        # ScoringModels carry the operator's finalizer: delete them while it still runs.
+        for ns in _USED_NAMESPACES:
+            cluster.kubectl("delete", "scoringmodels", "--all", "-n", ns, "--ignore-not-found", "--wait=true",
+                            "--timeout=60s", check=False)
+        op.stop()
+        cluster.helm("uninstall", release, "-n", release_ns, check=False)
+        cluster.delete_namespace(release_ns)
+
+
+_USED_NAMESPACES: list[str] = []
+
+
+@pytest.fixture
+def ns(cluster: KubeCluster, namespace: str, operator: Operator) -> Iterator[str]:
+    """A fresh namespace with a bound `model-registry` claim, as the examples expect."""
+    _USED_NAMESPACES.append(namespace)
+    pv = registry_claim(cluster, namespace)
+    yield namespace
+    cluster.kubectl("delete", "scoringmodels", "--all", "-n", namespace, "--ignore-not-found", "--wait=true",
+                    "--timeout=60s", check=False)
+    cluster.kubectl("delete", "pv", pv, "--ignore-not-found", "--wait=false", check=False)

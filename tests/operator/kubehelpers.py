@@ -1,0 +1,207 @@
+"""Helpers for the operator's cluster tests: run the operator as a subprocess, wait for conditions."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from scoring_runtime.registry import LocalFileRegistry
+from tests.kube.controlplane import KubeCluster
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "scoring-operator"
+#: Poll interval of the test ScoringModels: short, so label moves and drift repair show up fast.
+POLL = 2
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the operator gets SIGKILL when pytest dies, so it never outlives a killed run."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the fixture's teardown still stops it
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def http_get(url: str, timeout: float = 3.0) -> tuple[int, str]:
+    """(status, body) of a GET on loopback; (0, "") when nothing listens yet."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError):
+        return 0, ""
+
+
+@dataclass
+class Operator:
+    """A `scoring-operator` subprocess running with the Helm chart's ServiceAccount token."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    registry_root: Path
+    metrics_port: int
+    liveness_port: int
+    kubeconfig: Path
+    release: str
+    release_namespace: str
+    service_account: str
+
+    @classmethod
+    def start(
+        cls, *, kubeconfig: Path, registry_root: Path, ports: list[int], log_path: Path, release: str,
+        release_namespace: str, service_account: str,
+    ) -> Operator:
+        exe = shutil.which("scoring-operator")
+        cmd = [exe] if exe else [sys.executable, "-m", "scoring_operator"]
+        cmd += [
+            "--all-namespaces",
+            "--local-registry-root", str(registry_root),
+            "--metrics-port", str(ports[0]),
+            "--liveness-port", str(ports[1]),
+            "--bind-address", "127.0.0.1",
+            "--log-level", "DEBUG",
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SCORING_OPERATOR_")}
+        env["KUBECONFIG"] = str(kubeconfig)
+        log = log_path.open("wb")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True, preexec_fn=_die_with_parent)
+        log.close()
+        op = cls(proc, log_path, registry_root, ports[0], ports[1], kubeconfig, release, release_namespace,
+                 service_account)
+        deadline = time.monotonic() + 90
+        while http_get(op.url("liveness", "/healthz"))[0] != 200:
+            if proc.poll() is not None:
+                raise RuntimeError(f"scoring-operator exited with {proc.returncode}:\n{op.log_tail()}")
+            if time.monotonic() > deadline:
+                op.stop()
+                raise RuntimeError(f"scoring-operator not live after 90s:\n{op.log_tail()}")
+            time.sleep(0.3)
+        return op
+
+    def url(self, which: str, path: str) -> str:
+        port = self.metrics_port if which == "metrics" else self.liveness_port
+        return f"http://127.0.0.1:{port}{path}"
+
+    def metrics(self) -> str:
+        status, body = http_get(self.url("metrics", "/metrics"))
+        assert status == 200, f"/metrics answered {status}"
+        return body
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "<no log>"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    # -- the registry the operator reads ------------------------------------------------------
+    def register(self, name: str, *, sub: str = "", set_latest: bool = True) -> int:
+        """Register a tiny dummy model version (kwok pods never load it) and return its version."""
+        src = self.registry_root.parent / "sources" / name
+        src.mkdir(parents=True, exist_ok=True)
+        (src / "model.json").write_text(json.dumps({"framework": "sklearn", "task": "test"}))
+        (src / "weights.bin").write_bytes(os.urandom(16))
+        root = self.registry_root / sub if sub else self.registry_root
+        return LocalFileRegistry(root).register(name, src, set_latest=set_latest).version
+
+
+def wait_for(
+    what: str, fn: Callable[[], T], *, timeout: float = 60.0, interval: float = 0.5,
+    operator: Operator | None = None,
+) -> T:
+    """Poll `fn` until it returns something truthy; fail with the last value and the operator's log."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = fn()
+        except (AssertionError, KeyError, IndexError, TypeError, subprocess.CalledProcessError) as e:
+            last = e
+        else:
+            if last:
+                return last
+        if time.monotonic() > deadline:
+            tail = f"\n--- operator log:\n{operator.log_tail()}" if operator else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}{tail}")
+        time.sleep(interval)
+
+
+def get(cluster: KubeCluster, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """The object as a dict, or None when absent."""
+    proc = cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json", "--ignore-not-found")
+    return json.loads(proc.stdout) if proc.stdout.strip() else None
+
+
+def apply(cluster: KubeCluster, *docs: dict[str, Any], check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Server-side apply manifests (as a List) with a test field manager."""
+    body = {"apiVersion": "v1", "kind": "List", "items": list(docs)}
+    return cluster.kubectl("apply", "--server-side", "--field-manager=e2e-test", "-f", "-",
+                           input=json.dumps(body), check=check)
+
+
+def scoring_model(name: str, namespace: str, model: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    """A ScoringModel manifest using the namespace's `model-registry` claim and a short poll interval."""
+    ref = {"registry": {"type": "local", "claimName": "model-registry"}, "pollInterval": POLL, **model}
+    return {
+        "apiVersion": "scoring.dev/v1alpha1",
+        "kind": "ScoringModel",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"model": ref, **spec},
+    }
+
+
+def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype:
+            return dict(c)
+    return {}
+
+
+def registry_claim(cluster: KubeCluster, namespace: str) -> str:
+    """A bound ReadOnlyMany PV/PVC pair named `model-registry` (kwok pods need a bound claim to schedule)."""
+    pv = f"{namespace}-model-registry"
+    apply(cluster, {
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": pv, "labels": {"scoring-operator.test/owned": "true"}},
+        "spec": {
+            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "",
+            "hostPath": {"path": "/srv/model-registry"},
+            "claimRef": {"namespace": namespace, "name": "model-registry"},
+        },
+    }, {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "model-registry", "namespace": namespace},
+        "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": pv,
+                 "resources": {"requests": {"storage": "1Gi"}}},
+    })
+    return pv
+
+
+def pods_running(cluster: KubeCluster, namespace: str, instance: str) -> list[dict[str, Any]]:
+    pods = cluster.kubectl_json("get", "pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={instance}")
+    return [p for p in pods["items"] if p["status"].get("phase") == "Running" and not p["metadata"].get(
+        "deletionTimestamp")]

@@ -1,0 +1,166 @@
+"""Loading PyTorch models: the three formats, safe weights loading, device, precision and threads."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from tests.torch.helpers import require_torch
+
+require_torch()
+pytestmark = pytest.mark.torch
+
+import torch  # noqa: E402
+
+from scoring_runtime.flavours import load_scorer  # noqa: E402
+from scoring_runtime.flavours.errors import ModelLoadError  # noqa: E402
+from scoring_runtime.flavours.torch_model import (  # noqa: E402
+    TorchOptions,
+    load_module,
+    load_state_dict,
+    resolve_dtype,
+    select_device,
+    thread_counts,
+)
+from scoring_runtime.flavours.torch_vision import ImageClassifier  # noqa: E402
+from scoring_runtime.settings import RuntimeSettings  # noqa: E402
+
+
+def scorer_for(model_dir: Path, **settings: object) -> ImageClassifier:
+    scorer = load_scorer(RuntimeSettings(model_dir=model_dir, **settings))  # type: ignore[arg-type]
+    assert isinstance(scorer, ImageClassifier)
+    return scorer
+
+
+@pytest.mark.timeout(120)
+def test_state_dict_torchscript_and_export_load_and_agree(make_model_dir: Callable[..., Path]) -> None:
+    pixels = np.random.default_rng(0).normal(size=(3, 3, 224, 224)).astype(np.float32)
+    results = {}
+    for fmt in ("state_dict", "torchscript", "export"):
+        scorer = scorer_for(make_model_dir(fmt))
+        assert scorer.device.type == "cpu" and scorer.dtype == torch.float32
+        probs, idx = scorer.infer(pixels, k=5)
+        assert probs.shape == idx.shape == (3, 5)
+        assert np.all(np.diff(probs, axis=1) <= 0), "top-k must be sorted by probability"
+        results[fmt] = probs, idx
+    # Same seeded weights in three formats: the same predictions.
+    for fmt in ("torchscript", "export"):
+        np.testing.assert_array_equal(results[fmt][1], results["state_dict"][1])
+        np.testing.assert_allclose(results[fmt][0], results["state_dict"][0], rtol=1e-4, atol=1e-6)
+
+
+class _Payload:
+    """Pickles to a call of Path.touch: loading it unsafely would create the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (Path.touch, (self.marker,))
+
+
+def test_weights_only_loading_refuses_a_malicious_pickle(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "model.pt"
+    torch.save({"conv1.weight": torch.zeros(1), "x": _Payload(marker)}, evil)
+    with pytest.raises(ModelLoadError, match="no pickled code"):
+        load_state_dict(evil)
+    assert not marker.exists(), "the pickled payload ran"
+    with pytest.raises(ModelLoadError, match="no pickled code"):
+        load_module(tmp_path, {"format": "state_dict", "file": "model.pt", "arch": "resnet18"}, 1000)
+    assert not marker.exists()
+
+
+def test_state_dict_that_does_not_fit_the_arch_is_a_clear_error(tmp_path: Path) -> None:
+    torch.save({"fc.weight": torch.zeros(10, 512)}, tmp_path / "w.pt")
+    with pytest.raises(ModelLoadError, match="does not fit resnet18"):
+        load_module(tmp_path, {"format": "state_dict", "file": "w.pt", "arch": "resnet18"}, 1000)
+    with pytest.raises(ModelLoadError, match="not a torchvision classification model"):
+        load_module(tmp_path, {"format": "state_dict", "file": "w.pt", "arch": "resnet9000"}, 1000)
+    with pytest.raises(ModelLoadError, match=r"unknown flavour\.format"):
+        load_module(tmp_path, {"format": "onnx", "file": "w.pt"}, 1000)
+    with pytest.raises(ModelLoadError, match="outside the model directory"):
+        load_module(tmp_path, {"format": "state_dict", "file": "../w.pt", "arch": "resnet18"}, 1000)
+    with pytest.raises(ModelLoadError, match="not a TorchScript archive"):
+        load_module(tmp_path, {"format": "torchscript", "file": "w.pt"}, 1000)
+
+
+def test_device_selection() -> None:
+    assert select_device("auto", cuda_available=False).type == "cpu"
+    assert select_device("auto", cuda_available=True, cuda_count=1).type == "cuda"
+    assert select_device("CPU", cuda_available=True, cuda_count=1).type == "cpu"
+    assert select_device("cuda:1", cuda_available=True, cuda_count=2) == torch.device("cuda", 1)
+    with pytest.raises(ModelLoadError, match="CUDA is not available"):
+        select_device("cuda", cuda_available=False)
+    with pytest.raises(ModelLoadError, match="only 1 CUDA device"):
+        select_device("cuda:3", cuda_available=True, cuda_count=1)
+    with pytest.raises(ModelLoadError, match="use auto, cpu, cuda"):
+        select_device("tpu", cuda_available=False)
+
+
+def test_half_precision_is_fp16_on_gpu_and_ignored_with_a_warning_on_cpu(caplog: pytest.LogCaptureFixture) -> None:
+    assert resolve_dtype(torch.device("cuda"), True) == torch.float16
+    assert resolve_dtype(torch.device("cuda"), False) == torch.float32
+    with caplog.at_level(logging.WARNING):
+        assert resolve_dtype(torch.device("cpu"), True) == torch.float32
+    assert "ignoring it" in caplog.text
+
+
+def test_thread_counts_split_cores_between_workers() -> None:
+    assert thread_counts(16, 1) == (16, 2)
+    assert thread_counts(16, 4) == (4, 2)
+    assert thread_counts(8, 3) == (2, 2)
+    assert thread_counts(2, 4) == (1, 1)  # never 0, never more than the cores allow
+    assert thread_counts(1.5, 1) == (1, 1)  # a fractional cgroup quota rounds down
+    assert thread_counts(16, 4, threads=6, interop=3) == (6, 3)
+
+
+def test_options_come_from_settings_or_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCORING_DEVICE", "CPU")
+    monkeypatch.setenv("SCORING_HALF_PRECISION", "true")
+    monkeypatch.setenv("SCORING_TORCH_THREADS", "3")
+    opts = TorchOptions.from_settings(SimpleNamespace(workers=2))
+    assert (opts.device, opts.half_precision, opts.threads, opts.workers) == ("cpu", True, 3, 2)
+    opts = TorchOptions.from_settings(SimpleNamespace(device="cuda:0", half_precision=False, torch_threads=1))
+    assert (opts.device, opts.half_precision, opts.threads) == ("cuda:0", False, 1)
+
+
+def test_explicit_cuda_without_a_gpu_fails_the_load_clearly(
+    make_model_dir: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the CPU-only failure path cannot be observed")
+    monkeypatch.setenv("SCORING_DEVICE", "cuda")
+    with pytest.raises(ModelLoadError, match="CUDA is not available"):
+        scorer_for(make_model_dir())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_cuda_half_precision_agrees_with_cpu_fp32(
+    make_model_dir: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pixels = np.random.default_rng(1).normal(size=(4, 3, 224, 224)).astype(np.float32)
+    cpu = scorer_for(make_model_dir())
+    monkeypatch.setenv("SCORING_DEVICE", "cuda")
+    monkeypatch.setenv("SCORING_HALF_PRECISION", "1")
+    gpu = scorer_for(make_model_dir(), max_batch_size=4)
+    assert gpu.device.type == "cuda" and gpu.dtype == torch.float16
+    gpu.warmup()
+    p_cpu, _ = cpu.infer(pixels, 1)
+    p_gpu, _ = gpu.infer(pixels, 1)
+    np.testing.assert_allclose(p_gpu, p_cpu, atol=2e-3)
+
+
+def test_thread_settings_are_applied(make_model_dir: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    monkeypatch.setenv("SCORING_TORCH_THREADS", "1")
+    try:
+        scorer_for(make_model_dir())
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
