@@ -162,9 +162,6 @@ def start_ours(name: str, model_dir: Path, cpus: set[int] | None, settings: dict
     env = {"SCORING_MODEL_DIR": str(model_dir), "SCORING_HOST": "127.0.0.1", "SCORING_PORT": str(port),
            "SCORING_LOG_LEVEL": "warning", **settings}
     cmd = [scoring, "serve", "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port)]
-    if os.environ.get("BENCH_TMP_SERVE"):
-        cmd = [sys.executable, "-c", "from scoring_runtime.settings import RuntimeSettings as S; "
-               "from scoring_runtime.server.run import serve; serve(S())"]
     return _start(name, cmd, env, cpus, "/v2/health/ready", port)
 
 

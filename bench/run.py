@@ -203,6 +203,7 @@ def section_faq(args: argparse.Namespace, failures: dict[str, str]) -> dict[str,
     batch = args.faq_batch
     ours_env = {"SCORING_MAX_BATCH_SIZE": str(batch), "SCORING_MAX_BATCH_DELAY_MS": str(args.faq_delay_ms),
                 "SCORING_WORKERS": "1"}
+    limit_before = faq_limit(model_dir, questions, args.top_k, batch, args.limit_seconds, server_cpus)
     targets: dict[str, tuple[peers.Server, list[Call]]] = {}
     started: list[peers.Server] = []
     try:
@@ -243,6 +244,8 @@ def section_faq(args: argparse.Namespace, failures: dict[str, str]) -> dict[str,
         for srv in started:
             srv.stop()
     limit = faq_limit(model_dir, questions, args.top_k, batch, args.limit_seconds, server_cpus)
+    if limit_before["rows_per_s"] > limit["rows_per_s"]:  # the machine is shared: keep the better of two
+        limit = limit_before
     pairs = [("this-runtime /v2", "mlserver /v2"), ("this-runtime /score", "aml-server /score")]
     return {
         "title": "FAQ matcher (scikit-learn): this runtime vs MLServer vs Azure ML inference server",

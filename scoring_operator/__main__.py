@@ -79,7 +79,7 @@ def main(
 
 
 def run(config: cfg.OperatorConfig) -> None:
-    """Start /metrics, then kopf with the handlers of `scoring_operator.handlers` (blocks)."""
+    """Run kopf with the handlers of `scoring_operator.handlers` (blocks); they start /metrics."""
     import kopf
 
     import scoring_operator.handlers  # noqa: F401  (registers the handlers with kopf)
@@ -89,13 +89,12 @@ def run(config: cfg.OperatorConfig) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("httpx2").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if config.log_level != "DEBUG":  # kopf logs every handler call at INFO; our own lines say what matters
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # After basicConfig (it adds no handler once root has one); exports only with APPLICATIONINSIGHTS_CONNECTION_STRING.
     telemetry.configure_telemetry("scoring-operator", service_version=_version(), prometheus_registry=metrics.REGISTRY)
-    metrics.serve(config.metrics_port, config.bind_address)
     liveness = f"http://{config.bind_address}:{config.liveness_port}/healthz" if config.liveness_port else None
     kopf.run(
         standalone=True,

@@ -68,6 +68,7 @@ async def startup(
     )
     settings.posting.level = logging.CRITICAL  # Events are posted deliberately, on status transitions
     settings.execution.max_workers = 4
+    metrics.serve(config.metrics_port, config.bind_address)  # also under plain `kopf run`
     kube = Kube()
     resolver = Resolver(config.local_registry_root, timeout=config.registry_timeout)
     memo.reconciler = Reconciler(config, kube, resolver, _post_event)
@@ -146,4 +147,4 @@ async def deployment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None
         rec.wake(owner)
 
 
-__all__ = ["cleanup", "deployment_changed", "metrics", "poll", "reconcile", "startup"]
+__all__ = ["cleanup", "deployment_changed", "poll", "reconcile", "startup"]

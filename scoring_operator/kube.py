@@ -100,6 +100,23 @@ class Kube:
         except (ApiError, httpx2.HTTPError) as e:
             raise _classify(e, what) from e
 
+    async def replace_fields(self, obj: Mapping[str, Any], paths: tuple[str, ...]) -> None:
+        """JSON-patch `replace` of some top-level spec fields with their values in `obj`.
+
+        Why: server-side apply merges keyed lists (a Service's ports by port number), so an entry
+        someone else edited cannot be taken back by applying; replacing the list can.
+        """
+        res = _resource(obj["apiVersion"], obj["kind"])
+        meta = obj["metadata"]
+        ops = [{"op": "replace", "path": f"/spec/{p}", "value": obj["spec"][p]} for p in paths if p in obj["spec"]]
+        try:
+            await self.client.patch(
+                res, meta["name"], ops, namespace=meta["namespace"], patch_type=PatchType.JSON,
+                field_manager=FIELD_MANAGER,
+            )
+        except (ApiError, httpx2.HTTPError) as e:
+            raise _classify(e, f"repair {obj['kind']} {meta['namespace']}/{meta['name']}") from e
+
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         """Delete if present (a 404 is success)."""
         res = _resource(api_version, kind)

@@ -97,7 +97,11 @@ class ModelTracker:
             return list(self._phase.items())
 
 
+_serving: set[tuple[str, int]] = set()
+
+
 def serve(port: int, addr: str = "0.0.0.0") -> None:
-    """Start the /metrics HTTP server in a daemon thread (port 0 disables it)."""
-    if port:
+    """Start the /metrics HTTP server in a daemon thread, once per address (port 0 disables it)."""
+    if port and (addr, port) not in _serving:
         start_http_server(port, addr=addr, registry=REGISTRY)
+        _serving.add((addr, port))

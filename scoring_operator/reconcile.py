@@ -55,6 +55,11 @@ class Result:
         return self.failure is not None and self.failure.retryable
 
 
+#: Keyed lists that server-side apply cannot take back once another manager edited an entry's key
+#: (a Service port changed from 80 to 81 leaves two entries named "http"): replaced, then applied.
+_REPLACE_ON_INVALID: dict[str, tuple[str, ...]] = {"Service": ("ports",)}
+
+
 def _ref_key(ref: api.ModelRef) -> str:
     return "version" if ref.version is not None else f"label:{ref.label}"
 
@@ -196,7 +201,15 @@ class Reconciler:
                         f"{obj['kind']} {owner.namespace}/{owner.name} already exists and does not belong to this "
                         "ScoringModel: delete or rename it, or rename the ScoringModel",
                     )
-                await self.kube.apply(obj)
+                try:
+                    await self.kube.apply(obj)
+                except KubeError as e:
+                    repairable = _REPLACE_ON_INVALID.get(obj["kind"])
+                    if existing is None or e.code != 422 or not repairable:
+                        raise
+                    log.info("%s/%s: %s; replacing %s", owner.namespace, owner.name, e, ", ".join(repairable))
+                    await self.kube.replace_fields(obj, repairable)
+                    await self.kube.apply(obj)
                 done.append(obj["kind"])
             for ref in children.prune:
                 existing = await self.kube.get(ref.api_version, ref.kind, owner.namespace, ref.name)

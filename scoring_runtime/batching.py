@@ -7,8 +7,8 @@ times the cost of one. `AdaptiveBatcher` queues requests and hands them to the m
   images counts 8) or `max_delay_s` after its *first* request was queued, whichever comes first;
 - while the model is busy, new requests queue up and form the next batch, so batches grow with
   load; when the model is idle, a request waits for company (up to `max_delay_s`) only under
-  concurrent load (recent requests arrived while others were queued or running, and not after a
-  pause longer than `max_delay_s`), so a lone client is never held back;
+  concurrent load (recent requests arrived while others were queued or running, and the model has
+  not sat idle with nothing arriving for longer than `max_delay_s`): a lone client is never held;
 - a request with more rows than `max_batch_rows` is never split: it runs alone, as one batch;
 - requests are taken in arrival order (a big request is never overtaken forever by small ones);
 - the queue is bounded (`max_queue_rows`): when full, `submit` raises `QueueFull` at once, so the
@@ -131,9 +131,9 @@ class AdaptiveBatcher(Generic[J, R]):
         self._running = False
         # Is another request likely within max_delay? Only if requests have recently been arriving
         # while others were still queued or running (real concurrency), and not after a quiet spell.
-        self._last_arrival: float | None = None
-        self._last_gap = float("inf")
-        self._overlap = 0.0
+        self._last_event: float | None = None  # the last arrival or batch end
+        self._overlap = 0.0  # moving share of arrivals that found others queued or running
+        self._wait_ok = False
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -216,14 +216,17 @@ class AdaptiveBatcher(Generic[J, R]):
             self._metrics.queue_rows.set(n)
 
     def _note_arrival(self, now: float) -> None:
-        busy = 1.0 if (self._queue or self._running) else 0.0
-        self._overlap = 0.5 * self._overlap + 0.5 * busy
-        self._last_gap = now - self._last_arrival if self._last_arrival is not None else float("inf")
-        self._last_arrival = now
+        busy = bool(self._queue or self._running)
+        # quiet: nothing arrived and nothing ran for longer than max_delay before this request
+        quiet = not busy and (self._last_event is None or now - self._last_event > self.config.max_delay_s)
+        # judged on the arrivals *before* this one: the request deciding whether to wait is idle by definition
+        self._wait_ok = self._overlap >= 0.5 and not quiet
+        self._overlap = 0.5 * self._overlap + (0.5 if busy else 0.0)
+        self._last_event = now
 
     def _more_expected(self, now: float, remaining: float) -> bool:
         """Wait for company only under concurrent load: a lone client is never held back."""
-        return self._overlap >= 0.5 and self._last_gap < self.config.max_delay_s
+        return self._wait_ok
 
     @staticmethod
     def _fail(item: _Queued[J, R], exc: BaseException) -> None:
@@ -293,6 +296,7 @@ class AdaptiveBatcher(Generic[J, R]):
             return
         finally:
             self._running = False
+            self._last_event = loop.time()
         log.debug("batch: %d requests in %.1f ms", len(batch), (time.perf_counter() - t0) * 1000)
         for i, r in zip(batch, results, strict=True):
             if not i.future.done():

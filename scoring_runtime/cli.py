@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 import click
 
-from scoring_runtime.registry import RegistryError, open_registry
+from scoring_runtime.registry import ModelRegistry, RegistryError, open_registry
 from scoring_runtime.registry.local import LocalFileRegistry
 
 REGISTRY_HELP = "registry: a directory, file:///abs/root, or azureml://... (env SCORING_REGISTRY)"
@@ -54,8 +54,16 @@ def _registry_cmd(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--registry", "registry", envvar="SCORING_REGISTRY", required=True, help=REGISTRY_HELP)(fn)
 
 
+def _open(uri: str) -> ModelRegistry:
+    """open_registry, with a bad URI reported as a one-line error instead of a traceback."""
+    try:
+        return open_registry(uri)
+    except RegistryError as e:
+        fail(str(e))
+
+
 def _local(uri: str) -> LocalFileRegistry:
-    reg = open_registry(uri)
+    reg = _open(uri)
     if not isinstance(reg, LocalFileRegistry):
         fail(f"{uri}: this command only works on a local file registry")
     return reg
@@ -92,7 +100,7 @@ def register(registry: str, name: str, path: Path, no_latest: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def models(registry: str, name: str | None, as_json: bool) -> None:
     """List models, or the versions and labels of NAME."""
-    reg = open_registry(registry)
+    reg = _open(registry)
     try:
         names = [name] if name else reg.list_models()
         rows = [v for n in names for v in reg.list_versions(n)]
@@ -138,7 +146,7 @@ def fetch(registry: str, name: str, version: int | None, label: str | None, dest
         fail("give --version or --label, not both")
     if version is None and label is None:
         label = "latest"
-    reg = open_registry(registry)
+    reg = _open(registry)
     progress = _Progress(f"fetch {name}")
     try:
         resolved = reg.resolve(name, version=version, label=label)
@@ -169,6 +177,11 @@ def fetch(registry: str, name: str, version: int | None, label: str | None, dest
 @click.option("--max-batch-size", type=int,
               help="rows per model call; >1 enables batching [env SCORING_MAX_BATCH_SIZE]")
 @click.option("--max-batch-delay-ms", type=float, help="longest wait to fill a batch [env SCORING_MAX_BATCH_DELAY_MS]")
+@click.option("--device", help="PyTorch models: auto, cpu, cuda, cuda:N [auto; env SCORING_DEVICE]")
+@click.option("--half-precision/--no-half-precision", default=None,
+              help="PyTorch models: fp16 on a GPU [off; env SCORING_HALF_PRECISION]")
+@click.option("--torch-threads", type=int, help="PyTorch models: intra-op threads [CPUs / workers; env "
+              "SCORING_TORCH_THREADS]")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"],
               case_sensitive=False), help="[info; env SCORING_LOG_LEVEL]")
 @click.option("--log-format", type=click.Choice(["json", "text"]), help="[json; env SCORING_LOG_FORMAT]")

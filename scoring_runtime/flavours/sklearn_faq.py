@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 
 from scoring_runtime.flavours.base import BadRequest, Job, ModelLoadError, Scorer, decode_json, media_type
-from scoring_runtime.flavours.sklearn_io import load_estimator
+from scoring_runtime.flavours.sklearn_io import artifact_path, load_estimator
 from scoring_runtime.flavours.v2 import V2Request, V2Tensor
 from scoring_runtime.manifest import ModelManifest
 from scoring_runtime.settings import RuntimeSettings
@@ -62,7 +62,8 @@ class FAQScorer(Scorer):
         pipeline = load_estimator(model_dir, manifest, settings, default_file="pipeline.skops")
         if not hasattr(pipeline, "predict_proba"):
             raise ModelLoadError("the FAQ model must have predict_proba (a classifier over question pairs)")
-        return cls(manifest, settings, pipeline, read_faq(model_dir / str(manifest.flavour.get("faq", "faq.json"))))
+        faq = read_faq(artifact_path(model_dir, str(manifest.flavour.get("faq", "faq.json")), "flavour.faq"))
+        return cls(manifest, settings, pipeline, faq)
 
     # ------------------------------------------------------------------ requests
     def _top_k(self, value: Any, where: str = "top_k") -> int:

@@ -84,16 +84,28 @@ def dump_skops(obj: Any, path: Path) -> list[str]:
     return untrusted_types(path)
 
 
+def artifact_path(model_dir: Path, rel: str, setting: str) -> Path:
+    """A file the manifest names, which must exist inside the model directory."""
+    path = (model_dir / rel).resolve()
+    if not path.is_relative_to(model_dir.resolve()):
+        raise ModelLoadError(f"{setting} {rel!r} points outside the model directory")
+    if not path.is_file():
+        raise ModelLoadError(f"{path} not found: the manifest's {setting} names a file the model directory lacks")
+    return path
+
+
 def load_estimator(model_dir: Path, manifest: ModelManifest, settings: RuntimeSettings, default_file: str) -> Any:
     """Load the estimator file a manifest names (`flavour.file`), per its `flavour.format`."""
     cfg = manifest.flavour
     fmt = str(cfg.get("format", "skops")).lower()
-    rel = str(cfg.get("file", default_file))
-    path = (model_dir / rel).resolve()
-    if not path.is_relative_to(model_dir.resolve()):
-        raise ModelLoadError(f"flavour.file {rel!r} points outside the model directory")
-    if not path.is_file():
-        raise ModelLoadError(f"{path} not found: the manifest's flavour.file names a file the model directory lacks")
+    path = artifact_path(model_dir, str(cfg.get("file", default_file)), "flavour.file")
+    trained_with = cfg.get("sklearn_version")
+    if trained_with:
+        import sklearn
+
+        if trained_with != sklearn.__version__:
+            log.warning("model trained with scikit-learn %s, serving with %s: results may differ; retrain or pin "
+                        "the version", trained_with, sklearn.__version__)
     if fmt in SKOPS_FORMATS:
         return _load_skops(path, cfg.get("trusted_types", []), settings)
     if fmt in PICKLE_FORMATS:

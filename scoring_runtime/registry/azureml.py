@@ -126,10 +126,15 @@ class AzureMLRegistry(ModelRegistry):
                     **self._client_options,
                 }
                 if loc.registry_name:
-                    self._client = self._call(
-                        "registry discovery",
-                        lambda: MLClient(self.credential, registry_name=loc.registry_name, **kwargs),
-                    )
+                    try:
+                        self._client = self._call(
+                            "registry discovery",
+                            lambda: MLClient(self.credential, registry_name=loc.registry_name, **kwargs),
+                        )
+                    except ModelNotFound:
+                        raise ModelNotFound(
+                            f"{loc.describe()} does not exist (or is in another cloud): check the registry name"
+                        ) from None
                 else:
                     self._client = MLClient(
                         self.credential, loc.subscription_id, loc.resource_group, loc.workspace, **kwargs

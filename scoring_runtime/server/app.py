@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -38,6 +40,8 @@ from scoring_runtime.server.metrics import Metrics
 from scoring_runtime.settings import RuntimeSettings
 
 log = logging.getLogger("scoring_runtime.server")
+#: with several workers: a directory where each ready worker leaves a file named after its pid
+READY_DIR_ENV = "_SCORING_SERVE_READY_DIR"
 Loader = Callable[[RuntimeSettings], Scorer]
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -113,6 +117,8 @@ class ScoringServer:
         self.executor: ThreadPoolExecutor | None = None
         self.load_seconds: float | None = None
         self.warmup_seconds: float | None = None
+        ready_dir = os.environ.get(READY_DIR_ENV)
+        self.ready_dir = Path(ready_dir) if ready_dir and settings.workers > 1 else None
 
     # ------------------------------------------------------------------ lifecycle
     @contextlib.asynccontextmanager
@@ -131,6 +137,8 @@ class ScoringServer:
         finally:
             self.phase = Phase.STOPPING
             self.metrics.ready.set(0)
+            if self.ready_dir is not None:
+                (self.ready_dir / str(os.getpid())).unlink(missing_ok=True)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -161,6 +169,8 @@ class ScoringServer:
             self.scorer, self.dispatcher = scorer, dispatcher
             self.phase = Phase.READY
             self.metrics.ready.set(1)
+            if self.ready_dir is not None:
+                (self.ready_dir / str(os.getpid())).touch()
             self.metrics.info.labels(m.name, str(m.version), self.flavour).set(1)
             event(log, logging.INFO, "model_ready", model=m.name, version=m.version,
                   warmup_seconds=round(self.warmup_seconds, 3), batching=self.settings.batching)
@@ -241,8 +251,33 @@ class ScoringServer:
         return error(500, "internal error while scoring; the details are in the server log")
 
     # ------------------------------------------------------------------ health and metadata
-    async def root(self, request: Request) -> Response:
+    def _workers_ready(self) -> int:
+        """How many live worker processes are ready (several workers share one port)."""
+        if self.ready_dir is None:
+            return 1
+        ready = 0
+        for marker in self.ready_dir.iterdir():
+            try:
+                os.kill(int(marker.name), 0)
+            except ProcessLookupError:  # a worker that died without cleaning up
+                marker.unlink(missing_ok=True)
+                continue
+            except (ValueError, PermissionError):
+                continue
+            ready += 1
+        return ready
+
+    def _pod_not_ready(self) -> Response | None:
+        """Readiness of the whole server: with N workers, a probe may reach any one of them, so
+        the server is ready only when all N are (else some requests would still get 503)."""
         if (r := self._not_ready()) is not None:
+            return r
+        if (n := self._workers_ready()) < self.settings.workers:
+            return error(503, f"{n} of {self.settings.workers} workers are ready", {"Retry-After": "1"})
+        return None
+
+    async def root(self, request: Request) -> Response:
+        if (r := self._pod_not_ready()) is not None:
             return r
         return JSON({"status": "ready", "model": self.manifest.name, "version": self.manifest.version})
 
@@ -251,6 +286,9 @@ class ScoringServer:
 
     async def ready(self, request: Request) -> Response:
         if self.phase is Phase.READY:
+            if (n := self._workers_ready()) < self.settings.workers:
+                return JSON({"ready": False, "status": f"{n} of {self.settings.workers} workers ready"},
+                            status_code=503)
             return JSON({"ready": True})
         body: dict[str, Any] = {"ready": False, "status": self.phase.value}
         if self.failure:

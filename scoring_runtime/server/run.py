@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from scoring_runtime.flavours import flavour_class
 from scoring_runtime.flavours.errors import ModelLoadError
 from scoring_runtime.manifest import load_manifest
+from scoring_runtime.server.app import READY_DIR_ENV
 from scoring_runtime.server.auth import read_api_keys
 from scoring_runtime.server.logs import log_config
 from scoring_runtime.server.metrics import MULTIPROC_ENV
@@ -127,6 +128,9 @@ def serve(settings: RuntimeSettings) -> None:
             metrics_dir.mkdir()
             os.environ[MULTIPROC_ENV] = str(metrics_dir)
             os.environ[SETTINGS_ENV] = settings.model_dump_json()
+            ready_dir = workdir / "ready"
+            ready_dir.mkdir()
+            os.environ[READY_DIR_ENV] = str(ready_dir)
             uvicorn.run("scoring_runtime.server.run:app_from_env", factory=True, workers=settings.workers,
                         **common)  # type: ignore[arg-type]
         if fatal_file.exists():

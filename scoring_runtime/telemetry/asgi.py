@@ -38,22 +38,28 @@ class TelemetryMiddleware:
 
 
 class _RouteNamer:
-    """Inside the server span: after routing, name the span after the route template."""
+    """Inside the server span: once routing has run, name the span after the route template.
+
+    Done when the response starts (the route is known by then), because the OpenTelemetry
+    middleware may end the span as soon as the response body is complete.
+    """
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            route = getattr(scope.get("route"), "path", None)
-            if route:
-                from opentelemetry import trace
+        async def naming_send(message: dict[str, Any]) -> None:
+            if message.get("type") == "http.response.start":
+                route = getattr(scope.get("route"), "path", None)
+                if route:
+                    from opentelemetry import trace
 
-                current = trace.get_current_span()
-                current.update_name(f"{scope.get('method', 'HTTP')} {route}")
-                current.set_attribute("http.route", route)
+                    current = trace.get_current_span()
+                    current.update_name(f"{scope.get('method', 'HTTP')} {route}")
+                    current.set_attribute("http.route", route)
+            await send(message)
+
+        await self.app(scope, receive, naming_send)
 
 
 def _otel_middleware(app: Any, telemetry: setup.Telemetry, excluded_urls: str) -> Any:

@@ -52,9 +52,15 @@ def _register_exit_hook() -> None:
     atexit.register(shutdown_telemetry)
 
 
-class _NoExportLoop(logging.Filter):
+class _ExportOnce(logging.Filter):
+    """Forward each record once (the handler sits on non-propagating loggers and on root) and never the
+    export pipeline's own records."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.name.startswith(EXPORT_LOOP_LOGGERS)
+        if record.name.startswith(EXPORT_LOOP_LOGGERS) or getattr(record, "_scoring_exported", False):
+            return False
+        record._scoring_exported = True
+        return True
 
 
 @dataclass
@@ -91,13 +97,13 @@ class Telemetry:
 
 
 def register_secret_file(path: str | Path) -> int:
-    """Register every non-empty line of a secrets file (the runtime's API key file) for redaction."""
+    """Register every key line of a secrets file (the runtime's API key file: `#` comments skipped)."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as e:
         log.warning("cannot read secrets file %s for log redaction: %s", path, e.strerror)
         return 0
-    return sum(register_secret(line.strip()) for line in lines if line.strip())
+    return sum(register_secret(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#"))
 
 
 def _resource(service_name: str, service_version: str | None, extra: Mapping[str, str]) -> Resource:
@@ -127,7 +133,7 @@ def configure_telemetry(
     prometheus_registry: CollectorRegistry | None = None,
     metric_interval_s: float = 60.0,
     log_level: int = logging.INFO,
-    log_loggers: Sequence[str] = ("", "uvicorn", "kopf"),
+    log_loggers: Sequence[str] = ("", "uvicorn", "scoring_runtime", "scoring_operator", "kopf"),
     secret_files: Sequence[str | Path] = (),
     resource_attributes: Mapping[str, str] | None = None,
     offline_storage_dir: str | None = None,
@@ -168,7 +174,7 @@ def configure_telemetry(
         metric_interval_s=metric_interval_s,
         log_level=log_level,
         log_loggers=log_loggers,
-        log_filter=_NoExportLoop(),
+        log_filter=_ExportOnce(),
         exporter_options={
             **storage,
             **(exporter_options or {}),

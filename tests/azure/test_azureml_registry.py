@@ -253,7 +253,7 @@ def test_registry_models_resolve_page_and_download_with_the_issued_sas(
 
 def test_unknown_registry_is_model_not_found(fake: FakeAzure, cred: StaticCredential) -> None:
     reg = AzureMLRegistry(AzureMLLocation(registry_name="nowhere"), credential=cred, transport=fake.transport())
-    with pytest.raises(ModelNotFound, match="registry discovery not found in Azure ML registry 'nowhere'"):
+    with pytest.raises(ModelNotFound, match=r"Azure ML registry 'nowhere' does not exist"):
         reg.list_versions("x")
 
 

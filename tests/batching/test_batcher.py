@@ -129,6 +129,26 @@ async def test_max_delay_runs_from_the_first_queued_request() -> None:
     assert [i for t in model.tags for i in t] == list(range(40)), "arrival order was not kept"
 
 
+async def test_closed_loop_clients_on_a_slow_model_fill_whole_batches() -> None:
+    # 4 clients, each sending its next request a few ms after its previous answer, to a model that
+    # takes 50 ms per call whatever the batch size. With max_delay above one model call, waiting for
+    # the stragglers must win: no lasting split into a small and a large batch taking turns.
+    model = RowModel(delay_s=0.05)
+    b = await started(model, max_batch_rows=4, max_delay_s=0.08, max_queue_rows=64)
+    rng = random.Random(3)
+
+    async def client(n: int) -> None:
+        for i in range(8):
+            await asyncio.sleep(rng.random() * 0.005)
+            r = await b.submit(job(1, base=100 * n + i))
+            assert int(r[0]) == 3 * (100 * n + i) + 1
+
+    await asyncio.gather(*(client(n) for n in range(4)))
+    await b.stop()
+    sizes = [sum(batch) for batch in model.batches]
+    assert sum(sizes[2:]) / len(sizes[2:]) >= 3.5, f"batches stayed small: {sizes}"
+
+
 async def test_a_lone_request_after_a_quiet_spell_is_not_held() -> None:
     model = RowModel()
     b = await started(model, max_batch_rows=64, max_delay_s=0.5, max_queue_rows=256)

@@ -10,8 +10,8 @@ import pytest
 from scoring_operator.builders.meta import Owner
 from scoring_operator.config import OperatorConfig
 from scoring_operator.spec import ScoringModelSpec, parse_spec
-from tests.kube.controlplane import KubeCluster, free_ports, namespace_name_for
-from tests.operator.kubehelpers import CHART, Operator, registry_claim
+from tests.kube.controlplane import KubeCluster
+from tests.operator.kubehelpers import Operator, chart_operator, registry_claim
 
 
 def make_spec(**overrides: Any) -> ScoringModelSpec:
@@ -37,38 +37,22 @@ def config() -> OperatorConfig:
 # Cluster fixtures (tests using them are marked `cluster` by tests/conftest.py)
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def operator(cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     """The chart installed with replicaCount=0, and the operator run locally with its ServiceAccount's token.
 
     The operator watches all namespaces and reads a temp local registry; tests register tiny dummy
-    models into it (kwok pods never run them).
+    models into it (kwok pods never run them). Module-scoped, so two operators never overlap.
     """
-    release_ns = cluster.create_namespace(namespace_name_for("scoring-system"))
-    release = f"so-{release_ns.rsplit('-', 1)[-1]}"
-    cluster.helm("install", release, CHART, "-n", release_ns, "--set", "replicaCount=0", "--wait")
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/scoringmodels.scoring.dev")
-    service_account = f"{release}-scoring-operator"
-    work = tmp_path_factory.mktemp("operator")
-    op = Operator.start(
-        kubeconfig=cluster.token_kubeconfig(service_account, release_ns, path=work / "sa.kubeconfig"),
-        registry_root=work / "registry",
-        ports=free_ports(2),
-        log_path=work / "operator.log",
-        release=release,
-        release_namespace=release_ns,
-        service_account=service_account,
-    )
-    try:
-        yield op
-    finally:
-        # ScoringModels carry the operator's finalizer: delete them while it still runs.
-        for ns in _USED_NAMESPACES:
-            cluster.kubectl("delete", "scoringmodels", "--all", "-n", ns, "--ignore-not-found", "--wait=true",
-                            "--timeout=60s", check=False)
-        op.stop()
-        cluster.helm("uninstall", release, "-n", release_ns, check=False)
-        cluster.delete_namespace(release_ns)
+    with chart_operator(cluster, tmp_path_factory.mktemp("operator")) as op:
+        try:
+            yield op
+        finally:
+            # ScoringModels carry the operator's finalizer: delete them while it still runs.
+            for ns in _USED_NAMESPACES:
+                cluster.kubectl("delete", "scoringmodels", "--all", "-n", ns, "--ignore-not-found", "--wait=true",
+                                "--timeout=60s", check=False)
+            _USED_NAMESPACES.clear()
 
 
 _USED_NAMESPACES: list[str] = []

@@ -13,13 +13,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from scoring_runtime.registry import LocalFileRegistry
-from tests.kube.controlplane import KubeCluster
+from tests.kube.controlplane import KubeCluster, free_ports, namespace_name_for
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
@@ -63,12 +63,12 @@ class Operator:
     @classmethod
     def start(
         cls, *, kubeconfig: Path, registry_root: Path, ports: list[int], log_path: Path, release: str,
-        release_namespace: str, service_account: str,
+        release_namespace: str, service_account: str, namespaces: tuple[str, ...] = (),
     ) -> Operator:
         exe = shutil.which("scoring-operator")
         cmd = [exe] if exe else [sys.executable, "-m", "scoring_operator"]
+        cmd += [f"--namespace={n}" for n in namespaces] or ["--all-namespaces"]
         cmd += [
-            "--all-namespaces",
             "--local-registry-root", str(registry_root),
             "--metrics-port", str(ports[0]),
             "--liveness-port", str(ports[1]),
@@ -127,6 +127,40 @@ class Operator:
         (src / "weights.bin").write_bytes(os.urandom(16))
         root = self.registry_root / sub if sub else self.registry_root
         return LocalFileRegistry(root).register(name, src, set_latest=set_latest).version
+
+
+@contextlib.contextmanager
+def chart_operator(
+    cluster: KubeCluster, workdir: Path, *, watch_namespaces: tuple[str, ...] = ()
+) -> Iterator[Operator]:
+    """Install the chart (replicaCount=0) in a fresh namespace and run the operator with its ServiceAccount.
+
+    With `watch_namespaces`, the chart creates Roles there only and the operator watches just those.
+    """
+    release_ns = cluster.create_namespace(namespace_name_for("scoring-system"))
+    release = f"so-{release_ns.rsplit('-', 1)[-1]}"
+    args = ["install", release, CHART, "-n", release_ns, "--set", "replicaCount=0", "--wait"]
+    if watch_namespaces:
+        args += ["--set", "watchNamespaces={" + ",".join(watch_namespaces) + "}"]
+    cluster.helm(*args)
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/scoringmodels.scoring.dev")
+    service_account = f"{release}-scoring-operator"
+    op = Operator.start(
+        kubeconfig=cluster.token_kubeconfig(service_account, release_ns, path=workdir / "sa.kubeconfig"),
+        registry_root=workdir / "registry",
+        ports=free_ports(2),
+        log_path=workdir / "operator.log",
+        release=release,
+        release_namespace=release_ns,
+        service_account=service_account,
+        namespaces=watch_namespaces,
+    )
+    try:
+        yield op
+    finally:
+        op.stop()
+        cluster.helm("uninstall", release, "-n", release_ns, check=False)
+        cluster.delete_namespace(release_ns)
 
 
 def wait_for(

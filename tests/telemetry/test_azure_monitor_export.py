@@ -16,16 +16,16 @@ import pytest
 pytest.importorskip("azure.monitor.opentelemetry.exporter", reason="telemetry export needs the [azure] extra")
 pytest.importorskip("opentelemetry.instrumentation.asgi", reason="telemetry export needs the [azure] extra")
 
-from starlette.testclient import TestClient  # noqa: E402
+from starlette.testclient import TestClient
 
-from scoring_runtime import telemetry  # noqa: E402
-from scoring_runtime.flavours.base import BadRequest, Job, Scorer, decode_json  # noqa: E402
-from scoring_runtime.flavours.v2 import V2Request, V2Tensor  # noqa: E402
-from scoring_runtime.manifest import ModelManifest  # noqa: E402
-from scoring_runtime.server.app import ScoringServer  # noqa: E402
-from scoring_runtime.settings import RuntimeSettings  # noqa: E402
-from scoring_runtime.telemetry.scrub import REDACTED, clear_registered_secrets  # noqa: E402
-from tests.telemetry.ingestion import IKEY, Ingestion, walk  # noqa: E402
+from scoring_runtime import telemetry
+from scoring_runtime.flavours.base import BadRequest, Job, Scorer, decode_json
+from scoring_runtime.flavours.v2 import V2Request, V2Tensor
+from scoring_runtime.manifest import ModelManifest
+from scoring_runtime.server.app import ScoringServer
+from scoring_runtime.settings import RuntimeSettings
+from scoring_runtime.telemetry.scrub import REDACTED, clear_registered_secrets, scrub
+from tests.telemetry.ingestion import IKEY, Ingestion, walk
 
 API_KEY = "rt-key-9f8e7d6c5b4a3210"
 BEARER = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJvcGVyYXRvciJ9.c2lnbmF0dXJlLXZhbHVl"
@@ -86,7 +86,7 @@ def no_secret_anywhere(ing: Ingestion, *secrets: str) -> None:
 
 
 def test_runtime_requests_reach_azure_monitor_as_metrics_requests_and_logs(
-    ingestion: Ingestion, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ingestion: Ingestion, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     model_dir = tmp_path / "model"
     model_dir.mkdir()
@@ -97,6 +97,11 @@ def test_runtime_requests_reach_azure_monitor_as_metrics_requests_and_logs(
     monkeypatch.setenv(telemetry.CONNECTION_STRING_ENV, ingestion.connection_string)
     monkeypatch.setenv("POD_NAME", "echo-7d9f-abcde")
     monkeypatch.setenv("POD_NAMESPACE", "team-a")
+    # As the runtime's log_config sets it: its records do not reach the root logger.
+    monkeypatch.setattr(logging.getLogger("scoring_runtime"), "propagate", False)
+    monkeypatch.setattr(logging.getLogger("scoring_runtime"), "level", logging.INFO)
+    # Setting .level directly skips setLevel()'s cache reset: earlier tests may have cached "INFO off".
+    logging.getLogger().manager._clear_cache()
     settings = RuntimeSettings(model_dir=model_dir, api_key_file=key_file, warmup=False, threads=2)
     app = ScoringServer(settings, loader=lambda s: EchoScorer.load(s.model_dir, manifest, s)).build()
 
@@ -111,6 +116,7 @@ def test_runtime_requests_reach_azure_monitor_as_metrics_requests_and_logs(
         assert client.post("/score", json={"rows": [1]}).status_code == 401
         assert client.post(f"/score?api_key={API_KEY}", json={"rows": [1]}).status_code == 401
         assert client.post("/score", content=b"{not json", headers=auth).status_code == 400
+        assert client.post("/v2/models/echo/infer", json={"inputs": []}, headers=auth).status_code == 400
         # Careless log lines: the scrubber must catch all of them.
         log = logging.getLogger("scoring_runtime.server")
         log.warning("client retried with %s", API_KEY)
@@ -139,11 +145,16 @@ def test_runtime_requests_reach_azure_monitor_as_metrics_requests_and_logs(
     assert {r["success"] for r in scored if r["responseCode"] == "200"} == {True}
     assert {r["success"] for r in scored if r["responseCode"] != "200"} == {False}
     assert not [r for r in requests if "/health/" in r.get("url", "")]  # probes make no spans
+    (infer,) = [r for r in requests if "/infer" in r.get("url", "")]
+    assert infer["name"] == "POST /v2/models/{name}/infer"  # the route template, not the path
+    assert "ended span" not in caplog.text
 
     messages = [e["data"]["baseData"]["message"] for e in ingestion.of_type("MessageData")]
-    assert any(m.startswith("client retried with") for m in messages)
+    assert len([m for m in messages if m.startswith("client retried with")]) == 1  # once, not per logger
+    assert any(m.startswith("model_loaded") for m in messages)  # the runtime's own INFO events
     assert all(REDACTED in m for m in messages if m.startswith(("client retried", "upstream said", "storage:", "blob")))
     no_secret_anywhere(ingestion, API_KEY, BEARER, ACCOUNT_KEY, SAS_SIG)
+    assert scrub("# rotated monthly") == "# rotated monthly"  # the key file's comment is not a secret
 
 
 def test_operator_reconciles_export_metrics_and_spans(ingestion: Ingestion) -> None:
