@@ -21,6 +21,7 @@ lint: ## ruff, mypy, import-linter
 	ruff check .
 	mypy
 	lint-imports
+	$(PYTHON) -m scoring_operator.crdgen --check
 
 test: lint cluster-bin ## everything CI runs: lint, then the whole test suite on a real control plane
 	$(PYTHON) -m pytest -q

@@ -39,10 +39,12 @@ def pair_ratios(results: list[dict[str, Any]], ours: str, peer: str) -> list[dic
     return out
 
 
-def limit_ratios(results: list[dict[str, Any]], target: str, limit_rows_per_s: float) -> list[dict[str, Any]]:
+def limit_ratios(results: list[dict[str, Any]], target: str, limit: dict[str, Any]) -> list[dict[str, Any]]:
+    """Served throughput as a share of the in-process limit (best batch size, and batch size 1)."""
     return [
         {"target": target, "concurrency": r["concurrency"],
-         "of_limit": _ratio(r["rows_per_s"], limit_rows_per_s)}
+         "of_limit": _ratio(r["rows_per_s"], limit["rows_per_s"]),
+         "of_batch_1_limit": _ratio(r["rows_per_s"], limit["batch_1_rows_per_s"])}
         for r in results if r["target"] == target
     ]
 
@@ -77,11 +79,12 @@ def _limit_table(ratios: list[dict[str, Any]], limit: dict[str, Any], unit: str)
     lines = [
         f"In-process limit (no HTTP): {_fmt(limit['rows_per_s'])} {unit}/s ({limit['description']}).",
         "",
-        "| target | concurrency | share of the limit |",
-        "|---|---:|---:|",
+        "| target | concurrency | this runtime / limit | this runtime / batch-1 limit |",
+        "|---|---:|---:|---:|",
     ]
     for r in ratios:
-        lines.append(f"| {r['target']} | {r['concurrency']} | {_fmt(r['of_limit'], 2)} |")
+        lines.append(f"| {r['target']} | {r['concurrency']} | **{_fmt(r['of_limit'], 2)}** | "
+                     f"{_fmt(r['of_batch_1_limit'], 2)} |")
     return lines
 
 
@@ -120,49 +123,93 @@ def markdown(run: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _targets(sec: dict[str, Any]) -> list[str]:
+    present = {r["target"] for r in sec["results"]}
+    return [t for t in sec.get("order", sorted(present)) if t in present]
+
+
+def _lines(ax_t: Any, ax_l: Any, sec: dict[str, Any], colours: list[str]) -> None:
+    """Throughput and latency against concurrency, one line per target (many concurrency levels)."""
+    for i, t in enumerate(_targets(sec)):
+        rows = sorted((r for r in sec["results"] if r["target"] == t), key=lambda r: r["concurrency"])
+        cs = [r["concurrency"] for r in rows]
+        colour = colours[i % len(colours)]
+        ax_t.plot(cs, [r["rows_per_s"] for r in rows], color=colour, marker="o", label=t)
+        ax_l.plot(cs, [r["p99_ms"] for r in rows], color=colour, marker="o", label=f"{t} p99")
+        ax_l.plot(cs, [r["p50_ms"] for r in rows], color=colour, marker=".", linestyle=":", alpha=0.8)
+    if sec.get("limit"):
+        ax_t.axhline(sec["limit"]["rows_per_s"], color="black", linestyle="--", linewidth=1,
+                     label=f"in-process limit ({sec['limit']['short']})")
+    cs_all = sorted({r["concurrency"] for r in sec["results"]})
+    for ax in (ax_t, ax_l):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(cs_all, [str(c) for c in cs_all])
+        ax.set_xlabel("concurrent clients")
+        ax.grid(True, which="both", alpha=0.3)
+    ax_l.set_yscale("log")
+    ax_l.set_ylabel("latency, ms (solid p99, dotted p50; lower is better)")
+
+
+def _bars(ax_t: Any, ax_l: Any, sec: dict[str, Any], colours: list[str]) -> None:
+    """Few concurrency levels: grouped bars per concurrency, limits as horizontal lines."""
+    import numpy as np
+
+    targets = _targets(sec)
+    cs = sorted({r["concurrency"] for r in sec["results"]})
+    by = {(r["target"], r["concurrency"]): r for r in sec["results"]}
+    width = 0.8 / len(targets)
+    x = np.arange(len(cs))
+    for i, t in enumerate(targets):
+        colour = colours[i % len(colours)]
+        pos = x + (i - (len(targets) - 1) / 2) * width
+        tput = [by[(t, c)]["rows_per_s"] if (t, c) in by else 0 for c in cs]
+        bars = ax_t.bar(pos, tput, width, color=colour, label=t)
+        ax_t.bar_label(bars, fmt="%.2f", fontsize=8)
+        p50 = [by[(t, c)]["p50_ms"] if (t, c) in by else 0 for c in cs]
+        p99 = [by[(t, c)]["p99_ms"] if (t, c) in by else 0 for c in cs]
+        ax_l.bar(pos, p99, width, color=colour, alpha=0.35, label=f"{t} p99")
+        ax_l.bar(pos, p50, width * 0.5, color=colour, label=f"{t} p50")
+    limit = sec.get("limit") or {}
+    styles = iter(["--", ":"])
+    for key, value in limit.items():
+        if key.startswith("batch_") and key.endswith("_rows_per_s"):
+            size = key.removeprefix("batch_").removesuffix("_rows_per_s")
+            ax_t.axhline(value, color="black", linestyle=next(styles, "-."), linewidth=1,
+                         label=f"in-process limit, batch {size}")
+    top = max([r["rows_per_s"] for r in sec["results"]] + [v for k, v in limit.items() if k.startswith("batch_")])
+    ax_t.set_ylim(0, top * 1.45)  # room for the legend above the bars
+    ax_l.set_ylim(0, max(r["p99_ms"] for r in sec["results"]) * 1.45)
+    for ax in (ax_t, ax_l):
+        ax.set_xticks(x, [f"{c} clients" for c in cs])
+        ax.grid(True, axis="y", alpha=0.3)
+    ax_l.set_ylabel("latency, ms (pale p99, dark p50; lower is better)")
+
+
 def plot(run: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    secs = [(k, s) for k, s in run["sections"].items() if s.get("results")]
-    fig, axes = plt.subplots(1, 2 * len(secs) if secs else 1, figsize=(6.2 * max(1, 2 * len(secs)), 4.8),
-                             squeeze=False)
+    secs = [s for s in run["sections"].values() if s.get("results")]
+    fig, axes = plt.subplots(max(1, len(secs)), 2, figsize=(13, 4.6 * max(1, len(secs))), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for n, (_, sec) in enumerate(secs):
-        ax_t, ax_l = axes[0][2 * n], axes[0][2 * n + 1]
-        targets = sorted({r["target"] for r in sec["results"]}, key=sec.get("order", []).index
-                         if sec.get("order") else None)
-        for i, t in enumerate(targets):
-            rows = sorted((r for r in sec["results"] if r["target"] == t), key=lambda r: r["concurrency"])
-            cs = [r["concurrency"] for r in rows]
-            style = {"color": colours[i % len(colours)], "marker": "o", "label": t}
-            ax_t.plot(cs, [r["rows_per_s"] for r in rows], **style)
-            ax_l.plot(cs, [r["p99_ms"] for r in rows], **style)
-            ax_l.plot(cs, [r["p50_ms"] for r in rows], color=style["color"], marker=".", linestyle=":", alpha=0.7)
-        if sec.get("limit"):
-            ax_t.axhline(sec["limit"]["rows_per_s"], color="black", linestyle="--", linewidth=1,
-                         label=f"in-process limit ({sec['limit']['short']})")
-        for ax in (ax_t, ax_l):
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("concurrent clients")
-            ax.grid(True, which="both", alpha=0.3)
-            cs_all = sorted({r["concurrency"] for r in sec["results"]})
-            ax.set_xticks(cs_all, [str(c) for c in cs_all])
+    for row, sec in zip(axes, secs, strict=False):
+        ax_t, ax_l = row
+        many = len({r["concurrency"] for r in sec["results"]}) > 2
+        (_lines if many else _bars)(ax_t, ax_l, sec, colours)
         ax_t.set_ylabel(f"{sec['unit']} / s (higher is better)")
+        if many:
+            ax_t.set_ylim(bottom=0)
         ax_t.set_title(f"{sec['short_title']}: throughput")
-        ax_t.set_ylim(bottom=0)
-        ax_t.legend(fontsize=8)
-        ax_l.set_ylabel("latency ms: p99 solid, p50 dotted (lower is better)")
-        ax_l.set_yscale("log")
         ax_l.set_title(f"{sec['short_title']}: latency")
+        ax_t.legend(fontsize=8)
         ax_l.legend(fontsize=8)
     m = run["machine"]
-    fig.suptitle(f"scoring runtime benchmark, {run['generated'][:16]} - {m['cpu_model']} ({m['cpus']} CPUs), "
-                 f"device {m['device']}", fontsize=10)
+    fig.suptitle(f"scoring runtime benchmark {run['generated'][:16]}Z ({run['mode']}): {m['cpu_model']}, "
+                 f"{m['cpus']} CPUs, device {m['device']}", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -172,7 +219,7 @@ def write(run: dict[str, Any], out_dir: Path) -> list[Path]:
             sec["ratios"] = [r for ours, peer in sec["pairs"] for r in pair_ratios(sec["results"], ours, peer)]
         if sec.get("results") and sec.get("limit"):
             sec["limit_ratios"] = [
-                r for t in sec["limit_targets"] for r in limit_ratios(sec["results"], t, sec["limit"]["rows_per_s"])
+                r for t in sec["limit_targets"] for r in limit_ratios(sec["results"], t, sec["limit"])
             ]
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "latest.json", out_dir / "latest.md", out_dir / "latest.png"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
-import httpx2
 from lightkube import ApiError, AsyncClient
 from lightkube.config.kubeconfig import KubeConfig
 from lightkube.core.resource import NamespacedResource
@@ -23,6 +22,11 @@ from lightkube.types import PatchType
 
 from scoring_operator import spec as api
 from scoring_operator.config import FIELD_MANAGER
+
+try:  # lightkube >= 1.0 is built on httpx2, older releases on httpx: catch the transport errors of either
+    from httpx2 import HTTPError
+except ImportError:  # pragma: no cover - depends on the installed lightkube
+    from httpx import HTTPError  # type: ignore[assignment,unused-ignore]
 
 ScoringModel = create_namespaced_resource(api.GROUP, api.VERSION, api.KIND, api.PLURAL)
 
@@ -83,7 +87,7 @@ class Kube:
             if e.status.code == 404:
                 return None
             raise _classify(e, f"get {kind} {namespace}/{name}") from e
-        except httpx2.HTTPError as e:
+        except HTTPError as e:
             raise _classify(e, f"get {kind} {namespace}/{name}") from e
         return dict(cast(Any, obj).to_dict())
 
@@ -97,7 +101,7 @@ class Kube:
                 res, meta["name"], dict(obj), namespace=meta["namespace"],
                 patch_type=PatchType.APPLY, field_manager=FIELD_MANAGER, force=True,
             )
-        except (ApiError, httpx2.HTTPError) as e:
+        except (ApiError, HTTPError) as e:
             raise _classify(e, what) from e
 
     async def replace_fields(self, obj: Mapping[str, Any], paths: tuple[str, ...]) -> None:
@@ -114,7 +118,7 @@ class Kube:
                 res, meta["name"], ops, namespace=meta["namespace"], patch_type=PatchType.JSON,
                 field_manager=FIELD_MANAGER,
             )
-        except (ApiError, httpx2.HTTPError) as e:
+        except (ApiError, HTTPError) as e:
             raise _classify(e, f"repair {obj['kind']} {meta['namespace']}/{meta['name']}") from e
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
@@ -125,7 +129,7 @@ class Kube:
         except ApiError as e:
             if e.status.code != 404:
                 raise _classify(e, f"delete {kind} {namespace}/{name}") from e
-        except httpx2.HTTPError as e:
+        except HTTPError as e:
             raise _classify(e, f"delete {kind} {namespace}/{name}") from e
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
@@ -135,5 +139,5 @@ class Kube:
                 ScoringModel.Status, name, {"status": dict(status)}, namespace=namespace,
                 patch_type=PatchType.MERGE,
             )
-        except (ApiError, httpx2.HTTPError) as e:
+        except (ApiError, HTTPError) as e:
             raise _classify(e, f"patch status of ScoringModel {namespace}/{name}") from e

@@ -96,6 +96,7 @@ class Reconciler:
         # The status this process last wrote, per object (uid, status): the operator is the only
         # writer of status, and a handler's body can be older than our own last write.
         self._written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        self._owned: dict[tuple[str, str], tuple[str, set[str]]] = {}
 
     # ------------------------------------------------------------------ poller coordination
     def wakeup(self, key: tuple[str, str]) -> asyncio.Event:
@@ -112,6 +113,7 @@ class Reconciler:
         self._wakeups.pop(key, None)
         self._locks.pop(key, None)
         self._written.pop(key, None)
+        self._owned.pop(key, None)
         self.tracker.forget(key)
 
     # ------------------------------------------------------------------ the reconcile
@@ -187,30 +189,46 @@ class Reconciler:
             # Keep serving what runs now: a registry outage or a deleted label is no reason to stop.
             return previous, Failure(e.reason, str(e), e.retryable)
 
+    def _owned_kinds(self, owner: meta.Owner) -> set[str]:
+        uid, kinds = self._owned.get(owner.key, ("", set()))
+        if uid != owner.uid:  # a new object under an old name starts from scratch
+            kinds = set()
+            self._owned[owner.key] = (owner.uid, kinds)
+        return kinds
+
     async def _apply(
         self, owner: meta.Owner, spec: api.ScoringModelSpec, version: int
     ) -> tuple[tuple[str, ...], Failure | None]:
         children = desired_children(owner, spec, version, self.config)
         done: list[str] = []
+        # Kinds this process already applied for this uid: their ownership was checked then, so the
+        # GET before each apply is only paid once per child (and again after any failure).
+        owned = self._owned_kinds(owner)
         try:
             for obj in children.apply:
-                existing = await self.kube.get(obj["apiVersion"], obj["kind"], owner.namespace, owner.name)
-                if existing is not None and not meta.is_owned_by(existing, owner):
-                    return tuple(done), Failure(
-                        "ChildConflict",
-                        f"{obj['kind']} {owner.namespace}/{owner.name} already exists and does not belong to this "
-                        "ScoringModel: delete or rename it, or rename the ScoringModel",
-                    )
+                kind = obj["kind"]
+                exists = kind in owned
+                if not exists:
+                    existing = await self.kube.get(obj["apiVersion"], kind, owner.namespace, owner.name)
+                    if existing is not None and not meta.is_owned_by(existing, owner):
+                        return tuple(done), Failure(
+                            "ChildConflict",
+                            f"{kind} {owner.namespace}/{owner.name} already exists and does not belong to this "
+                            "ScoringModel: delete or rename it, or rename the ScoringModel",
+                        )
+                    exists = existing is not None
+                owned.discard(kind)
                 try:
                     await self.kube.apply(obj)
                 except KubeError as e:
-                    repairable = _REPLACE_ON_INVALID.get(obj["kind"])
-                    if existing is None or e.code != 422 or not repairable:
+                    repairable = _REPLACE_ON_INVALID.get(kind)
+                    if not exists or e.code != 422 or not repairable:
                         raise
                     log.info("%s/%s: %s; replacing %s", owner.namespace, owner.name, e, ", ".join(repairable))
                     await self.kube.replace_fields(obj, repairable)
                     await self.kube.apply(obj)
-                done.append(obj["kind"])
+                owned.add(kind)
+                done.append(kind)
             for ref in children.prune:
                 existing = await self.kube.get(ref.api_version, ref.kind, owner.namespace, ref.name)
                 if existing is not None and meta.is_owned_by(existing, owner):

@@ -219,8 +219,9 @@ class AdaptiveBatcher(Generic[J, R]):
         busy = bool(self._queue or self._running)
         # quiet: nothing arrived and nothing ran for longer than max_delay before this request
         quiet = not busy and (self._last_event is None or now - self._last_event > self.config.max_delay_s)
-        # judged on the arrivals *before* this one: the request deciding whether to wait is idle by definition
-        self._wait_ok = self._overlap >= 0.5 and not quiet
+        # a request finding others waiting is evidence of concurrency; one finding the model idle is
+        # judged on the arrivals before it (the request that opens a batch is idle by definition)
+        self._wait_ok = not quiet and (busy or self._overlap >= 0.5)
         self._overlap = 0.5 * self._overlap + (0.5 if busy else 0.0)
         self._last_event = now
 

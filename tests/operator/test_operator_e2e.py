@@ -91,6 +91,9 @@ def test_lifecycle(cluster: KubeCluster, ns: str, operator: Operator) -> None:
     assert len(pods_running(cluster, ns, name)) == 2
     assert ("Normal", "RolloutStarted", f"rolling out model {model} version 1 (label:latest)") in _events(
         cluster, ns, name)
+    header, row = cluster.kubectl("get", "sm", name, "-n", ns).stdout.splitlines()
+    assert header.split() == ["NAME", "MODEL", "VERSION", "PHASE", "READY", "REPLICAS", "ENDPOINT", "AGE"]
+    assert row.split()[:7] == [name, model, "1", "Ready", "True", "2", st["endpoint"]]
 
     # -- a quiet world: no status writes between polls (lastTransitionTime stays, resourceVersion too)
     rv = sm["metadata"]["resourceVersion"]
@@ -180,6 +183,15 @@ def test_invalid_specs_are_rejected_at_admission(
     assert get(cluster, "scoringmodel", ns, "bad") is None
 
 
+def test_kubectl_explain_documents_the_fields(cluster: KubeCluster, operator: Operator) -> None:
+    def explain() -> str:
+        return cluster.kubectl("explain", "scoringmodel.spec.model").stdout
+
+    text = wait_for("the CRD's OpenAPI published", explain, timeout=30)
+    assert "The model to serve and how its version is chosen." in text
+    assert "Tracked label" in text and "pollInterval" in text
+
+
 def test_missing_model_is_reported_and_recovers(cluster: KubeCluster, ns: str, operator: Operator) -> None:
     model = f"late-{ns[-6:]}"
     apply(cluster, scoring_model("late", ns, {"name": model, "version": 1}))
@@ -221,6 +233,23 @@ def test_unreachable_registry_is_reported_and_recovers(cluster: KubeCluster, ns:
     dep = get(cluster, "deployment", ns, "remote")
     assert dep is not None
     assert f"file:///registry/{sub}" in dep["spec"]["template"]["spec"]["initContainers"][0]["command"]
+
+
+def test_foreign_objects_are_never_taken_over(cluster: KubeCluster, ns: str, operator: Operator) -> None:
+    """A Service that happens to have the ScoringModel's name is reported, not overwritten."""
+    apply(cluster, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "taken", "namespace": ns},
+                    "spec": {"ports": [{"port": 9999}], "selector": {"app": "someone-else"}}})
+    model = f"taken-{ns[-6:]}"
+    operator.register(model)
+    apply(cluster, scoring_model("taken", ns, {"name": model, "version": 1}))
+    sm = wait_for("ChildConflict", lambda: (lambda o: o if condition(o, "Deployed").get("reason") == "ChildConflict"
+                                            else None)(_sm(cluster, ns, "taken")), operator=operator)
+    assert sm["status"]["phase"] == "Failed"
+    assert "Service" in condition(sm, "Deployed")["message"]
+    svc = get(cluster, "service", ns, "taken")
+    assert svc is not None and svc["spec"]["ports"][0]["port"] == 9999 and "ownerReferences" not in svc["metadata"]
+    cluster.kubectl("delete", "service", "taken", "-n", ns)  # the user resolves the clash
+    wait_for("recovered", lambda: _ready(cluster, ns, "taken", 1), operator=operator)
 
 
 def test_examples_become_ready(cluster: KubeCluster, ns: str, operator: Operator) -> None:
@@ -321,13 +350,19 @@ def test_service_account_holds_only_what_it_needs(cluster: KubeCluster, ns: str,
     assert all_ns.stdout.strip() == "no"
 
 
-def test_metrics_and_liveness(operator: Operator) -> None:
+def test_metrics_and_liveness(cluster: KubeCluster, ns: str, operator: Operator) -> None:
     from tests.operator.kubehelpers import http_get
 
     assert http_get(operator.url("liveness", "/healthz"))[0] == 200
+    model = f"metrics-{ns[-6:]}"
+    operator.register(model)
+    apply(cluster, scoring_model("metered", ns, {"name": model, "version": 1}))
+    wait_for("Ready", lambda: _ready(cluster, ns, "metered", 1), operator=operator)
     text = operator.metrics()
     for name in ("scoring_operator_reconciles_total", "scoring_operator_reconcile_duration_seconds_bucket",
                  "scoring_operator_models", "scoring_operator_model_version",
                  "scoring_operator_registry_errors_total"):
         assert name in text, f"{name} missing from /metrics"
-    assert re.search(r'scoring_operator_models\{phase="Ready"\} [0-9.]+', text)
+    assert re.search(r'scoring_operator_models\{phase="Ready"\} [1-9][0-9]*\.0', text)
+    assert f'scoring_operator_model_version{{model="{model}",name="metered",namespace="{ns}"}} 1.0' in text
+    assert re.search(r'scoring_operator_reconciles_total\{result="success",trigger="create"\} [1-9]', text)
