@@ -289,7 +289,7 @@ def test_images(n: int) -> list[bytes]:
     return out
 
 
-def resnet_limit(model_dir: Path, device_env: dict[str, str], batch: int, repeats: int) -> dict[str, Any]:
+def resnet_limit(model_dir: Path, device_env: dict[str, str], batch: int, repeats: int, rounds: int) -> dict[str, Any]:
     """ResNet forward passes in-process on preprocessed tensors: batch 1 and batch `batch`."""
     from scoring_runtime.flavours import load_scorer
     from scoring_runtime.flavours.torch_vision import ImageClassifier
@@ -301,14 +301,15 @@ def resnet_limit(model_dir: Path, device_env: dict[str, str], batch: int, repeat
         scorer = load_scorer(RuntimeSettings(model_dir=model_dir, max_batch_size=batch))
         assert isinstance(scorer, ImageClassifier)
         scorer.warmup()
-        out = {}
+        out: dict[int, float] = {}
         for size in (1, batch):
             x = np.random.default_rng(1).normal(size=(size, *scorer.pre.shape)).astype(np.float32)
             n = max(1, repeats // size) if size > 1 else repeats
-            t0 = time.perf_counter()
-            for _ in range(n):
-                scorer.infer(x, 5)
-            out[size] = n * size / (time.perf_counter() - t0)
+            for _ in range(rounds):  # best of rounds, as for the served numbers
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    scorer.infer(x, 5)
+                out[size] = max(out.get(size, 0.0), n * size / (time.perf_counter() - t0))
     finally:
         for k, v in old.items():
             if v is None:
@@ -339,20 +340,31 @@ def section_resnet(args: argparse.Namespace, failures: dict[str, str]) -> dict[s
         "batching off": {"SCORING_MAX_BATCH_SIZE": "1"},
         "batching on": {"SCORING_MAX_BATCH_SIZE": str(batch), "SCORING_MAX_BATCH_DELAY_MS": str(args.img_delay_ms)},
     }
-    results = []
-    for name, env in variants.items():  # one at a time: each gets the whole machine
-        log(f"starting this runtime ({args.arch}, {name})")
-        srv = peers.start_ours(f"resnet-{name.replace(' ', '-')}", model_dir, None,
-                               {**device_env, **env, "SCORING_WORKERS": "1", "SCORING_MAX_QUEUE_ROWS": "256"})
-        try:
-            srv.wait_ready(600)
+    servers: dict[str, peers.Server] = {}
+    best: dict[tuple[str, int], dict[str, Any]] = {}
+    try:
+        for name, env in variants.items():
+            log(f"starting this runtime ({args.arch}, {name})")
+            servers[name] = peers.start_ours(f"resnet-{name.replace(' ', '-')}", model_dir, None,
+                                             {**device_env, **env, "SCORING_WORKERS": "1",
+                                              "SCORING_MAX_QUEUE_ROWS": "256"})
+            servers[name].wait_ready(600)  # one at a time: loading and warming up are CPU heavy
+        # Both stay up (an idle server costs nothing) and take turns, round after round; the best
+        # round of each point counts, which filters out bursts of other work on a shared machine.
+        for rnd in range(args.img_rounds):
             for c in args.img_concurrency:
-                results.append(load_test(run_load(
-                    srv.url, calls, target=name, concurrency=c, requests=args.img_requests * max(1, c // 2),
-                    warmup_requests=c, timeout_s=300)).as_dict())
-        finally:
+                for name in (list(variants) if rnd % 2 == 0 else list(reversed(variants))):
+                    r = load_test(run_load(servers[name].url, calls, target=name, concurrency=c,
+                                           requests=args.img_requests * max(1, c // 2), warmup_requests=c,
+                                           timeout_s=300)).as_dict()
+                    key = (name, c)
+                    if key not in best or r["rows_per_s"] > best[key]["rows_per_s"]:
+                        best[key] = r
+    finally:
+        for srv in servers.values():
             srv.stop()
-    limit = resnet_limit(model_dir, device_env, batch, args.img_requests)
+    results = [best[(name, c)] for c in args.img_concurrency for name in variants if (name, c) in best]
+    limit = resnet_limit(model_dir, device_env, batch, args.img_requests, args.img_rounds)
     return {
         "title": f"{args.arch} image classification: this runtime with adaptive batching off vs on",
         "short_title": args.arch,
@@ -360,7 +372,8 @@ def section_resnet(args: argparse.Namespace, failures: dict[str, str]) -> dict[s
             f"640x480 JPEG bytes per request (decode + resize 256 + crop 224 in the server), top_k 5; "
             f"device {args.device}{' fp16' if args.half else ''}; random weights (speed does not depend on them). "
             f"Batching on: max_batch_size={batch}, max_batch_delay={args.img_delay_ms:g} ms. "
-            f"{args.img_requests} measured requests per concurrency unit after a warm-up; whole machine for the server."
+            f"{args.img_requests} measured requests (x clients/2) per point after a warm-up, best of "
+            f"{args.img_rounds} interleaved round(s); both servers up, one measured at a time, whole machine."
         ),
         "unit": "images",
         "order": list(variants),
@@ -385,12 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     gpu = args.device.startswith("cuda")
     if args.quick:
         args.concurrency, args.duration, args.warmup = [1, 8, 32], 5.0, 1.5
-        args.img_concurrency, args.img_requests = [4], 12
+        args.img_concurrency, args.img_requests, args.img_rounds = [4], 12, 1
     else:
         args.concurrency, args.duration, args.warmup = [1, 4, 16, 64], 10.0, 2.0
-        args.img_concurrency, args.img_requests = [1, 4], 12
+        args.img_concurrency, args.img_requests, args.img_rounds = [1, 4], 12, 2
     if gpu:
-        args.img_concurrency, args.img_requests = [1, 8, 32], 64
+        args.img_concurrency, args.img_requests, args.img_rounds = [1, 8, 32], 64, 2
     args.top_k, args.faq_batch, args.limit_seconds = 3, 16, 3.0
     args.faq_delay_ms = float(os.environ.get("BENCH_FAQ_DELAY_MS", "2"))
     args.img_batch = 32 if gpu else 4
