@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -25,6 +24,7 @@ import torch
 from scoring_runtime.flavours.base import BadRequest, Job, ModelLoadError, Scorer, decode_json, media_type
 from scoring_runtime.flavours.torch_model import (
     TorchOptions,
+    TorchThread,
     configure_threads,
     load_module,
     place,
@@ -90,12 +90,14 @@ class ImageClassifier(Scorer):
         self.limits = ImageLimits.from_flavour(flavour)
         self.max_images = int((flavour.get("limits") or {}).get("max_images_per_request", DEFAULT_MAX_IMAGES))
         self.default_top_k = self._check_top_k(flavour.get("top_k", DEFAULT_TOP_K), "flavour.top_k")
-        # One model call at a time per process: concurrent calls would only fight over the same cores/GPU.
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, model_dir: Path, manifest: ModelManifest, settings: RuntimeSettings) -> Self:
+        return TorchThread.run(cls._load, model_dir, manifest, settings)
+
+    @classmethod
+    def _load(cls, model_dir: Path, manifest: ModelManifest, settings: RuntimeSettings) -> Self:
         opts = TorchOptions.from_settings(settings)
         device = select_device(opts.device)
         dtype = resolve_dtype(device, opts.half_precision)
@@ -218,10 +220,13 @@ class ImageClassifier(Scorer):
     # ------------------------------------------------------------------ inference
     def infer(self, pixels: np.ndarray[Any, Any], k: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
         """(probabilities, class indices), each [n, k]: the model call every request path ends in."""
+        return TorchThread.run(self._infer, pixels, k)
+
+    def _infer(self, pixels: np.ndarray[Any, Any], k: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
         x = torch.from_numpy(pixels)
         if self.device.type == "cuda":
             x = x.pin_memory()
-        with self._lock, torch.inference_mode():
+        with torch.inference_mode():  # on the TorchThread: one model call at a time per process
             x = x.to(self.device, dtype=self.dtype, non_blocking=True)
             logits = self.module(x)
             if isinstance(logits, tuple | list):  # some exported programs return a 1-tuple

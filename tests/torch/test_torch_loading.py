@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,6 +23,7 @@ from scoring_runtime.flavours import load_scorer  # noqa: E402
 from scoring_runtime.flavours.errors import ModelLoadError  # noqa: E402
 from scoring_runtime.flavours.torch_model import (  # noqa: E402
     TorchOptions,
+    TorchThread,
     load_module,
     load_state_dict,
     resolve_dtype,
@@ -156,11 +159,29 @@ def test_cuda_half_precision_agrees_with_cpu_fp32(
     np.testing.assert_allclose(p_gpu, p_cpu, atol=2e-3)
 
 
-def test_thread_settings_are_applied(make_model_dir: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    before = torch.get_num_threads()
+def test_thread_settings_apply_where_the_model_runs(
+    make_model_dir: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # OpenMP thread settings are per application thread: they must be made on the thread that runs
+    # the model, whichever thread (batcher, request pool) asks for a prediction.
+    before = TorchThread.run(torch.get_num_threads)
     monkeypatch.setenv("SCORING_TORCH_THREADS", "1")
+    seen: list[tuple[str, int]] = []
     try:
-        scorer_for(make_model_dir())
-        assert torch.get_num_threads() == 1
+        scorer = scorer_for(make_model_dir())
+        forward = scorer.module.forward
+
+        def spy(x: torch.Tensor) -> torch.Tensor:
+            seen.append((threading.current_thread().name, torch.get_num_threads()))
+            return forward(x)
+
+        scorer.module.forward = spy  # type: ignore[method-assign]
+        pixels = np.zeros((1, 3, 224, 224), dtype=np.float32)
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda _: scorer.infer(pixels, 1), range(3)))
+        scorer.infer(pixels, 1)
     finally:
-        torch.set_num_threads(before)
+        TorchThread.run(torch.set_num_threads, before)
+    assert len(seen) == 4
+    assert {name for name, _ in seen} == {"torch-work_0"}, seen
+    assert {n for _, n in seen} == {1}, seen
