@@ -180,7 +180,7 @@ def _bars(ax_t: Any, ax_l: Any, sec: dict[str, Any], colours: list[str]) -> None
     ax_t.set_ylim(0, top * 1.45)  # room for the legend above the bars
     ax_l.set_ylim(0, max(r["p99_ms"] for r in sec["results"]) * 1.45)
     for ax in (ax_t, ax_l):
-        ax.set_xticks(x, [f"{c} clients" for c in cs])
+        ax.set_xticks(x, [f"{c} client{'' if c == 1 else 's'}" for c in cs])
         ax.grid(True, axis="y", alpha=0.3)
     ax_l.set_ylabel("latency, ms (pale p99, dark p50; lower is better)")
 
