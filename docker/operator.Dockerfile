@@ -7,7 +7,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY scoring_runtime ./scoring_runtime
 COPY scoring_operator ./scoring_operator
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install ".[operator]"
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install ".[operator,azure]"
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1

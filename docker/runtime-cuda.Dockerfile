@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# The GPU scoring runtime: CUDA 12.4 runtime + PyTorch (cu124 wheels) + scikit-learn.
+# The GPU scoring runtime: CUDA runtime + PyTorch (the Linux wheels on PyPI bundle CUDA) + scikit-learn.
 # Build from the repository root:  docker build -f docker/runtime-cuda.Dockerfile -t scoring-runtime-cuda:dev .
 # Runs on CPU as well (device auto); the node needs only the NVIDIA driver and device plugin.
 ARG CUDA_IMAGE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
@@ -15,8 +15,7 @@ COPY pyproject.toml README.md ./
 COPY scoring_runtime ./scoring_runtime
 COPY scoring_operator ./scoring_operator
 RUN python3.11 -m venv /opt/venv \
- && /opt/venv/bin/pip install --index-url https://download.pytorch.org/whl/cu124 "torch>=2.4" "torchvision>=0.19" \
- && /opt/venv/bin/pip install ".[torch,sklearn]"
+ && /opt/venv/bin/pip install ".[torch,sklearn,azure]"
 
 FROM ${CUDA_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \

@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# The CPU scoring runtime: `scoring fetch` (init container) and `scoring serve` with scikit-learn.
+# The CPU scoring runtime: `scoring fetch` (init container; local or Azure ML registry) and `scoring serve` with scikit-learn.
 # Build from the repository root:  docker build -f docker/runtime.Dockerfile -t scoring-runtime:dev .
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -7,7 +7,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY scoring_runtime ./scoring_runtime
 COPY scoring_operator ./scoring_operator
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install ".[sklearn]"
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install ".[sklearn,azure]"
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
