@@ -10,7 +10,8 @@ COPY scoring_operator ./scoring_operator
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install ".[operator,azure]"
 
 FROM python:3.11-slim
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+# HOME: the user has no home directory and the root FS is read-only; /tmp is a writable emptyDir.
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp
 RUN groupadd --gid 10001 scoring && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin scoring
 COPY --from=build /opt/venv /opt/venv
 USER 10001:10001

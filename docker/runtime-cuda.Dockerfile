@@ -19,7 +19,8 @@ RUN python3.11 -m venv /opt/venv \
 
 FROM ${CUDA_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
-    SCORING_HOST=0.0.0.0 SCORING_PORT=8080 NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    SCORING_HOST=0.0.0.0 SCORING_PORT=8080 NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    HOME=/tmp
 RUN apt-get update \
  && apt-get install -y --no-install-recommends software-properties-common gpg-agent \
  && add-apt-repository -y ppa:deadsnakes/ppa \

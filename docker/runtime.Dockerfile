@@ -11,7 +11,7 @@ RUN python -m venv /opt/venv && /opt/venv/bin/pip install ".[sklearn,azure]"
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
-    SCORING_HOST=0.0.0.0 SCORING_PORT=8080
+    SCORING_HOST=0.0.0.0 SCORING_PORT=8080 HOME=/tmp
 RUN groupadd --gid 10001 scoring && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin scoring
 COPY --from=build /opt/venv /opt/venv
 # The pod mounts an emptyDir at /model (filled by `scoring fetch`) and at /tmp; the root FS is read-only.

@@ -54,7 +54,7 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
 
 _ORDER = (
     "description", "type", "format", "enum", "default", "minimum", "maximum", "minLength", "maxLength",
-    "pattern", "maxItems", "x-kubernetes-int-or-string", "anyOf", "items", "additionalProperties",
+    "pattern", "maxItems", "maxProperties", "x-kubernetes-int-or-string", "anyOf", "items", "additionalProperties",
     "properties", "required", "x-kubernetes-list-type", "x-kubernetes-list-map-keys", "x-kubernetes-validations",
 )
 

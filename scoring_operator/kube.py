@@ -91,7 +91,7 @@ class Kube:
             raise _classify(e, f"get {kind} {namespace}/{name}") from e
         return dict(cast(Any, obj).to_dict())
 
-    async def apply(self, obj: Mapping[str, Any]) -> None:
+    async def apply(self, obj: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER) -> None:
         """Server-side apply one child (dict with apiVersion, kind, metadata.name/namespace)."""
         res = _resource(obj["apiVersion"], obj["kind"])
         meta = obj["metadata"]
@@ -99,7 +99,7 @@ class Kube:
         try:
             await self.client.patch(
                 res, meta["name"], dict(obj), namespace=meta["namespace"],
-                patch_type=PatchType.APPLY, field_manager=FIELD_MANAGER, force=True,
+                patch_type=PatchType.APPLY, field_manager=field_manager, force=True,
             )
         except (ApiError, HTTPError) as e:
             raise _classify(e, what) from e

@@ -29,6 +29,7 @@ from scoring_operator.builders.status import (
     status_patch,
     transition_events,
 )
+from scoring_operator.builders.workload import HANDOFF_MANAGER, replicas_handoff, with_node_ports
 from scoring_operator.config import OperatorConfig
 from scoring_operator.kube import Kube, KubeError
 from scoring_operator.resolver import Resolver
@@ -97,6 +98,8 @@ class Reconciler:
         # writer of status, and a handler's body can be older than our own last write.
         self._written: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
         self._owned: dict[tuple[str, str], tuple[str, set[str]]] = {}
+        # uid per object whose Deployment replicas are known to be left to the HPA (see _hand_replicas_to_hpa).
+        self._handed_over: dict[tuple[str, str], str] = {}
 
     # ------------------------------------------------------------------ poller coordination
     def wakeup(self, key: tuple[str, str]) -> asyncio.Event:
@@ -114,6 +117,7 @@ class Reconciler:
         self._locks.pop(key, None)
         self._written.pop(key, None)
         self._owned.pop(key, None)
+        self._handed_over.pop(key, None)
         self.tracker.forget(key)
 
     # ------------------------------------------------------------------ the reconcile
@@ -161,7 +165,9 @@ class Reconciler:
             applied, apply_error = await self._apply(owner, spec, resolved.version)
         rollout = None
         try:
-            rollout = evaluate_rollout(await self.kube.get("apps/v1", "Deployment", owner.namespace, owner.name))
+            dep = await self.kube.get("apps/v1", "Deployment", owner.namespace, owner.name)
+            # A same-named Deployment of someone else is not our rollout (that clash is a ChildConflict).
+            rollout = evaluate_rollout(dep if meta.is_owned_by(dep, owner) else None)
         except KubeError as e:
             metrics.KUBE_ERRORS.labels(e.reason).inc()
             apply_error = apply_error or Failure(e.reason, str(e), e.retryable)
@@ -207,8 +213,9 @@ class Reconciler:
         try:
             for obj in children.apply:
                 kind = obj["kind"]
-                exists = kind in owned
-                if not exists:
+                fetched = kind not in owned
+                existing: dict[str, Any] | None = None
+                if fetched:
                     existing = await self.kube.get(obj["apiVersion"], kind, owner.namespace, owner.name)
                     if existing is not None and not meta.is_owned_by(existing, owner):
                         return tuple(done), Failure(
@@ -216,7 +223,9 @@ class Reconciler:
                             f"{kind} {owner.namespace}/{owner.name} already exists and does not belong to this "
                             "ScoringModel: delete or rename it, or rename the ScoringModel",
                         )
-                    exists = existing is not None
+                exists = existing is not None or not fetched
+                if kind == "Deployment":
+                    await self._hand_replicas_to_hpa(owner, spec, existing, fetched)
                 owned.discard(kind)
                 try:
                     await self.kube.apply(obj)
@@ -225,7 +234,8 @@ class Reconciler:
                     if not exists or e.code != 422 or not repairable:
                         raise
                     log.info("%s/%s: %s; replacing %s", owner.namespace, owner.name, e, ", ".join(repairable))
-                    await self.kube.replace_fields(obj, repairable)
+                    live = await self.kube.get(obj["apiVersion"], kind, owner.namespace, owner.name)
+                    await self.kube.replace_fields(with_node_ports(obj, live), repairable)
                     await self.kube.apply(obj)
                 owned.add(kind)
                 done.append(kind)
@@ -237,6 +247,28 @@ class Reconciler:
             metrics.KUBE_ERRORS.labels(e.reason).inc()
             return tuple(done), Failure(e.reason, str(e), e.retryable)
         return tuple(done), None
+
+    async def _hand_replicas_to_hpa(
+        self, owner: meta.Owner, spec: api.ScoringModelSpec, live: dict[str, Any] | None, fetched: bool
+    ) -> None:
+        """Before an apply without spec.replicas, give the replicas the operator owns to another manager.
+
+        Checked once per object and operator process (one GET): after that, the operator's applies
+        never list replicas again while autoscaling is on, so it cannot own them.
+        """
+        if spec.autoscaling is None:
+            self._handed_over.pop(owner.key, None)  # this apply takes replicas back
+            return
+        if self._handed_over.get(owner.key) == owner.uid:
+            return
+        if not fetched:
+            live = await self.kube.get("apps/v1", "Deployment", owner.namespace, owner.name)
+        handoff = replicas_handoff(owner, spec, live)
+        if handoff is not None:
+            log.info("%s/%s: autoscaling on: handing spec.replicas=%s over to the HPA", owner.namespace,
+                     owner.name, handoff["spec"]["replicas"])
+            await self.kube.apply(handoff, field_manager=HANDOFF_MANAGER)
+        self._handed_over[owner.key] = owner.uid
 
     async def _report(
         self,

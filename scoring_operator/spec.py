@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -61,11 +62,34 @@ _QUANTITY = (
 _ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 _IMAGE = r"^[^\s]+$"
 
+_QUANTITY_MAX_LENGTH = 64
+_RESOURCES_MAX = 16
+
 #: A Kubernetes resource quantity ("500m", "2Gi", 4); validated by the same regex the apiserver uses.
+#: A custom resource's schema can only be int-or-string, so a fraction must be a string ("0.5" or "500m").
 Quantity = Annotated[
     int | str,
-    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": _QUANTITY}),
+    Field(json_schema_extra={
+        "x-kubernetes-int-or-string": True, "pattern": _QUANTITY, "maxLength": _QUANTITY_MAX_LENGTH}),
 ]
+_SUFFIXES = {
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{s: Decimal(10) ** e for s, e in (("n", -9), ("u", -6), ("m", -3), ("", 0), ("k", 3), ("M", 6), ("G", 9),
+                                        ("T", 12), ("P", 15), ("E", 18))},
+}
+
+
+def quantity_value(q: int | str) -> Decimal:
+    """The numeric value of a quantity already matching _QUANTITY (2Gi -> 2147483648, 500m -> 0.5)."""
+    if isinstance(q, int):
+        return Decimal(q)
+    m = re.match(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(.*)$", q)
+    if m is None:
+        raise ValueError(f"{q!r} is not a Kubernetes quantity")
+    number, suffix = Decimal(m.group(1)), m.group(2)
+    if suffix[:1] in ("e", "E"):
+        return number * Decimal(10) ** Decimal(suffix[1:])
+    return number * _SUFFIXES[suffix]
 
 
 def _cel(rule: str, message: str) -> dict[str, Any]:
@@ -420,7 +444,8 @@ class RuntimeSpec(_Model):
         default=600,
         ge=10,
         le=7200,
-        description="How long the model may take to load before the container is restarted (startupProbe).",
+        description="How long the model may take to load and become ready (startupProbe on /v2/health/ready) "
+        "before the container is restarted.",
     )
 
     @field_validator("env")
@@ -483,27 +508,88 @@ class Autoscaling(_Model):
         return self
 
 
+_NEGATIVE_MESSAGE = "resources.requests and resources.limits must not be negative"
+_OVER_LIMIT_MESSAGE = "resources.requests must not exceed resources.limits of the same resource"
+
+
+def _cel_not_negative(field: str) -> str:
+    """CEL: every quantity of the `field` map is >= 0 (quantity() takes a string; ints are converted)."""
+    return f"(!has(self.{field}) || self.{field}.all(k, !quantity(string(self.{field}[k])).isLessThan(quantity('0'))))"
+
+
 class Resources(_Model):
     """Compute resources of the runtime container (GPUs go in spec.gpu)."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel(
+                f"{_cel_not_negative('requests')} && {_cel_not_negative('limits')}",
+                _NEGATIVE_MESSAGE,
+            ),
+            _cel(
+                "!has(self.requests) || !has(self.limits) || self.limits.all(k, !(k in self.requests) || "
+                "quantity(string(self.requests[k])).compareTo(quantity(string(self.limits[k]))) <= 0)",
+                _OVER_LIMIT_MESSAGE,
+            ),
+        )
+    )
+
     requests: dict[Annotated[str, Field(pattern=_QUALIFIED_NAME)], Quantity] | None = Field(
-        default=None, description="Requested resources, e.g. {cpu: 500m, memory: 1Gi}."
+        default=None, max_length=_RESOURCES_MAX,
+        description="Requested resources, e.g. {cpu: 500m, memory: 1Gi}. Quantities are strings or integers: "
+        "write a fraction as a string (\"0.5\" or 500m).",
     )
     limits: dict[Annotated[str, Field(pattern=_QUALIFIED_NAME)], Quantity] | None = Field(
-        default=None, description="Resource limits, e.g. {memory: 2Gi}."
+        default=None, max_length=_RESOURCES_MAX,
+        description="Resource limits, e.g. {memory: 2Gi}; each at least its request.",
     )
+
+    @field_validator("requests", "limits", mode="before")
+    @classmethod
+    def _no_floats(cls, v: Any) -> Any:
+        for key, q in (v or {}).items() if isinstance(v, dict) else ():
+            if isinstance(q, float) and not q.is_integer():
+                raise ValueError(f"{key}: write the fractional quantity {q} as a string, e.g. \"{q}\" or "
+                                 f"\"{round(q * 1000)}m\" (a custom resource cannot hold a float quantity)")
+        return v
 
     @field_validator("requests", "limits")
     @classmethod
     def _quantities(cls, v: dict[str, int | str] | None) -> dict[str, int | str] | None:
         for key, q in (v or {}).items():
-            if isinstance(q, str) and not re.match(_QUANTITY, q):
+            if isinstance(q, str) and (len(q) > _QUANTITY_MAX_LENGTH or not re.match(_QUANTITY, q)):
                 raise ValueError(f"{key}: {q!r} is not a Kubernetes quantity (examples: 500m, 2, 1Gi)")
+            if quantity_value(q) < 0:
+                raise ValueError(f"{_NEGATIVE_MESSAGE} ({key}: {q})")
         return v
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> Resources:
+        for key, limit in (self.limits or {}).items():
+            request = (self.requests or {}).get(key)
+            if request is not None and quantity_value(request) > quantity_value(limit):
+                raise ValueError(f"{_OVER_LIMIT_MESSAGE} ({key}: request {request} > limit {limit})")
+        return self
+
+
+_EXISTS_VALUE_MESSAGE = "a toleration with operator Exists must not set value"
+_SECONDS_MESSAGE = "tolerationSeconds only applies to effect NoExecute"
+_EMPTY_KEY_MESSAGE = "a toleration without key matches every taint and needs operator Exists"
 
 
 class Toleration(_Model):
     """A pod toleration (see the Kubernetes Toleration type)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel("!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                 _EXISTS_VALUE_MESSAGE),
+            _cel("!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                 _SECONDS_MESSAGE),
+            _cel("(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+                 _EMPTY_KEY_MESSAGE),
+        )
+    )
 
     key: str | None = Field(default=None, max_length=317, description="Taint key; empty matches all keys.")
     operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal (default).")
@@ -512,6 +598,17 @@ class Toleration(_Model):
         default=None, description="Taint effect; empty matches all effects."
     )
     toleration_seconds: int | None = Field(default=None, description="How long NoExecute is tolerated.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Toleration:
+        # The apiserver's own Pod rules: a Deployment breaking them would be refused after admission.
+        if self.operator == "Exists" and self.value:
+            raise ValueError(f"{_EXISTS_VALUE_MESSAGE} (got value {self.value!r})")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError(f"{_SECONDS_MESSAGE} (got effect {self.effect or 'unset'})")
+        if not self.key and self.operator != "Exists":
+            raise ValueError(_EMPTY_KEY_MESSAGE)
+        return self
 
 
 class GpuSpec(_Model):

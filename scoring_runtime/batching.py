@@ -14,8 +14,10 @@ times the cost of one. `AdaptiveBatcher` queues requests and hands them to the m
 - the queue is bounded (`max_queue_rows`): when full, `submit` raises `QueueFull` at once, so the
   server can answer 503 fast instead of letting latency pile up;
 - the model runs on one dedicated thread (one model call at a time, never on the event loop);
-- an exception in the model fails the requests of that batch only;
-- `stop()` fails queued requests with `BatcherClosed` and lets the running batch finish.
+- an exception in the model fails the requests of that batch only, and when the batch held
+  several requests each is retried alone, so only the request that causes it fails;
+- `stop()` fails queued requests with `BatcherClosed` and lets the running batch finish (one
+  that outlasts the timeout is abandoned and its requests fail with `BatcherClosed`).
 
 The batcher does not look inside requests: `predict(jobs)` gets the jobs of a batch and must return
 one result per job, in order (the flavour concatenates and splits rows).
@@ -281,27 +283,53 @@ class AdaptiveBatcher(Generic[J, R]):
             self._metrics.batch_requests.observe(len(batch))
             for i in batch:
                 self._metrics.queue_wait.observe(started - i.enqueued)
-        jobs = [i.job for i in batch]
         t0 = time.perf_counter()
         self._running = True
         try:
-            results = await loop.run_in_executor(self._executor, self._predict, jobs)
-            if len(results) != len(jobs):
-                raise RuntimeError(
-                    f"the model returned {len(results)} results for a batch of {len(jobs)} requests"
-                )
-        except Exception as e:
-            log.warning("batch of %d requests failed: %s: %s", len(batch), type(e).__name__, e)
+            try:
+                results = await self._call(batch, loop)
+            except Exception as e:
+                if len(batch) == 1:
+                    self._fail(batch[0], e)
+                    return
+                # One request's bad input must not fail its neighbours: find the offender by
+                # running each request alone (only after a failure, so the normal path is unchanged).
+                log.warning("batch of %d requests failed (%s: %s); retrying each request alone",
+                            len(batch), type(e).__name__, e)
+                for i in batch:
+                    if i.future.done():
+                        continue
+                    try:
+                        (r,) = await self._call([i], loop)
+                    except Exception as alone:
+                        self._fail(i, alone)
+                    else:
+                        self._succeed(i, r)
+                return
+        except asyncio.CancelledError:
+            # stop() gave up waiting for this batch: its callers must not wait forever
             for i in batch:
-                self._fail(i, e)
-            return
+                self._fail(i, BatcherClosed("the server shut down before the model finished; retry on another replica"))
+            raise
         finally:
             self._running = False
             self._last_event = loop.time()
         log.debug("batch: %d requests in %.1f ms", len(batch), (time.perf_counter() - t0) * 1000)
         for i, r in zip(batch, results, strict=True):
-            if not i.future.done():
-                i.future.set_result(r)
+            self._succeed(i, r)
+
+    async def _call(self, batch: list[_Queued[J, R]], loop: asyncio.AbstractEventLoop) -> Sequence[R]:
+        """One model call on the inference thread; one result per job or an error."""
+        assert self._executor is not None
+        results = await loop.run_in_executor(self._executor, self._predict, [i.job for i in batch])
+        if len(results) != len(batch):
+            raise RuntimeError(f"the model returned {len(results)} results for a batch of {len(batch)} requests")
+        return results
+
+    @staticmethod
+    def _succeed(item: _Queued[J, R], result: R) -> None:
+        if not item.future.done():
+            item.future.set_result(result)
 
 
 def describe(config: BatchingConfig) -> dict[str, Any]:

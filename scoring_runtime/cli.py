@@ -11,8 +11,9 @@ from typing import Any, NoReturn
 
 import click
 
+from scoring_runtime.manifest import MANIFEST_FILE, ModelManifest
 from scoring_runtime.registry import ModelRegistry, RegistryError, open_registry
-from scoring_runtime.registry.local import LocalFileRegistry
+from scoring_runtime.registry.local import LocalFileRegistry, prepare_dest, verify_file
 
 REGISTRY_HELP = "registry: a directory, file:///abs/root, or azureml://... (env SCORING_REGISTRY)"
 
@@ -134,23 +135,61 @@ def label(registry: str, name: str, label: str, version: int) -> None:
     click.echo(f"{name}: {label} -> {version}")
 
 
+def _already_fetched(dest: Path, name: str, version: int) -> ModelManifest | None:
+    """The manifest in `dest` when it is `name` version `version` and every file's sha256 verifies, else None.
+
+    model.json is written last by a fetch, so without it (or with a file that fails) `dest` holds a
+    partial or different model.
+    """
+    try:
+        manifest = ModelManifest.model_validate_json((dest / MANIFEST_FILE).read_bytes())
+        if (manifest.name, manifest.version) != (name, version):
+            return None
+        for entry in manifest.files:
+            verify_file(entry, dest / entry.path)
+    except (OSError, ValueError, RegistryError):
+        return None
+    return manifest
+
+
 @main.command()
 @_registry_cmd
 @click.option("--name", required=True)
 @click.option("--version", type=int, default=None, help="pinned version")
 @click.option("--label", default=None, help="label to resolve (default: latest)")
 @click.option("--dest", required=True, type=click.Path(path_type=Path), help="empty directory to fetch into")
-def fetch(registry: str, name: str, version: int | None, label: str | None, dest: Path) -> None:
-    """Fetch a model version into DEST and verify every sha256 (the scoring pod's init container)."""
+@click.option("--clean", is_flag=True, help="DEST is dedicated to this model: remove what is in it (e.g. a partial "
+              "earlier fetch) instead of refusing")
+def fetch(registry: str, name: str, version: int | None, label: str | None, dest: Path, clean: bool) -> None:
+    """Fetch a model version into DEST and verify every sha256 (the scoring pod's init container).
+
+    Idempotent: when DEST already holds this version and every file verifies, nothing is copied.
+    """
     if version is not None and label is not None:
         fail("give --version or --label, not both")
     if version is None and label is None:
         label = "latest"
+    # A pinned version already in DEST (an init container restarted after a complete fetch) needs no registry.
+    done = _already_fetched(dest, name, version) if version is not None else None
+    if done is not None:
+        click.echo(f"{dest} already holds {name} version {version}: {len(done.files)} files verified", err=True)
+        return
     reg = _open(registry)
     progress = _Progress(f"fetch {name}")
     try:
         resolved = reg.resolve(name, version=version, label=label)
+        done = _already_fetched(dest, resolved.name, resolved.version) if version is None else None
+        if done is not None:
+            progress.close()
+            click.echo(f"{dest} already holds {resolved.name} version {resolved.version}: "
+                       f"{len(done.files)} files verified", err=True)
+            return
+        if clean:
+            prepare_dest(dest, clean=True)
         manifest = reg.fetch(resolved.name, resolved.version, dest, progress=progress)
+    except FileExistsError as e:
+        progress.close()
+        fail(f"{e}, or pass --clean to remove its contents first (only for a directory dedicated to this model)")
     except (RegistryError, OSError, ValueError) as e:
         progress.close()
         fail(str(e))

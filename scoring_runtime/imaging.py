@@ -6,7 +6,9 @@ small file claiming 100,000 x 100,000 pixels (a decompression bomb) costs nothin
 
 The preprocessing matches torchvision's classic ImageNet evaluation transform exactly (the same
 Pillow resize underneath): Resize(resize) on the shorter side, CenterCrop(crop), scale to [0, 1],
-Normalize(mean, std); the result is float32, channels first (3, crop, crop).
+Normalize(mean, std); the result is float32, channels first (3, crop, crop). Only for extreme
+aspect ratios (a resized image over MAX_RESIZED_PIXELS) is the crop's region resized on its own,
+so a tiny 16000 x 2 strip never becomes a multi-gigabyte intermediate image.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Pillow format name per accepted content type (anything else on /score is a 415).
 CONTENT_TYPES = {"image/jpeg": "JPEG", "image/jpg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
 FORMATS = ("JPEG", "PNG", "WEBP")
+#: above this many pixels after the shorter-side resize, only the centre crop's region is resized
+MAX_RESIZED_PIXELS = 4_000_000
 _INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
                   "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 
@@ -150,18 +154,33 @@ def decode_image(data: bytes, limits: ImageLimits, what: str = "image") -> Image
     return rgb
 
 
-def preprocess(img: Image.Image, p: Preprocess) -> np.ndarray[Any, np.dtype[np.float32]]:
-    """Resize shorter side, centre crop, scale and normalise: float32 (3, crop, crop)."""
+def _resize_and_crop(img: Image.Image, p: Preprocess) -> Image.Image:
+    """Resize the shorter side to `p.resize`, then take the centre `p.crop` square.
+
+    Resizing the whole image and cropping afterwards is exactly torchvision's transform, and it is
+    what runs for ordinary shapes. An extreme aspect ratio (a 16000 x 2 strip) would blow the resized
+    image up to gigabytes, so there only the source region under the centre crop is resized (Pillow's
+    `box`): same geometry and filter, a few levels of 255 off the full resize (bilinear, bicubic).
+    """
     w, h = img.size
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = p.resize, int(p.resize * long / short)
-    size = (new_short, new_long) if w <= h else (new_long, new_short)
-    if size != (w, h):
-        img = img.resize(size, _INTERPOLATION[p.interpolation])
-    w, h = img.size
-    top = round((h - p.crop) / 2.0)
-    left = round((w - p.crop) / 2.0)
-    img = img.crop((left, top, left + p.crop, top + p.crop))
+    nw, nh = (new_short, new_long) if w <= h else (new_long, new_short)
+    top = round((nh - p.crop) / 2.0)
+    left = round((nw - p.crop) / 2.0)
+    resample = _INTERPOLATION[p.interpolation]
+    if nw * nh > MAX_RESIZED_PIXELS:
+        sx, sy = w / nw, h / nh
+        box = (left * sx, top * sy, (left + p.crop) * sx, (top + p.crop) * sy)
+        return img.resize((p.crop, p.crop), resample, box=box)
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), resample)
+    return img.crop((left, top, left + p.crop, top + p.crop))
+
+
+def preprocess(img: Image.Image, p: Preprocess) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """Resize shorter side, centre crop, scale and normalise: float32 (3, crop, crop)."""
+    img = _resize_and_crop(img, p)
     arr: np.ndarray[Any, np.dtype[np.float32]] = np.asarray(img, dtype=np.float32)
     arr /= np.float32(255.0)
     arr -= np.asarray(p.mean, dtype=np.float32)

@@ -26,6 +26,8 @@ DEFAULT_GPU_TOLERATION = {"key": api.DEFAULT_GPU_RESOURCE, "operator": "Exists",
 READY_PATH = "/v2/health/ready"
 LIVE_PATH = "/v2/health/live"
 STARTUP_PERIOD = 5
+#: The resources the fetch init container gets from spec.resources (it needs no GPU or other device).
+INIT_RESOURCES = ("cpu", "memory")
 #: A private emptyDir per pod: the root filesystem is read-only.
 TMP_DIR = "/tmp"  # noqa: S108
 WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use"
@@ -182,13 +184,22 @@ def pod_template(
             "--name", spec.model.name,
             "--version", str(version),
             "--dest", MODEL_DIR,
+            # /model is this pod's own emptyDir: it survives init container restarts, so a fetch killed
+            # midway must be able to start over (a complete earlier fetch is verified and kept).
+            "--clean",
         ],
         "volumeMounts": [model_mount, tmp_mount, *access.mounts],
         "securityContext": container_security_context(),
     }
     if access.env:
         fetch["env"] = access.env
-    init_resources = resources(spec, with_gpu=False)
+    # Only cpu/memory: the fetch uses no device, and an extended resource listed in spec.resources (a GPU)
+    # would have the device plugin allocate one to the init container for nothing.
+    init_resources = {
+        kind: picked
+        for kind, amounts in resources(spec, with_gpu=False).items()
+        if (picked := {k: v for k, v in amounts.items() if k in INIT_RESOURCES})
+    }
     if init_resources:
         fetch["resources"] = init_resources
 
@@ -220,7 +231,9 @@ def pod_template(
         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "env": runtime_env(spec),
         "volumeMounts": mounts,
-        "startupProbe": _probe(LIVE_PATH, period=STARTUP_PERIOD, failures=startup_failures),
+        # Readiness, not liveness: /live answers as soon as the server is up, so a hung model load
+        # would never hit startupTimeoutSeconds; /ready stays 503 until the model is loaded.
+        "startupProbe": _probe(READY_PATH, period=STARTUP_PERIOD, failures=startup_failures),
         "readinessProbe": _probe(READY_PATH, period=5, failures=3),
         "livenessProbe": _probe(LIVE_PATH, period=10, failures=3, timeout=5),
         "securityContext": container_security_context(),

@@ -9,7 +9,8 @@ flavour owns the model and its codecs. The request path is::
 
 `predict` runs in a worker thread (never on the event loop), and so do `parse_*` and `render_*`
 unless the flavour sets `parse_in_thread = False` (for codecs so cheap that the thread hop costs
-more), so they may be CPU heavy and may block. Everything may be called from several threads
+more; even then a body over 64 KiB or a result over 16 rows goes to the pool), so they may be CPU
+heavy and may block. Everything may be called from several threads
 at once, except that the batcher calls `predict` from one thread only.
 
 `predict` takes a *list* of jobs because a batcher may combine requests; it returns one result

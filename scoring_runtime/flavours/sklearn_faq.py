@@ -37,7 +37,9 @@ class FAQScorer(Scorer):
 
     platform = "sklearn"
     score_media_types = ("application/json", "text/plain")
-    parse_in_thread = False  # a few short strings: cheaper on the loop than a thread hop
+    # a few short strings: cheaper on the loop than a thread hop (the server still uses its pool for
+    # bodies over 64 KiB and results over 16 rows, so a big request cannot stall the loop)
+    parse_in_thread = False
 
     def __init__(self, manifest: ModelManifest, settings: RuntimeSettings, pipeline: Any,
                  faq: list[dict[str, Any]]) -> None:
@@ -67,7 +69,7 @@ class FAQScorer(Scorer):
 
     # ------------------------------------------------------------------ requests
     def _top_k(self, value: Any, where: str = "top_k") -> int:
-        if isinstance(value, str) and value.isdigit():
+        if isinstance(value, str) and value.isascii() and value.isdigit():  # not int("²"): a ValueError
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise BadRequest(f"{where} must be a positive integer, got {value!r}")

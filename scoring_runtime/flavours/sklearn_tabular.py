@@ -90,8 +90,16 @@ class TabularScorer(Scorer):
 
     def predict(self, jobs: list[Job]) -> list[Any]:
         x = np.concatenate([j.data for j in jobs]) if len(jobs) > 1 else jobs[0].data
-        pred = np.asarray(self.estimator.predict(x))
-        proba = np.asarray(self.estimator.predict_proba(x)) if self.has_proba else None
+        try:
+            pred = np.asarray(self.estimator.predict(x))
+            proba = np.asarray(self.estimator.predict_proba(x)) if self.has_proba else None
+        except (ValueError, TypeError) as e:
+            # scikit-learn rejects input it cannot score with these (e.g. negative counts for
+            # MultinomialNB): for one request that is the client's input; in a batch, the batcher
+            # retries each request alone to find out whose
+            if len(jobs) == 1:
+                raise BadRequest(f"the model rejected the input: {e}") from None
+            raise
         out, start = [], 0
         for j in jobs:
             sl = slice(start, start + j.rows)

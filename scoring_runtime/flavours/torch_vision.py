@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from scoring_runtime.flavours.base import BadRequest, Job, ModelLoadError, Scorer, decode_json, media_type
+from scoring_runtime.flavours.sklearn_io import artifact_path
 from scoring_runtime.flavours.torch_model import (
     TorchOptions,
     TorchThread,
@@ -52,12 +53,13 @@ INPUT_PIXELS = "pixels"
 
 
 def _read_labels(model_dir: Path, flavour: dict[str, Any]) -> list[str]:
-    name = flavour.get("labels", "labels.json")
-    path = model_dir / str(name)
+    name = str(flavour.get("labels", "labels.json"))
+    if not (model_dir / name).exists():
+        raise ModelLoadError(f"{model_dir / name} not found: an image classifier needs its class labels "
+                             "(flavour.labels)")
+    path = artifact_path(model_dir, name, "flavour.labels")  # never a file outside the model directory
     try:
         labels = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path} not found: an image classifier needs its class labels (flavour.labels)") from None
     except ValueError as e:
         raise ModelLoadError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):

@@ -32,6 +32,8 @@ DTYPES: dict[str, np.dtype[Any]] = {
 }
 _KIND_OF = {"BOOL": "b", "UINT": "u", "INT": "i", "FP": "f"}
 MAX_DIMS = 8
+#: largest size of one dimension (numpy refuses far bigger ones even when another dimension is 0)
+MAX_DIM_SIZE = 2**31 - 1
 
 
 def datatype_of(arr: np.ndarray[Any, Any]) -> str:
@@ -135,8 +137,13 @@ def parse_tensor(obj: Any, index: int) -> V2Tensor:
         raise BadRequest(f"{where}: missing field 'data'")
     if datatype not in DTYPES:
         raise BadRequest(f"{where}: unknown datatype {datatype!r}; use one of {', '.join(DTYPES)}")
-    if len(shape) > MAX_DIMS or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise BadRequest(f"{where}: shape must be a list of at most {MAX_DIMS} non-negative integers, got {shape}")
+    if len(shape) > MAX_DIMS or not all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM_SIZE for d in shape
+    ):
+        raise BadRequest(
+            f"{where}: shape must be a list of at most {MAX_DIMS} non-negative integers "
+            f"(each at most {MAX_DIM_SIZE}), got {shape}"
+        )
     flat = _flatten(obj["data"])
     expected = math.prod(shape)
     if len(flat) != expected:
@@ -154,7 +161,11 @@ def parse_tensor(obj: Any, index: int) -> V2Tensor:
         arr[:] = flat
     else:
         arr = _numeric(flat, datatype, where)
-    return V2Tensor(name=name, datatype=datatype, shape=list(shape), data=arr.reshape(shape), parameters=params)
+    try:
+        data = arr.reshape(shape)
+    except ValueError as e:  # e.g. a zero-size shape numpy cannot represent
+        raise BadRequest(f"{where}: cannot shape the data as {shape}: {e}") from None
+    return V2Tensor(name=name, datatype=datatype, shape=list(shape), data=data, parameters=params)
 
 
 def _numeric(flat: list[Any], datatype: str, where: str) -> np.ndarray[Any, Any]:

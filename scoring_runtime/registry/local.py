@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -38,9 +39,11 @@ from scoring_runtime.registry.errors import (
     IntegrityError,
     InvalidReference,
     ModelNotFound,
+    RegistryError,
     RegistryUnavailable,
 )
 
+log = logging.getLogger(__name__)
 LABELS_FILE = "labels.json"
 _COPY_CHUNK = 1 << 20
 
@@ -118,12 +121,28 @@ class LocalFileRegistry(ModelRegistry):
     def _versions_in(d: Path) -> list[int]:
         return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit())
 
-    def _read_labels(self, d: Path) -> dict[str, int]:
+    def _read_labels(self, d: Path, repair: bool = False) -> dict[str, int]:
+        """The labels of model dir `d`. A corrupt file (hand-edited, say) is a RegistryError on reads;
+        writers pass `repair=True` to keep its valid entries and rewrite it (so `scoring label` fixes it)."""
+        path = d / LABELS_FILE
         try:
-            raw = json.loads((d / LABELS_FILE).read_text(encoding="utf-8"))
+            raw = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
-        return {str(k): int(v) for k, v in raw.items()}
+        except ValueError:  # not JSON, or not UTF-8
+            raw = None
+        entries = raw if isinstance(raw, dict) else {}
+        valid = {k: v for k, v in entries.items() if type(v) is int and v >= 1}
+        if isinstance(raw, dict) and len(valid) == len(raw):
+            return valid
+        if repair:
+            log.warning("%s was corrupt; rewriting it with its valid labels %s", path, valid or "(none)")
+            return valid
+        raise RegistryError(
+            f"{path} is corrupt: it must be a JSON object mapping labels to version numbers, like "
+            f'{{"latest": 3}}; fix it by hand, or rewrite it with `scoring label --name {d.name} '
+            "--label latest --version N` (which keeps its valid labels)"
+        )
 
     # ---------------------------------------------------------------- reads
     def list_models(self) -> list[str]:
@@ -225,7 +244,7 @@ class LocalFileRegistry(ModelRegistry):
                 os.rename(staging, d / str(version))
                 _fsync_dir(d)
                 if set_latest:
-                    labels = self._read_labels(d)
+                    labels = self._read_labels(d, repair=True)
                     labels["latest"] = version
                     _write_atomic(d / LABELS_FILE, json.dumps(labels, indent=2, sort_keys=True) + "\n")
             return manifest
@@ -239,13 +258,13 @@ class LocalFileRegistry(ModelRegistry):
             raise InvalidReference(f"invalid label {label!r}: use letters, digits, '-', '_' or '.'")
         self.get_manifest(name, version)
         with self._locked(name) as d:
-            labels = self._read_labels(d)
+            labels = self._read_labels(d, repair=True)
             labels[label] = version
             _write_atomic(d / LABELS_FILE, json.dumps(labels, indent=2, sort_keys=True) + "\n")
 
     def remove_label(self, name: str, label: str) -> None:
         with self._locked(name) as d:
-            labels = self._read_labels(d)
+            labels = self._read_labels(d, repair=True)
             labels.pop(label, None)
             _write_atomic(d / LABELS_FILE, json.dumps(labels, indent=2, sort_keys=True) + "\n")
 
@@ -256,9 +275,21 @@ class LocalFileRegistry(ModelRegistry):
         return copy_verified(manifest, src, Path(dest), progress)
 
 
-def prepare_dest(dest: Path) -> None:
-    """`dest` may exist (a mounted emptyDir) but must be empty, so stale files never mix in."""
+def prepare_dest(dest: Path, *, clean: bool = False) -> None:
+    """`dest` may exist (a mounted emptyDir) but must be empty, so stale files never mix in.
+
+    clean=True first removes what is in it (not `dest` itself, which may be a mount point): for a
+    directory dedicated to one model, such as the pod's /model left half-filled by a killed fetch.
+    """
     dest.mkdir(parents=True, exist_ok=True)
+    if clean:
+        if dest.resolve() in (Path("/"), Path.home().resolve()):
+            raise ValueError(f"refusing to empty {dest}: give a directory dedicated to the model")
+        for child in list(dest.iterdir()):
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink(missing_ok=True)
     if any(dest.iterdir()):
         raise FileExistsError(f"destination {dest} is not empty; fetch into an empty directory")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -44,6 +44,9 @@ log = logging.getLogger("scoring_runtime.server")
 READY_DIR_ENV = "_SCORING_SERVE_READY_DIR"
 Loader = Callable[[RuntimeSettings], Scorer]
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: bodies and results above these sizes are parsed/rendered in the pool even for `parse_in_thread = False`
+INLINE_MAX_BODY_BYTES = 64 * 1024
+INLINE_MAX_ROWS = 16
 
 
 class Phase(enum.StrEnum):
@@ -217,10 +220,11 @@ class ScoringServer:
         return error(503, f"the model is {self.phase.value.replace('_', ' ')}; retry when GET /v2/health/ready "
                           "answers 200", {"Retry-After": "1"})
 
-    async def _codec(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run flavour parse/render code in the pool, or inline when the flavour says it is cheap."""
+    async def _codec(self, fn: Callable[..., Any], *args: Any, big: bool = False) -> Any:
+        """Run flavour parse/render code in the pool; inline only when the flavour says it is cheap
+        and the input is small (a multi-megabyte body parsed on the loop would stall every request)."""
         assert self.scorer is not None
-        if self.scorer.parse_in_thread:
+        if self.scorer.parse_in_thread or big:
             return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
         return fn(*args)
 
@@ -236,8 +240,15 @@ class ScoringServer:
     def _failed(self, e: Exception, protocol: str) -> Response:
         """Map an exception from parsing/predicting to a JSON error (never a traceback in the body)."""
         if isinstance(e, BadRequest):
-            self.metrics.errors.labels("too_large" if e.status == 413 else "bad_request").inc()
+            reason = {413: "too_large", 415: "unsupported_media_type"}.get(e.status, "bad_request")
+            self.metrics.errors.labels(reason).inc()
             return error(e.status, str(e))
+        if isinstance(e, ClientDisconnect):
+            # the client hung up mid-upload: nothing is wrong here and nobody reads the answer; 499
+            # (nginx's "client closed request") keeps it apart from real errors in the metrics
+            self.metrics.errors.labels("client_disconnect").inc()
+            log.debug("client_disconnect", extra={"fields": {"protocol": protocol}})
+            return error(499, "the client closed the connection before sending the whole request")
         if isinstance(e, QueueFull):
             self.metrics.errors.labels("overloaded").inc()
             retry = e.retry_after_s if e.retry_after_s is not None else self.settings.retry_after_s
@@ -323,7 +334,9 @@ class ScoringServer:
     def _parse_v2(self, body: bytes) -> tuple[str | None, Job]:
         assert self.scorer is not None
         req = parse_request(decode_json(body))
-        return req.id, self.scorer.parse_v2(req)
+        job = self.scorer.parse_v2(req)
+        job.outputs = req.outputs  # here, not in each flavour, so every flavour honours `outputs`
+        return req.id, job
 
     @staticmethod
     def _select(tensors: list[V2Tensor], wanted: list[str] | None) -> list[V2Tensor]:
@@ -343,9 +356,9 @@ class ScoringServer:
         try:
             body = await read_body(request, self.settings.max_body_bytes)
             self.metrics.body_bytes.labels("infer").observe(len(body))
-            req_id, job = await self._codec(self._parse_v2, body)
+            req_id, job = await self._codec(self._parse_v2, body, big=len(body) > INLINE_MAX_BODY_BYTES)
             result = await self._predict(job, "v2")
-            tensors = await self._codec(self.scorer.render_v2, result, job)
+            tensors = await self._codec(self.scorer.render_v2, result, job, big=job.rows > INLINE_MAX_ROWS)
             outputs = self._select(tensors, job.outputs)
         except Exception as e:
             return self._failed(e, "v2")
@@ -371,9 +384,9 @@ class ScoringServer:
         try:
             body = await read_body(request, self.settings.max_body_bytes)
             self.metrics.body_bytes.labels("score").observe(len(body))
-            job = await self._codec(scorer.parse_score, body, ctype)
+            job = await self._codec(scorer.parse_score, body, ctype, big=len(body) > INLINE_MAX_BODY_BYTES)
             result = await self._predict(job, "score")
-            out = await self._codec(scorer.render_score, result, job)
+            out = await self._codec(scorer.render_score, result, job, big=job.rows > INLINE_MAX_ROWS)
         except Exception as e:
             return self._failed(e, "score")
         return JSON(out)

@@ -81,7 +81,7 @@ def test_pod_uses_workload_identity_for_the_fetch_only() -> None:
     c = containers(template)
     fetch = c[INIT_CONTAINER]
     assert fetch["command"][:4] == ["scoring", "fetch", "--registry", "azureml://registries/shared-models"]
-    assert fetch["command"][4:] == ["--name", "faq", "--version", "7", "--dest", "/model"]
+    assert fetch["command"][4:] == ["--name", "faq", "--version", "7", "--dest", "/model", "--clean"]
     assert fetch["env"] == [{"name": "AZURE_CLIENT_ID", "value": CLIENT_ID}]
     assert not any(e["name"].startswith("AZURE_") for e in c[RUNTIME_CONTAINER]["env"])
     assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]

@@ -184,24 +184,53 @@ async def test_full_queue_fails_fast_with_queue_full() -> None:
     await b.stop()
 
 
-async def test_predict_exception_fails_only_its_batch() -> None:
+async def test_predict_exception_fails_only_the_offending_request() -> None:
     model = RowModel()
-    b = await started(model, max_batch_rows=2, max_delay_s=1.0, max_queue_rows=16)
-    bad = asyncio.ensure_future(b.submit(job(1, boom=True)))
-    neighbour = asyncio.ensure_future(b.submit(job(1)))  # same batch (2 rows: closes at once)
-    done = await asyncio.gather(bad, neighbour, return_exceptions=True)
-    assert all(isinstance(e, ValueError) and "poisoned" in str(e) for e in done)
+    b = await started(model, max_batch_rows=3, max_delay_s=1.0, max_queue_rows=16)
+    before = asyncio.ensure_future(b.submit(job(1, base=2, tag="before")))
+    bad = asyncio.ensure_future(b.submit(job(1, boom=True, tag="bad")))
+    after = asyncio.ensure_future(b.submit(job(1, base=4, tag="after")))  # same batch (3 rows: closes at once)
+    done = await asyncio.gather(before, bad, after, return_exceptions=True)
+    assert model.tags[0] == ["before", "bad", "after"]  # they really were one batch, which failed
+    assert isinstance(done[1], ValueError) and "poisoned" in str(done[1])
+    assert [int(r[0]) for r in (done[0], done[2]) if isinstance(r, np.ndarray)] == [7, 13]  # retried alone, scored
+    assert sorted(t for batch in model.tags[1:] for t in batch) == ["after", "bad", "before"]
     later = await asyncio.gather(b.submit(job(1, base=5)), b.submit(job(1, base=6)))
     assert [int(r[0]) for r in later] == [16, 19]
     await b.stop()
 
 
+async def test_a_failing_lone_request_is_not_retried() -> None:
+    model = RowModel()
+    b = await started(model, max_batch_rows=4, max_delay_s=0.0, max_queue_rows=16)
+    with pytest.raises(ValueError, match="poisoned"):
+        await b.submit(job(1, boom=True))
+    assert len(model.batches) == 1
+    await b.stop()
+
+
 async def test_wrong_result_count_is_an_error_not_a_mixup() -> None:
-    b: AdaptiveBatcher[Job, Any] = AdaptiveBatcher(lambda jobs: [0], BatchingConfig(2, 1.0, 16))
+    # always one result short: wrong for the batch, and still wrong for each request alone
+    b: AdaptiveBatcher[Job, Any] = AdaptiveBatcher(lambda jobs: [0] * (len(jobs) - 1), BatchingConfig(2, 1.0, 16))
     await b.start()
     out = await asyncio.gather(b.submit(job(1)), b.submit(job(1)), return_exceptions=True)
-    assert all(isinstance(e, RuntimeError) and "2 requests" in str(e) for e in out)
+    assert all(isinstance(e, RuntimeError) and "results for a batch of 1 requests" in str(e) for e in out), out
     await b.stop()
+
+
+async def test_stop_timeout_fails_the_abandoned_batch_instead_of_hanging() -> None:
+    model = RowModel()
+    model.gate.clear()  # the model never finishes within stop()'s timeout
+    b = await started(model, max_batch_rows=1, max_delay_s=0.0, max_queue_rows=16)
+    running = asyncio.ensure_future(b.submit(job(1)))
+    try:
+        while not model.entered.is_set():
+            await asyncio.sleep(0.001)
+        await b.stop(timeout=0.05)
+        with pytest.raises(BatcherClosed, match="shut down before the model finished"):
+            await asyncio.wait_for(running, 5)
+    finally:
+        model.gate.set()  # let the inference thread end
 
 
 async def test_stop_fails_queued_requests_and_finishes_the_running_batch() -> None:

@@ -63,7 +63,7 @@ def test_init_container_fetches_the_pinned_version(owner: Owner, config: Operato
     init, runtime = _containers(dep)
     assert init["command"] == [
         "scoring", "fetch", "--registry", "file:///registry/team/a", "--name", "faq", "--version", "5",
-        "--dest", "/model",
+        "--dest", "/model", "--clean",
     ]
     assert {"name": "registry", "mountPath": "/registry", "readOnly": True} in init["volumeMounts"]
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
@@ -97,7 +97,8 @@ def test_runtime_container_command_env_and_probes(owner: Owner, config: Operator
     assert rt["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert rt["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     startup = rt["startupProbe"]
-    assert startup["httpGet"]["path"] == "/v2/health/live"
+    # A hung load must hit the timeout: /live answers as soon as the server is up, /ready only once loaded.
+    assert startup["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 301  # the whole load time is allowed
     assert startup["periodSeconds"] * (startup["failureThreshold"] - 1) < 301
 

@@ -78,6 +78,20 @@ def test_more_than_one_replica_is_refused(cluster: KubeCluster) -> None:
     assert "replicaCount must be 0 or 1" in proc.stderr
 
 
+def test_service_monitor_needs_the_metrics_service(cluster: KubeCluster) -> None:
+    """A ServiceMonitor selecting no Service would scrape nothing, silently: refuse to render it."""
+    proc = cluster.helm("template", "so", CHART, "--set", "metrics.serviceMonitor.enabled=true",
+                        "--set", "metrics.service.enabled=false", check=False)
+    assert proc.returncode != 0
+    assert "metrics.serviceMonitor.enabled needs metrics.service.enabled=true" in proc.stderr
+    docs = _render(cluster, "metrics.serviceMonitor.enabled=true")
+    (monitor,) = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    (svc,) = [d for d in docs if d["kind"] == "Service"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert [p["name"] for p in svc["spec"]["ports"]] == [monitor["spec"]["endpoints"][0]["port"]]
+    assert not [d for d in _render(cluster, "metrics.service.enabled=false") if d["kind"] == "Service"]
+
+
 def test_operator_watches_only_its_namespaces(cluster: KubeCluster, tmp_path: Path) -> None:
     """watchNamespaces: Roles in those namespaces are enough, and other namespaces are left alone."""
     watched = cluster.create_namespace(namespace_name_for("watched"))

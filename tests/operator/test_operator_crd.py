@@ -15,7 +15,7 @@ from scoring_operator import spec as api
 #: Keys a structural schema node may carry (what this generator is allowed to emit).
 _ALLOWED = {
     "description", "type", "format", "enum", "default", "minimum", "maximum", "minLength", "maxLength",
-    "pattern", "maxItems", "items", "properties", "required", "additionalProperties", "anyOf",
+    "pattern", "maxItems", "maxProperties", "items", "properties", "required", "additionalProperties", "anyOf",
     "x-kubernetes-int-or-string", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
     "x-kubernetes-validations",
 }
@@ -122,8 +122,20 @@ def test_cel_rules_cover_the_cross_field_checks(schema: dict[str, Any]) -> None:
          "autoscaling": {"maxReplicas": 2, "targetCPUUtilizationPercentage": 50}},
         {"model": {"registry": {"type": "local", "claimName": "r"}, "name": "m", "label": "x"},
          "gpu": {"count": 0, "tolerations": []}},
+        {"model": {"registry": {"type": "local", "claimName": "r"}, "name": "m", "label": "x"},
+         "gpu": {"count": 1, "tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}},
+        {"model": {"registry": {"type": "local", "claimName": "r"}, "name": "m", "label": "x"},
+         "gpu": {"count": 1, "tolerations": [{"key": "k", "tolerationSeconds": 5}]}},
+        {"model": {"registry": {"type": "local", "claimName": "r"}, "name": "m", "label": "x"},
+         "gpu": {"count": 1, "tolerations": [{"effect": "NoSchedule"}]}},
+        {"model": {"registry": {"type": "local", "claimName": "r"}, "name": "m", "label": "x"},
+         "resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}},
+        {"model": {"registry": {"type": "local", "claimName": "r"}, "name": "m", "label": "x"},
+         "resources": {"limits": {"cpu": "-1"}}},
     ],
-    ids=["version-and-label", "replicas-and-autoscaling", "cpu-target-without-requests", "gpu-placement"],
+    ids=["version-and-label", "replicas-and-autoscaling", "cpu-target-without-requests", "gpu-placement",
+         "toleration-exists-value", "toleration-seconds", "toleration-empty-key", "requests-over-limits",
+         "negative-quantity"],
 )
 def test_pydantic_and_apiserver_say_the_same(schema: dict[str, Any], body: dict[str, Any]) -> None:
     """Whatever refuses a spec (operator or apiserver), the user reads the same sentence."""

@@ -82,7 +82,7 @@ def test_lifecycle(cluster: KubeCluster, ns: str, operator: Operator) -> None:
     (owner_ref,) = dep["metadata"]["ownerReferences"]
     assert (owner_ref["uid"], owner_ref["controller"], owner_ref["blockOwnerDeletion"]) == (uid, True, True)
     pod = dep["spec"]["template"]["spec"]
-    assert pod["initContainers"][0]["command"][-4:] == ["--version", "1", "--dest", "/model"]
+    assert pod["initContainers"][0]["command"][-4:] == ["--version", "1", "--dest", "/model", "--clean"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
     svc = get(cluster, "service", ns, name)
     assert svc is not None and svc["spec"]["ports"][0]["port"] == 80
@@ -155,6 +155,38 @@ def test_lifecycle(cluster: KubeCluster, ns: str, operator: Operator) -> None:
         timeout=90, operator=operator)
 
 
+def test_switch_to_autoscaling_keeps_the_replicas(cluster: KubeCluster, ns: str, operator: Operator) -> None:
+    """replicas 3 -> autoscaling min 3: spec.replicas never drops below 3 (the HPA takes it over)."""
+    model, name = f"scale-{ns[-6:]}", "scaled"
+    operator.register(model)
+    apply(cluster, scoring_model(name, ns, {"name": model, "version": 1}, replicas=3))
+    wait_for("Ready with 3 replicas", lambda: _ready(cluster, ns, name, 1, replicas=3), operator=operator)
+    cluster.kubectl("patch", "scoringmodel", name, "-n", ns, "--type=merge", "-p", json.dumps({"spec": {
+        "replicas": None, "autoscaling": {"minReplicas": 3, "maxReplicas": 5, "targetInFlightRequests": 5}}}))
+    seen: list[int] = []
+
+    def switched() -> bool:
+        dep = get(cluster, "deployment", ns, name)
+        assert dep is not None
+        seen.append(dep["spec"]["replicas"])
+        return get(cluster, "horizontalpodautoscaler", ns, name) is not None
+
+    wait_for("the HPA", switched, interval=0.1, operator=operator)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # and a little after: the reset would show up right after the apply
+        seen.append(get(cluster, "deployment", ns, name)["spec"]["replicas"])
+    assert min(seen) >= 3, f"spec.replicas dropped during the switch: {seen}"
+    wait_for("Ready under the HPA", lambda: _ready(cluster, ns, name, 1, replicas=3), operator=operator)
+    events = cluster.kubectl_json("get", "events", "-n", ns, "--field-selector",
+                                  f"involvedObject.kind=Deployment,involvedObject.name={name}")
+    scaled_down = [e["message"] for e in events["items"] if "Scaled down" in e.get("message", "")]
+    assert not scaled_down, scaled_down
+    dep = cluster.kubectl_json("get", "deployment", name, "-n", ns, "--show-managed-fields")
+    managers = {m["manager"] for m in dep["metadata"]["managedFields"] if "f:replicas" in (
+        m.get("fieldsV1", {}).get("f:spec") or {})}
+    assert "scoring-operator" not in managers, "the operator must not own replicas under autoscaling"
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -168,8 +200,23 @@ def test_lifecycle(cluster: KubeCluster, ns: str, operator: Operator) -> None:
          "env var SCORING_WORKERS is set by the operator"),
         ({"autoscaling": {"maxReplicas": 2, "targetCPUUtilizationPercentage": 50}},
          "autoscaling.targetCPUUtilizationPercentage needs spec.resources.requests.cpu"),
+        ({"gpu": {"count": 1, "tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}},
+         "a toleration with operator Exists must not set value"),
+        ({"gpu": {"count": 1, "tolerations": [{"key": "k", "value": "v", "effect": "NoSchedule",
+                                               "tolerationSeconds": 30}]}},
+         "tolerationSeconds only applies to effect NoExecute"),
+        ({"gpu": {"count": 1, "tolerations": [{"operator": "Equal", "value": "v"}]}},
+         "a toleration without key matches every taint and needs operator Exists"),
+        ({"resources": {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"cpu": 1, "memory": "1Gi"}}},
+         "resources.requests must not exceed resources.limits of the same resource"),
+        ({"resources": {"requests": {"memory": "1.5Gi"}, "limits": {"memory": "1536M"}}},
+         "resources.requests must not exceed resources.limits of the same resource"),
+        ({"resources": {"requests": {"cpu": "-100m"}}}, "resources.requests and resources.limits must not be negative"),
+        ({"resources": {"requests": {"cpu": 0.5}}}, "must be of type integer,string"),
     ],
-    ids=["version-and-label", "min-above-max", "replicas-and-autoscaling", "bad-enum", "managed-env", "cpu-requests"],
+    ids=["version-and-label", "min-above-max", "replicas-and-autoscaling", "bad-enum", "managed-env", "cpu-requests",
+         "exists-with-value", "seconds-without-noexecute", "no-key-equal", "request-over-limit", "binary-vs-decimal",
+         "negative", "float-quantity"],
 )
 def test_invalid_specs_are_rejected_at_admission(
     cluster: KubeCluster, ns: str, change: dict[str, Any], message: str
@@ -181,6 +228,21 @@ def test_invalid_specs_are_rejected_at_admission(
     assert proc.returncode != 0
     assert message in proc.stderr
     assert get(cluster, "scoringmodel", ns, "bad") is None
+
+
+def test_valid_resources_and_tolerations_are_admitted(cluster: KubeCluster, ns: str, operator: Operator) -> None:
+    """Requests equal to limits (in different units), a fraction as a string, and well-formed tolerations."""
+    manifest = scoring_model("fine", ns, {"name": "faq", "label": "latest"},
+                             resources={"requests": {"cpu": "0.5", "memory": "1Gi"},
+                                        "limits": {"cpu": "500m", "memory": "1024Mi"}},
+                             gpu={"count": 1, "tolerations": [
+                                 {"operator": "Exists"},
+                                 {"key": "k", "value": "v", "effect": "NoExecute", "tolerationSeconds": 30}]})
+    proc = apply(cluster, manifest, check=False)
+    assert proc.returncode == 0, proc.stderr
+    stored = get(cluster, "scoringmodel", ns, "fine")
+    assert stored is not None and stored["spec"]["resources"]["limits"] == {"cpu": "500m", "memory": "1024Mi"}
+    cluster.kubectl("delete", "scoringmodel", "fine", "-n", ns, "--wait=true", "--timeout=60s")
 
 
 def test_kubectl_explain_documents_the_fields(cluster: KubeCluster, operator: Operator) -> None:

@@ -51,6 +51,13 @@ def question(**over: Any) -> dict[str, Any]:
          b'"data": ["a"]}]}', 400, "top_k must be a positive integer"),
         (b'{"outputs": [{"name": "nope"}], "inputs": [{"name": "question", "datatype": "BYTES", "shape": [1], '
          b'"data": ["a"]}]}', 400, "unknown output(s) 'nope'"),
+        # regressions: a non-ASCII digit, and zero-size tensors with dimensions numpy cannot represent
+        ('{"parameters": {"top_k": "²"}, "inputs": [{"name": "question", "datatype": "BYTES", "shape": [1], '
+         '"data": ["a"]}]}'.encode(), 400, "top_k must be a positive integer, got '²'"),
+        (b'{"inputs": [{"name": "question", "datatype": "BYTES", "shape": [0, 100000000000000000000], '
+         b'"data": []}]}', 400, "each at most 2147483647"),
+        (b'{"inputs": [{"name": "question", "datatype": "FP32", "shape": [0, 2147483647, 2147483647, 2147483647], '
+         b'"data": []}]}', 400, "cannot shape the data as [0, 2147483647, 2147483647, 2147483647]"),
     ],
 )
 async def test_v2_bad_input(faq_app: Callable[..., Starlette], body: bytes, status: int, fragment: str) -> None:
@@ -70,6 +77,7 @@ async def test_v2_bad_input(faq_app: Callable[..., Starlette], body: bytes, stat
         (b'{"question": []}', "application/json", 400, "non-empty list"),
         (b'{"question": "hi", "top_k": "three"}', "application/json", 400, "top_k must be a positive integer"),
         (b'{"question": "hi", "top_k": true}', "application/json", 400, "top_k must be a positive integer"),
+        ('{"question": "hi", "top_k": "²"}'.encode(), "application/json", 400, "top_k must be a positive integer"),
         (b"\xff\xfe", "text/plain", 400, "UTF-8"),
         (b"<q>hi</q>", "application/xml", 415, "'application/xml' is not accepted"),
     ],

@@ -46,6 +46,8 @@ def test_v2_nested_and_flat_data_decode_to_the_same_array() -> None:
         (tensor("FP32", [2, 2], [[1, 2], [3]]), "needs 4 elements"),
         (tensor("FP32", "2", [1, 2]), "wrong type"),
         (tensor("FP32", [True], [1]), "non-negative integers"),
+        (tensor("FP32", [0, 10**20], []), r"each at most 2147483647\), got \[0, 100000000000000000000\]"),
+        (tensor("BYTES", [0, 2**31 - 1, 2**31 - 1, 2**31 - 1], []), "cannot shape the data"),
         ({"name": 3, "datatype": "FP32", "shape": [1], "data": [1]}, "wrong type"),
     ],
 )

@@ -94,3 +94,27 @@ async def test_concurrent_image_requests_are_batched_and_answered(client: httpx.
         assert [g["index"] for g in got] == [w["index"] for w in want]
     metrics = (await client.get("/metrics")).text
     assert "scoring_batch_rows_count" in metrics
+
+
+async def test_v2_outputs_selects_and_orders_the_image_classifier_tensors(client: httpx.AsyncClient) -> None:
+    image = base64.b64encode(encode(pattern_image(120, 90), "PNG")).decode()
+    body: dict[str, object] = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [image]}],
+                               "parameters": {"top_k": 2}}
+    full = (await client.post("/v2/models/image-classifier/infer", json=body)).json()
+    assert [t["name"] for t in full["outputs"]] == ["label", "probability", "class_index"]
+    r = await client.post("/v2/models/image-classifier/infer",
+                          json=body | {"outputs": [{"name": "class_index"}, {"name": "label"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"] == [full["outputs"][2], full["outputs"][0]]
+    r = await client.post("/v2/models/image-classifier/infer", json=body | {"outputs": [{"name": "logits"}]})
+    assert r.status_code == 400 and "unknown output(s) 'logits'" in r.json()["error"]
+    metrics = (await client.get("/metrics")).text
+    assert 'scoring_errors_total{reason="bad_request"} 1.0' in metrics
+
+
+async def test_a_415_image_is_counted_as_unsupported_media_type(client: httpx.AsyncClient) -> None:
+    r = await client.post("/score", content=encode(pattern_image(16, 16), "GIF"), headers={"Content-Type": "image/png"})
+    assert r.status_code == 415
+    metrics = (await client.get("/metrics")).text
+    assert 'scoring_errors_total{reason="unsupported_media_type"} 1.0' in metrics
+    assert 'reason="bad_request"' not in metrics

@@ -22,11 +22,13 @@ from scoring_runtime.flavours.errors import BadRequest, UnsupportedMediaType  # 
 from scoring_runtime.imaging import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,
+    MAX_RESIZED_PIXELS,
     ImageLimits,
     ImageTooLarge,
     Preprocess,
     b64decode,
     decode_image,
+    image_to_input,
     preprocess,
 )
 
@@ -79,6 +81,51 @@ def test_decode_rejects_corrupt_non_image_and_oversized_input() -> None:
     assert e.value.status == 413
     with pytest.raises(ImageTooLarge, match="64x64 = 4096 pixels"):
         decode_image(good, ImageLimits(max_pixels=4000))
+
+
+def _strip(width: int, height: int) -> Image.Image:
+    """A thin strip: red rises and green falls along its long side, blue is constant."""
+    t = np.linspace(0, 255, max(width, height))
+    line = np.stack([t, 255 - t, np.full_like(t, 64)], axis=-1)
+    arr = np.repeat(line[None], min(width, height), axis=0)
+    if height > width:
+        arr = arr.transpose(1, 0, 2)
+    return Image.fromarray(np.round(arr).astype(np.uint8), "RGB")
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("size", [(16_000, 2), (2, 16_000)])
+def test_extreme_aspect_ratio_is_preprocessed_without_a_huge_intermediate_image(
+    size: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requested: list[tuple[int, int]] = []
+    real_resize = Image.Image.resize
+
+    def watched(self: Image.Image, new_size: tuple[int, int], *args: object, **kwargs: object) -> Image.Image:
+        requested.append((int(new_size[0]), int(new_size[1])))
+        # the full shorter-side resize of 16000 x 2 would be 2,048,000 x 256 (1.5 GB): refuse before allocating
+        assert new_size[0] * new_size[1] <= MAX_RESIZED_PIXELS, f"resize to {new_size}"
+        return real_resize(self, new_size, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image.Image, "resize", watched)
+    png = encode(_strip(*size), "PNG")
+    assert len(png) < 100_000  # a small upload
+    got = image_to_input(png, Preprocess(), ImageLimits())
+    assert got.shape == (3, 224, 224) and np.isfinite(got).all()
+    assert requested and max(w * h for w, h in requested) <= MAX_RESIZED_PIXELS
+    # the centre crop covers the middle of the strip: red and green about half way, blue constant
+    rgb = (got * np.asarray(IMAGENET_STD)[:, None, None] + np.asarray(IMAGENET_MEAN)[:, None, None]) * 255
+    np.testing.assert_allclose(rgb.mean(axis=(1, 2)), [127.5, 127.5, 64], atol=1.5)
+
+
+def test_very_wide_images_stay_close_to_the_torchvision_transform() -> None:
+    img = pattern_image(2000, 30, seed=2)  # shorter-side resize: 17066 x 256, over MAX_RESIZED_PIXELS
+    assert MAX_RESIZED_PIXELS < 17066 * 256
+    reference = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    diff = np.abs(preprocess(img, Preprocess()) - reference(img).numpy())
+    one_level = 1 / 255 / min(IMAGENET_STD)
+    assert diff.max() <= 4 * one_level + 1e-5
+    assert diff.mean() <= 0.5 * one_level
 
 
 def _png_header_only(width: int, height: int) -> bytes:

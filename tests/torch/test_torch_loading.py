@@ -185,3 +185,25 @@ def test_thread_settings_apply_where_the_model_runs(
     assert len(seen) == 4
     assert {name for name, _ in seen} == {"torch-work_0"}, seen
     assert {n for _, n in seen} == {1}, seen
+
+
+def test_labels_outside_the_model_directory_are_refused(make_model_dir: Callable[..., Path], tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from scoring_runtime.manifest import ModelManifest
+
+    d = tmp_path / "model"
+    shutil.copytree(make_model_dir(), d)
+    labels = json.loads((d / "labels.json").read_text(encoding="utf-8"))
+    (tmp_path / "elsewhere.json").write_text(json.dumps(labels), encoding="utf-8")  # a valid file, but outside
+    manifest = ModelManifest.model_validate_json((d / "model.json").read_bytes())
+    for ref in ("../elsewhere.json", str(tmp_path / "elsewhere.json")):
+        tampered = manifest.model_copy(update={"flavour": manifest.flavour | {"labels": ref}})
+        (d / "model.json").write_text(tampered.to_json(), encoding="utf-8")
+        with pytest.raises(ModelLoadError, match=r"flavour\.labels .* points outside the model directory"):
+            scorer_for(d)
+    (d / "labels.json").unlink()
+    (d / "model.json").write_text(manifest.to_json(), encoding="utf-8")
+    with pytest.raises(ModelLoadError, match="needs its class labels"):
+        scorer_for(d)
