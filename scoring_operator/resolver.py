@@ -12,20 +12,20 @@ from pathlib import Path
 
 from scoring_operator import spec as api
 from scoring_operator.builders.status import Resolved
-from scoring_runtime.registry import ModelRegistry, RegistryError, RegistryUnavailable, ResolvedModel, open_registry
+from scoring_runtime.registry import (
+    ModelRegistry,
+    RegistryCorrupt,
+    RegistryError,
+    RegistryUnavailable,
+    ResolvedModel,
+    open_registry,
+)
 
 
 class RegistryNotConfigured(RegistryError):
     """The operator was not given a way to read this registry type."""
 
     reason = "RegistryNotConfigured"
-    retryable = False
-
-
-class RegistryCorrupt(RegistryError):
-    """The registry holds a file the operator cannot parse (labels.json, model.json)."""
-
-    reason = "RegistryCorrupt"
     retryable = False
 
 

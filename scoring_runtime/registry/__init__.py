@@ -17,6 +17,7 @@ from scoring_runtime.registry.errors import (
     InvalidReference,
     LabelNotFound,
     ModelNotFound,
+    RegistryCorrupt,
     RegistryError,
     RegistryUnavailable,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "ModelRegistry",
     "ModelVersionInfo",
     "Progress",
+    "RegistryCorrupt",
     "RegistryError",
     "RegistryUnavailable",
     "ResolvedModel",

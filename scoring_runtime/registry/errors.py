@@ -37,5 +37,11 @@ class IntegrityError(RegistryError):
     reason = "IntegrityError"
 
 
+class RegistryCorrupt(RegistryError):
+    """The registry holds a file that cannot be parsed (labels.json, model.json): a human must fix it."""
+
+    reason = "RegistryCorrupt"
+
+
 class InvalidReference(RegistryError, ValueError):
     reason = "InvalidReference"

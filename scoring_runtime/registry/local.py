@@ -39,7 +39,7 @@ from scoring_runtime.registry.errors import (
     IntegrityError,
     InvalidReference,
     ModelNotFound,
-    RegistryError,
+    RegistryCorrupt,
     RegistryUnavailable,
 )
 
@@ -138,7 +138,7 @@ class LocalFileRegistry(ModelRegistry):
         if repair:
             log.warning("%s was corrupt; rewriting it with its valid labels %s", path, valid or "(none)")
             return valid
-        raise RegistryError(
+        raise RegistryCorrupt(
             f"{path} is corrupt: it must be a JSON object mapping labels to version numbers, like "
             f'{{"latest": 3}}; fix it by hand, or rewrite it with `scoring label --name {d.name} '
             "--label latest --version N` (which keeps its valid labels)"

@@ -82,7 +82,7 @@ def test_lifecycle(cluster: KubeCluster, ns: str, operator: Operator) -> None:
     (owner_ref,) = dep["metadata"]["ownerReferences"]
     assert (owner_ref["uid"], owner_ref["controller"], owner_ref["blockOwnerDeletion"]) == (uid, True, True)
     pod = dep["spec"]["template"]["spec"]
-    assert pod["initContainers"][0]["command"][-4:] == ["--version", "1", "--dest", "/model", "--clean"]
+    assert pod["initContainers"][0]["command"][-5:] == ["--version", "1", "--dest", "/model", "--clean"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
     svc = get(cluster, "service", ns, name)
     assert svc is not None and svc["spec"]["ports"][0]["port"] == 80

@@ -29,8 +29,9 @@ def test_corrupt_labels_file_is_reported_and_can_be_repaired(
         lambda: reg.labels("iris"), lambda: reg.list_versions("iris"), lambda: reg.resolve("iris", label="latest"),
     ]
     for read in reads:
-        with pytest.raises(RegistryError, match=r"labels.json is corrupt: .*scoring label --name iris"):
+        with pytest.raises(RegistryError, match=r"labels.json is corrupt: .*scoring label --name iris") as info:
             read()
+        assert info.value.reason == "RegistryCorrupt" and not info.value.retryable
     r = CliRunner().invoke(main, ["models", "--registry", str(root), "iris"])
     assert r.exit_code != 0, r.output
     assert r.exception is None or isinstance(r.exception, SystemExit)
