@@ -409,7 +409,7 @@ def section_resnet(args: argparse.Namespace, failures: dict[str, str]) -> dict[s
 # ---------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="fewer/shorter points (about 5 minutes on 2 CPUs)")
+    p.add_argument("--quick", action="store_true", help="fewer/shorter points (~2.5 min on 2 CPUs; full run ~5 min)")
     p.add_argument("--sections", default="faq,resnet", help="comma-separated: faq, resnet (default both)")
     p.add_argument("--device", default="cpu", help="ResNet device: cpu, cuda, cuda:N, auto (default cpu)")
     p.add_argument("--half", action="store_true", help="ResNet in fp16 (GPU only; ignored with a warning on CPU)")
