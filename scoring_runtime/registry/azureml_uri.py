@@ -30,6 +30,8 @@ _MODEL_RE = re.compile(
     re.IGNORECASE,
 )
 _VERSION_RE = re.compile(r"^[1-9][0-9]{0,9}$")
+_PREFIX_RE = re.compile(r"(?i)azureml://[^/]")
+_UNSAFE_RE = re.compile(r"[\s\x00-\x1f\x7f?#]")
 
 FORMS = (
     "azureml://subscriptions/<subscription>/resourceGroups/<group>/workspaces/<workspace> or "
@@ -100,13 +102,19 @@ class AzureMLModelRef:
 
 
 def _path_of(uri: str) -> str:
-    parsed = urlparse(uri)
-    if parsed.scheme.lower() != SCHEME:
+    # Checked on the raw text: urlparse silently drops tabs/newlines, empty '?'/'#' and a missing '//'.
+    if not _PREFIX_RE.match(uri):
         raise InvalidReference(f"{uri!r} is not an azureml:// URI; use {FORMS}")
-    if parsed.query or parsed.fragment:
-        raise InvalidReference(f"{uri!r}: azureml:// URIs take no query string or fragment")
+    if _UNSAFE_RE.search(uri):
+        raise InvalidReference(
+            f"{uri!r}: azureml:// URIs take no query string or fragment, and no whitespace or control characters"
+        )
+    parsed = urlparse(uri)
     # urlparse puts the first segment in netloc: azureml://registries/x -> netloc "registries".
-    return unquote(f"{parsed.netloc}{parsed.path}").strip("/")
+    path = unquote(f"{parsed.netloc}{parsed.path}")
+    if _UNSAFE_RE.search(path):  # %0A would otherwise slip past the regexes' `$`
+        raise InvalidReference(f"{uri!r}: percent-encoded whitespace or control characters are not allowed")
+    return path.strip("/")
 
 
 def _location_from_path(path: str, uri: str) -> AzureMLLocation:

@@ -33,9 +33,12 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)(\bAuthorization\b[\"']?\s*[:=]\s*[\"']?)(?:[A-Za-z-]+\s+)?[^\s\"',;}]+"), r"\1" + REDACTED),
     # Bearer/Basic credentials anywhere
     (re.compile(r"(?i)\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + REDACTED),
-    # key=value and key: value pairs (query strings, connection strings, JSON, headers)
+    # key=value and key: value pairs (query strings, connection strings, JSON, headers), also with a
+    # prefix (AZURE_CLIENT_SECRET=, DB_PASSWORD:) and URL-encoded (a SAS URL nested in a query: sig%3D)
     (
-        re.compile(rf"(?i)((?<![A-Za-z0-9_-])(?:{_KEYWORDS})[\"']?\s*[=:]\s*[\"']?)([^\s\"'&;,}}]+)"),
+        re.compile(
+            rf"(?i)((?:(?<![A-Za-z0-9])|(?<=%26)|(?<=%3F))(?:{_KEYWORDS})[\"']?\s*(?:[=:]|%3D)\s*[\"']?)([^\s\"'&;,}}]+)"
+        ),
         r"\1" + REDACTED,
     ),
     # JSON Web Tokens (AAD access tokens, projected service-account tokens)

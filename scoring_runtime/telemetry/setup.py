@@ -13,7 +13,8 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,9 @@ PRIVACY_DEFAULTS = {
 }
 #: Loggers never forwarded to Azure Monitor: the export pipeline's own chatter would feed itself.
 EXPORT_LOOP_LOGGERS = ("azure.core.pipeline", "azure.monitor", "opentelemetry", "urllib3")
+
+#: Longest a shutdown waits for the last export (the pod's termination grace period is 30 s by default).
+SHUTDOWN_TIMEOUT_S = 5.0
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -88,12 +92,47 @@ class Telemetry:
         ]
         return all(results)
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> bool:
+        """Flush and stop, giving up after `timeout_s`: an unreachable ingestion endpoint must not hold
+        up a pod's termination (the exporters' own HTTP timeouts and retries add up to minutes).
+
+        The three parts stop in parallel daemon threads so each is marked shut down at once (their
+        atexit hooks then return immediately); what is still unsent at the deadline is dropped.
+        """
         for target in self.log_targets:
             target.removeHandler(self.log_handler)
-        self.bridge.shutdown()
-        self.tracer_provider.shutdown()
-        self.logger_provider.shutdown()
+        ms = int(timeout_s * 1000)
+        parts: list[tuple[str, Callable[[], object]]] = [
+            ("metrics", lambda: self.bridge.shutdown(ms)),
+            ("traces", self.tracer_provider.shutdown),
+            ("logs", self.logger_provider.shutdown),
+        ]
+        threads = []
+        for what, stop in parts:
+            thread = threading.Thread(target=_quietly, args=(what, stop), name=f"telemetry-stop-{what}", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # no new threads at interpreter shutdown: stop inline
+                _quietly(what, stop)
+                continue
+            threads.append(thread)
+        deadline = time.monotonic() + timeout_s
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        late = [t.name.removeprefix("telemetry-stop-") for t in threads if t.is_alive()]
+        if late:
+            log.warning(
+                "telemetry: Azure Monitor did not take the last %s within %.0f s (ingestion endpoint "
+                "unreachable?); stopping without them", ", ".join(late), timeout_s,
+            )
+        return not late
+
+
+def _quietly(what: str, stop: Callable[[], object]) -> None:
+    try:
+        stop()
+    except Exception as e:  # telemetry must never take the service down, not even at exit
+        log.warning("telemetry: stopping the %s export failed: %s", what, scrub(str(e)))
 
 
 def register_secret_file(path: str | Path) -> int:
@@ -166,21 +205,33 @@ def configure_telemetry(
 
     from scoring_runtime.telemetry._providers import build
 
-    telemetry = build(
-        service_name=service_name,
-        resource=_resource(service_name, service_version, resource_attributes or {}),
-        connection_string=cs,
-        prometheus_registry=prometheus_registry,
-        metric_interval_s=metric_interval_s,
-        log_level=log_level,
-        log_loggers=log_loggers,
-        log_filter=_ExportOnce(),
-        exporter_options={
-            **storage,
-            **(exporter_options or {}),
-        },
-        set_global=set_global,
-    )
+    try:
+        telemetry = build(
+            service_name=service_name,
+            resource=_resource(service_name, service_version, resource_attributes or {}),
+            connection_string=cs,
+            prometheus_registry=prometheus_registry,
+            metric_interval_s=metric_interval_s,
+            log_level=log_level,
+            log_loggers=log_loggers,
+            log_filter=_ExportOnce(),
+            exporter_options={
+                **storage,
+                **(exporter_options or {}),
+            },
+            set_global=set_global,
+        )
+    except ValueError as e:
+        # Telemetry is optional: a typo in the secret must not crash-loop a scoring pod or the operator.
+        # The exporters reject a malformed string in their constructor, before anything is attached.
+        log.warning(
+            "telemetry: not exporting to Azure Monitor: the Application Insights connection string (%s) "
+            "is malformed: %s. Copy it whole from the Overview page of the Application Insights resource "
+            "(it holds InstrumentationKey and IngestionEndpoint, separated by ';')",
+            CONNECTION_STRING_ENV, scrub(str(e)).rstrip("."),
+        )
+        shutdown_telemetry()
+        return None
     with _lock:
         previous, _active = _active, telemetry
         first = previous is None and not _exit_hook
@@ -196,13 +247,13 @@ def active() -> Telemetry | None:
     return _active
 
 
-def shutdown_telemetry() -> None:
-    """Flush and stop exporting (call at process exit; a no-op when nothing is configured)."""
+def shutdown_telemetry(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+    """Flush and stop exporting, for at most `timeout_s` (call at process exit; a no-op when nothing is on)."""
     global _active
     with _lock:
         previous, _active = _active, None
     if previous is not None:
-        previous.shutdown()
+        previous.shutdown(timeout_s)
 
 
 @contextlib.contextmanager

@@ -369,3 +369,15 @@ def test_workload_identity_exchanges_the_projected_token(
     assert reg.resolve("faq", version=1).version == 1
     assert fake.federated_tokens and set(fake.federated_tokens) == {projected.read_text()}
     assert fake.requests_to(ARM)[-1].headers["Authorization"] == f"Bearer {fake.token}"
+
+
+@pytest.mark.parametrize("rel", ["../escape.bin", "sub/../../escape.bin"])
+def test_artifact_names_escaping_the_model_directory_are_refused(
+    fake: FakeAzure, workspace: Factory, tmp_path: Path, rel: str
+) -> None:
+    fake.add_model(FakeModel("faq", "1", {**files(1), rel: b"x" * 16}, tags=TAGS))
+    dest = tmp_path / "models" / "d"
+    with pytest.raises(IntegrityError, match="does not map to a path inside the model directory"):
+        workspace().fetch("faq", 1, dest)
+    assert not (tmp_path / "models" / "escape.bin").exists() and not (tmp_path / "escape.bin").exists()
+    assert not dest.exists() or list(dest.iterdir()) == []

@@ -100,3 +100,21 @@ def test_open_registry_builds_the_backend_without_calling_azure() -> None:
     assert reg.uri == WS
     reg2 = open_registry("azureml://registries/shared")
     assert isinstance(reg2, AzureMLRegistry) and reg2.location.registry_name == "shared"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "azureml:registries/r",  # no '//'
+        "azureml:///registries/r",  # empty authority
+        "azureml://registries/r\n",  # urlparse drops the newline silently
+        "azureml://regis\ttries/r",
+        "azureml://registries/r%0A",  # percent-encoded newline would slip past the regexes' `$`
+        "azureml://registries/r/models/m/versions/3%0A",
+        "azureml://registries/r/models/m/versions/1?",  # empty query / fragment
+        "azureml://registries/r/models/m/versions/1#",
+    ],
+)
+def test_malformed_uris_are_refused(uri: str) -> None:
+    with pytest.raises(InvalidReference):
+        parse_model_uri(uri) if "/models/" in uri else parse_location(uri)

@@ -46,6 +46,9 @@ def _fresh_secrets() -> Iterator[None]:
         ('{"client_secret": "cl1ent-s3cret"}', "cl1ent-s3cret"),
         (f"projected token {JWT} read", JWT),
         ("password=hunter2hunter2", "hunter2hunter2"),
+        ("env: AZURE_CLIENT_SECRET=az-cl1ent-s3cret-value", "az-cl1ent-s3cret-value"),
+        ("AZURE_CLIENT_CERTIFICATE_PASSWORD: cert-pa55word", "cert-pa55word"),
+        ("GET /redirect?to=https%3A%2F%2Fa.blob.core.windows.net%2Fc%3Fsv%3D1%26sig%3DQWJjRGVm", "QWJjRGVm"),
     ],
 )
 def test_secrets_are_redacted_by_shape(text: str, secret: str) -> None:
