@@ -53,7 +53,7 @@ from scoring_runtime.registry.errors import (
     ModelNotFound,
     RegistryError,
 )
-from scoring_runtime.registry.local import prepare_dest
+from scoring_runtime.registry.local import check_entry, empty_dir, prepare_dest, write_atomic
 from scoring_runtime.telemetry.scrub import install_log_scrubbing
 
 log = logging.getLogger(__name__)
@@ -312,11 +312,9 @@ class AzureMLRegistry(ModelRegistry):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(staging / entry.path, target)
             shutil.rmtree(staging)
-            tmp = dest / f".{MANIFEST_FILE}.{uuid.uuid4().hex}.tmp"
-            tmp.write_text(manifest.to_json(), encoding="utf-8")
-            os.replace(tmp, dest / MANIFEST_FILE)  # last: its presence means the directory is complete
+            write_atomic(dest / MANIFEST_FILE, manifest.to_json())  # last: its presence means the directory is complete
         except BaseException:
-            _empty(dest)
+            empty_dir(dest, ignore_errors=True)
             raise
         return manifest
 
@@ -415,19 +413,4 @@ def _verify(manifest: ModelManifest, hashes: dict[str, tuple[str, int]]) -> None
         got = hashes.get(entry.path)
         if got is None:
             raise IntegrityError(f"{entry.path}: listed in {manifest.source}'s model.json but not stored in Azure")
-        digest, size = got
-        if digest != entry.sha256 or size != entry.size:
-            raise IntegrityError(
-                f"{entry.path}: sha256 {digest} ({size} bytes) does not match the manifest's {entry.sha256} "
-                f"({entry.size} bytes); the stored artifact is corrupt or was tampered with"
-            )
-
-
-def _empty(dest: Path) -> None:
-    if not dest.is_dir():
-        return
-    for child in list(dest.iterdir()):
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
+        check_entry(entry, *got)

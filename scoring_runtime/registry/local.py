@@ -56,7 +56,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: str) -> None:
+def write_atomic(path: Path, data: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with tmp.open("w", encoding="utf-8") as f:
         f.write(data)
@@ -239,14 +239,14 @@ class LocalFileRegistry(ModelRegistry):
                     metrics=source.metrics,
                     source=f"{self.uri}#{name}/{version}",
                 )
-                _write_atomic(staging / MANIFEST_FILE, manifest.to_json())
+                write_atomic(staging / MANIFEST_FILE, manifest.to_json())
                 _fsync_dir(staging)
                 os.rename(staging, d / str(version))
                 _fsync_dir(d)
                 if set_latest:
                     labels = self._read_labels(d, repair=True)
                     labels["latest"] = version
-                    _write_atomic(d / LABELS_FILE, json.dumps(labels, indent=2, sort_keys=True) + "\n")
+                    write_atomic(d / LABELS_FILE, json.dumps(labels, indent=2, sort_keys=True) + "\n")
             return manifest
         finally:
             if staging.exists():
@@ -260,19 +260,43 @@ class LocalFileRegistry(ModelRegistry):
         with self._locked(name) as d:
             labels = self._read_labels(d, repair=True)
             labels[label] = version
-            _write_atomic(d / LABELS_FILE, json.dumps(labels, indent=2, sort_keys=True) + "\n")
+            write_atomic(d / LABELS_FILE, json.dumps(labels, indent=2, sort_keys=True) + "\n")
 
     def remove_label(self, name: str, label: str) -> None:
         with self._locked(name) as d:
             labels = self._read_labels(d, repair=True)
             labels.pop(label, None)
-            _write_atomic(d / LABELS_FILE, json.dumps(labels, indent=2, sort_keys=True) + "\n")
+            write_atomic(d / LABELS_FILE, json.dumps(labels, indent=2, sort_keys=True) + "\n")
 
     # ---------------------------------------------------------------- fetch
     def fetch(self, name: str, version: int, dest: Path, progress: Progress | None = None) -> ModelManifest:
         manifest = self.get_manifest(name, version)
         src = self._model_dir(name) / str(version)
         return copy_verified(manifest, src, Path(dest), progress)
+
+
+def empty_dir(dest: Path, *, ignore_errors: bool = False) -> None:
+    """Remove what is in `dest` but not `dest` itself (it may be a mount point); links are not followed."""
+    if not dest.is_dir():
+        return
+    for child in list(dest.iterdir()):
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=ignore_errors)
+        else:
+            try:
+                child.unlink(missing_ok=True)
+            except OSError:
+                if not ignore_errors:
+                    raise
+
+
+def check_entry(entry: FileEntry, digest: str, size: int) -> None:
+    """The one integrity rule of every backend: the bytes obtained are the bytes the manifest lists."""
+    if size != entry.size or digest != entry.sha256:
+        raise IntegrityError(
+            f"{entry.path}: sha256 {digest} ({size} bytes) does not match the manifest's "
+            f"{entry.sha256} ({entry.size} bytes); the stored artifact is corrupt or was tampered with"
+        )
 
 
 def prepare_dest(dest: Path, *, clean: bool = False) -> None:
@@ -285,11 +309,7 @@ def prepare_dest(dest: Path, *, clean: bool = False) -> None:
     if clean:
         if dest.resolve() in (Path("/"), Path.home().resolve()):
             raise ValueError(f"refusing to empty {dest}: give a directory dedicated to the model")
-        for child in list(dest.iterdir()):
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink(missing_ok=True)
+        empty_dir(dest)
     if any(dest.iterdir()):
         raise FileExistsError(f"destination {dest} is not empty; fetch into an empty directory")
 
@@ -298,12 +318,7 @@ def verify_file(entry: FileEntry, path: Path) -> None:
     size = path.stat().st_size
     if size != entry.size:
         raise IntegrityError(f"{entry.path}: size {size} does not match the manifest's {entry.size}")
-    digest = sha256_file(path)
-    if digest != entry.sha256:
-        raise IntegrityError(
-            f"{entry.path}: sha256 {digest} does not match the manifest's {entry.sha256}; "
-            "the stored artifact is corrupt or was tampered with"
-        )
+    check_entry(entry, sha256_file(path), size)
 
 
 def copy_verified(manifest: ModelManifest, src: Path, dest: Path, progress: Progress | None) -> ModelManifest:
@@ -324,17 +339,9 @@ def copy_verified(manifest: ModelManifest, src: Path, dest: Path, progress: Prog
             d.parent.mkdir(parents=True, exist_ok=True)
             digest, size = _copy_hashing(s, d, progress, done, total)
             done += size
-            if size != entry.size or digest != entry.sha256:
-                raise IntegrityError(
-                    f"{entry.path}: sha256 {digest} ({size} bytes) does not match the manifest's "
-                    f"{entry.sha256} ({entry.size} bytes); the stored artifact is corrupt or was tampered with"
-                )
-        _write_atomic(dest / MANIFEST_FILE, manifest.to_json())
+            check_entry(entry, digest, size)
+        write_atomic(dest / MANIFEST_FILE, manifest.to_json())
     except BaseException:
-        for child in list(dest.iterdir()):
-            if child.is_dir():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                child.unlink(missing_ok=True)
+        empty_dir(dest, ignore_errors=True)
         raise
     return manifest
