@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
+import signal
 import socket
+import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,6 +25,7 @@ from scoring_runtime.registry import LocalFileRegistry
 from scoring_runtime.settings import RuntimeSettings
 
 REPO = Path(__file__).resolve().parents[2]
+SCORING = [sys.executable, "-m", "scoring_runtime.cli"]
 FAQ_EXAMPLE = REPO / "examples" / "faq-matching"
 
 
@@ -45,12 +51,14 @@ def build_faq_model(root: Path) -> tuple[Path, Path]:
     return registry, dest
 
 
+def _is_scoring_setting(key: str) -> bool:
+    return key.startswith("SCORING_") or key == "PROMETHEUS_MULTIPROC_DIR"
+
+
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """SCORING_* variables of the developer's shell must not change what a test configures."""
-    import os
-
     for key in list(os.environ):
-        if key.startswith("SCORING_") or key == "PROMETHEUS_MULTIPROC_DIR":
+        if _is_scoring_setting(key):
             monkeypatch.delenv(key)
 
 
@@ -88,6 +96,60 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def clean_process_env() -> dict[str, str]:
+    """os.environ without the SCORING_* settings of the developer's shell."""
+    return {k: v for k, v in os.environ.items() if not _is_scoring_setting(k)}
+
+
+@dataclass
+class ServeProcess:
+    url: str
+    log: Path
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def scoring_serve(
+    model_dir: Path, *extra: str, log: Path, env: dict[str, str] | None = None, ready_timeout: float = 60
+) -> Iterator[ServeProcess]:
+    """`scoring serve` as a real process on a free port, ready when entered; stopped with SIGTERM, exit 0 asserted.
+
+    Its output goes to `log` (a pipe nobody reads could fill up and stall the server).
+    """
+    port = free_port()
+    server = ServeProcess(url=f"http://127.0.0.1:{port}", log=log)
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*SCORING, "serve", "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port), *extra],
+            stdout=out, stderr=subprocess.STDOUT, env=env if env is not None else clean_process_env(),
+        )
+        try:
+            deadline = time.monotonic() + ready_timeout
+            while True:
+                if proc.poll() is not None:
+                    raise AssertionError(f"scoring serve exited with {proc.returncode}:\n{server.output}")
+                try:
+                    if httpx.get(f"{server.url}/v2/health/ready", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"scoring serve not ready within {ready_timeout:g} s:\n{server.output}")
+                time.sleep(0.1)
+            yield server
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+    assert code == 0, server.output
 
 
 def v2_questions(*questions: str, **params: Any) -> dict[str, Any]:

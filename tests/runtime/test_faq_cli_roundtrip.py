@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,60 +14,30 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.runtime.support import FAQ_EXAMPLE, free_port
+from tests.runtime.support import FAQ_EXAMPLE, SCORING, clean_process_env, free_port, scoring_serve
 
 pytestmark = pytest.mark.slow
 QUESTION = "I can't remember my console password, how do I reset it?"
-SCORING = [sys.executable, "-m", "scoring_runtime.cli"]
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=120, env=env, check=False)
 
 
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("SCORING_") and k != "PROMETHEUS_MULTIPROC_DIR"}
-
-
 @contextmanager
 def served(model_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [*SCORING, "serve", "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or clean_env(),
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"scoring serve exited with {proc.returncode}:\n{proc.stdout.read()}")  # type: ignore[union-attr]
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("scoring serve did not become ready within 60 s")
-            time.sleep(0.1)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        out = proc.stdout.read() if proc.stdout else ""  # type: ignore[union-attr]
-        assert code == 0, out
-        assert "Bearer" not in out and "key-" not in out  # keys and auth headers are never logged
+    with tempfile.TemporaryDirectory() as tmp:
+        with scoring_serve(model_dir, *extra, log=Path(tmp) / "serve.log", env=env) as server:
+            yield server.url
+        out = server.output
+    assert "Bearer" not in out and "key-" not in out  # keys and auth headers are never logged
 
 
 @pytest.fixture(scope="module")
 def fetched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("roundtrip")
     registry = root / "registry"
-    env = clean_env()
+    env = clean_process_env()
     trained = run(sys.executable, str(FAQ_EXAMPLE / "train.py"), "--registry", str(registry), env=env)
     assert trained.returncode == 0, trained.stderr
     assert trained.stdout.strip() == "1"
@@ -98,7 +66,7 @@ def test_serve_answers_a_paraphrase(fetched: Path) -> None:
 def test_serve_with_api_key_and_two_workers(fetched: Path, tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text("key-old-0123456789abcdef\nkey-new-0123456789abcdef\n", encoding="utf-8")
-    env = clean_env() | {"SCORING_API_KEY_FILE": str(keys), "SCORING_LOG_FORMAT": "text"}
+    env = clean_process_env() | {"SCORING_API_KEY_FILE": str(keys), "SCORING_LOG_FORMAT": "text"}
     with served(fetched, "--workers", "2", env=env) as base:
         assert httpx.post(f"{base}/score", json={"question": QUESTION}, timeout=10).status_code == 401
         wrong = {"Authorization": "Bearer key-wrong-0000000000"}
@@ -119,7 +87,7 @@ def test_serve_with_api_key_and_two_workers(fetched: Path, tmp_path: Path) -> No
 
 
 def test_serve_on_a_bad_model_dir_fails_in_one_line(tmp_path: Path) -> None:
-    r = run(*SCORING, "serve", "--model-dir", str(tmp_path), "--port", str(free_port()), env=clean_env())
+    r = run(*SCORING, "serve", "--model-dir", str(tmp_path), "--port", str(free_port()), env=clean_process_env())
     assert r.returncode != 0
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and "model.json not found" in r.stderr
 
@@ -128,7 +96,7 @@ def test_serve_exits_non_zero_when_the_model_cannot_load(fetched: Path, tmp_path
     broken = tmp_path / "broken"
     shutil.copytree(fetched, broken)
     (broken / "pipeline.skops").write_bytes(b"not a zip file")
-    r = run(*SCORING, "serve", "--model-dir", str(broken), "--port", str(free_port()), env=clean_env())
+    r = run(*SCORING, "serve", "--model-dir", str(broken), "--port", str(free_port()), env=clean_process_env())
     assert r.returncode == 1
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: the model failed to load: pipeline.skops is not a readable skops file"), r.stderr

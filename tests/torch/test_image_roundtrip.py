@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
 
+from tests.runtime.support import SCORING, scoring_serve
 from tests.torch.helpers import REGISTER_PY, TEST_ARCH, encode, pattern_image, require_torch
 
 require_torch()
@@ -24,13 +22,6 @@ pytestmark = [pytest.mark.torch, pytest.mark.slow, pytest.mark.timeout(300)]
 import httpx  # noqa: E402
 
 from scoring_runtime.imaging import ImageLimits, Preprocess, decode_image, preprocess  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -42,37 +33,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
                          capture_output=True, text=True, timeout=180)
     assert reg.returncode == 0, reg.stderr
     assert reg.stdout.strip() == "1"
-    fetch = subprocess.run(["scoring", "fetch", "--registry", str(registry), "--name", "image-classifier",
+    fetch = subprocess.run([*SCORING, "fetch", "--registry", str(registry), "--name", "image-classifier",
                             "--dest", str(dest)], capture_output=True, text=True, timeout=60)
     assert fetch.returncode == 0, fetch.stderr
-    port = free_port()
-    log = (tmp / "serve.log").open("w")
     env = {**os.environ, "SCORING_TORCH_THREADS": "1"}
-    proc = subprocess.Popen(
-        ["scoring", "serve", "--model-dir", str(dest), "--host", "127.0.0.1", "--port", str(port),
-         "--max-batch-size", "4", "--max-batch-delay-ms", "5", "--log-format", "text"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (tmp / "serve.log").read_text()
-            try:
-                if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "scoring serve never became ready:\n" + (tmp / "serve.log").read_text()
-            time.sleep(0.3)
-        yield url, reg.stderr
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with scoring_serve(dest, "--max-batch-size", "4", "--max-batch-delay-ms", "5", "--log-format", "text",
+                       log=tmp / "serve.log", env=env, ready_timeout=180) as server:
+        yield server.url, reg.stderr
 
 
 def test_register_warns_loudly_about_random_weights(served: tuple[str, str]) -> None:
