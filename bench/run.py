@@ -183,6 +183,14 @@ def in_fresh_process(fn: str, cpus: set[int] | None = None, env: dict[str, str] 
     return out
 
 
+def _limit_result(out: dict[int, float], batch: int, what: str, digits: int) -> dict[str, Any]:
+    """The in-process limit as the report reads it: the best of batch 1 and batch `batch` (rows/s)."""
+    return {"rows_per_s": round(max(out.values()), digits + 1), "batch_1_rows_per_s": round(out[1], digits + 1),
+            f"batch_{batch}_rows_per_s": round(out[batch], digits + 1), "short": f"batch {batch}",
+            "description": f"{what}, best of batch 1 ({out[1]:.{digits}f}/s) "
+                           f"and batch {batch} ({out[batch]:.{digits}f}/s)"}
+
+
 def faq_limit(model_dir: str, questions: list[str], top_k: int, batch: int, seconds: float) -> dict[str, Any]:
     """The FAQ scorer called in-process (parse, predict, render), one question per call and batched."""
     from scoring_runtime.flavours import load_scorer
@@ -202,10 +210,7 @@ def faq_limit(model_dir: str, questions: list[str], top_k: int, batch: int, seco
             i += 1
         out[size] = rows / (time.perf_counter() - t0)
     log(f"  in-process limit: {out[1]:.1f} questions/s one at a time, {out[batch]:.1f} in batches of {batch}")
-    return {"rows_per_s": round(max(out.values()), 2), "batch_1_rows_per_s": round(out[1], 2),
-            f"batch_{batch}_rows_per_s": round(out[batch], 2), "short": f"batch {batch}",
-            "description": f"parse + predict + render in one process, best of batch 1 ({out[1]:.1f}/s) "
-                           f"and batch {batch} ({out[batch]:.1f}/s)"}
+    return _limit_result(out, batch, "parse + predict + render in one process", digits=1)
 
 
 def section_faq(args: argparse.Namespace, failures: dict[str, str]) -> dict[str, Any]:
@@ -329,10 +334,7 @@ def resnet_limit(model_dir: str, batch: int, repeats: int, rounds: int) -> dict[
                 scorer.infer(x, 5)
             out[size] = max(out.get(size, 0.0), n * size / (time.perf_counter() - t0))
     log(f"  in-process limit: {out[1]:.2f} images/s at batch 1, {out[batch]:.2f} at batch {batch}")
-    return {"rows_per_s": round(max(out.values()), 3), "batch_1_rows_per_s": round(out[1], 3),
-            f"batch_{batch}_rows_per_s": round(out[batch], 3), "short": f"batch {batch}",
-            "description": f"forward pass + top-k on preprocessed tensors, best of batch 1 ({out[1]:.2f}/s) "
-                           f"and batch {batch} ({out[batch]:.2f}/s)"}
+    return _limit_result(out, batch, "forward pass + top-k on preprocessed tensors", digits=2)
 
 
 def section_resnet(args: argparse.Namespace, failures: dict[str, str]) -> dict[str, Any]:
