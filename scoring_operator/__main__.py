@@ -56,7 +56,7 @@ def main(
     if all_namespaces and namespaces:
         raise click.UsageError("give --namespace or --all-namespaces, not both")
     try:
-        config = cfg.OperatorConfig.from_env().with_overrides(
+        config = cfg.OperatorConfig.load(
             namespaces=() if all_namespaces else (tuple(namespaces) or None),
             local_registry_root=local_registry_root,
             runtime_image=runtime_image,

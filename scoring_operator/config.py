@@ -1,14 +1,20 @@
-"""Operator-wide settings: command-line flags, or `SCORING_OPERATOR_*` env vars for `kopf run`.
+"""Operator-wide settings: command-line flags, or `SCORING_OPERATOR_*` env vars (what the chart sets).
 
-Kept free of kopf/lightkube imports so the pure builders can take the defaults (images) from here.
+Read with pydantic-settings, like the runtime's `scoring_runtime/settings.py`: one typed model,
+validated once at start-up, with messages that say which setting is wrong and how to fix it.
+Kept free of kopf and Kubernetes client imports so the pure builders can take the defaults
+(images) from here.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "SCORING_OPERATOR_"
 DEFAULT_RUNTIME_IMAGE = "ghcr.io/scoring-operator/runtime:0.1.0"
@@ -21,64 +27,85 @@ class ConfigError(ValueError):
     """A setting has a value the operator cannot use; the message says which and how to fix it."""
 
 
-@dataclass(frozen=True)
-class OperatorConfig:
+def _describe(e: ValidationError) -> str:
+    """One line per bad setting, named as the user writes it (the env var)."""
+    lines = []
+    for err in e.errors():
+        name = str(err["loc"][0]) if err["loc"] else "?"
+        value = err.get("input")
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"{ENV_PREFIX}{name.upper()}={value!r}: {msg}")
+    return "; ".join(lines)
+
+
+class OperatorConfig(BaseSettings):
     """Everything the operator needs to know that is not in a ScoringModel."""
 
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True, env_ignore_empty=True)
+
     #: Where the operator itself reads the local file registry (its mount of the registry volume).
-    local_registry_root: Path | None = None
+    local_registry_root: Path | None = Field(None, description="the operator's mount of the local registry")
     #: Runtime images used when a ScoringModel sets no `spec.runtime.image`.
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
     runtime_gpu_image: str = DEFAULT_RUNTIME_GPU_IMAGE
-    #: Namespaces to watch; empty means all namespaces.
-    namespaces: tuple[str, ...] = field(default_factory=tuple)
-    metrics_port: int = 8080
-    liveness_port: int = 8081
+    #: Namespaces to watch; empty means all namespaces (env: comma-separated).
+    namespaces: Annotated[tuple[str, ...], NoDecode] = ()
+    metrics_port: int = Field(8080, description="port of /metrics (0: off)")
+    liveness_port: int = Field(8081, description="port of /healthz (0: off)")
     bind_address: str = "0.0.0.0"
     log_level: str = "INFO"
     #: Per-call timeout for registry reads (a hung network share must not stall reconciles forever).
-    registry_timeout: float = 30.0
+    registry_timeout: float = Field(30.0, gt=0)
 
-    def __post_init__(self) -> None:
-        if self.log_level.upper() not in LOG_LEVELS:
-            raise ConfigError(f"log level {self.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
-        for name in ("metrics_port", "liveness_port"):
-            port = getattr(self, name)
-            if not 0 <= port <= 65535:
-                raise ConfigError(f"{name.replace('_', '-')} {port}: use a TCP port (1-65535, or 0 to disable)")
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return tuple(n.strip() for n in v.split(",") if n.strip())
+        return v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _known_level(cls, v: Any) -> Any:
+        level = str(v).strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"log level {v!r}: use one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @field_validator("metrics_port", "liveness_port", mode="before")
+    @classmethod
+    def _port(cls, v: Any, info: Any) -> Any:
+        what = str(info.field_name).replace("_", "-")
+        try:
+            port = int(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what}: expected a port number") from None
+        if not 0 <= port <= 65535:
+            raise ValueError(f"{what} {port}: use a TCP port (1-65535, or 0 to disable)")
+        return port
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
-        """Settings from `SCORING_OPERATOR_*` env vars (what the chart sets), defaults otherwise."""
-        env = os.environ if env is None else env
+    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> OperatorConfig:
+        """Settings from `SCORING_OPERATOR_*` (os.environ, or `env`), then the given non-None overrides.
 
-        def get(name: str) -> str | None:
-            value = env.get(ENV_PREFIX + name, "").strip()
-            return value or None
+        Raises ConfigError naming the bad setting.
+        """
+        given = {k: v for k, v in overrides.items() if v is not None}
+        try:
+            if env is None:
+                return cls(**given)
+            values = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items() if k.startswith(ENV_PREFIX) and v.strip()}
+            return cls.model_validate({**values, **given})
+        except ValidationError as e:
+            raise ConfigError(_describe(e)) from None
 
-        def port(name: str, default: int) -> int:
-            raw = get(name)
-            try:
-                return default if raw is None else int(raw)
-            except ValueError:
-                raise ConfigError(f"{ENV_PREFIX}{name}={raw!r}: expected a port number") from None
-
-        root = get("LOCAL_REGISTRY_ROOT")
-        namespaces = tuple(n.strip() for n in (get("NAMESPACES") or "").split(",") if n.strip())
-        return cls(
-            local_registry_root=Path(root) if root else None,
-            runtime_image=get("RUNTIME_IMAGE") or DEFAULT_RUNTIME_IMAGE,
-            runtime_gpu_image=get("RUNTIME_GPU_IMAGE") or DEFAULT_RUNTIME_GPU_IMAGE,
-            namespaces=namespaces,
-            metrics_port=port("METRICS_PORT", 8080),
-            liveness_port=port("LIVENESS_PORT", 8081),
-            bind_address=get("BIND_ADDRESS") or "0.0.0.0",
-            log_level=(get("LOG_LEVEL") or "INFO").upper(),
-        )
-
-    def with_overrides(self, **changes: object) -> OperatorConfig:
-        """A copy with the given (non-None) fields replaced: CLI flags over env vars."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
+    def with_overrides(self, **changes: Any) -> OperatorConfig:
+        """A copy with the given (non-None) fields replaced and validated: CLI flags over env vars."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        try:
+            return type(self).model_validate({**self.model_dump(), **given})
+        except ValidationError as e:
+            raise ConfigError(_describe(e)) from None
 
 
 _current: OperatorConfig | None = None
@@ -94,5 +121,5 @@ def current() -> OperatorConfig:
     """The installed settings, or those from the environment (for `kopf run -m scoring_operator.handlers`)."""
     global _current
     if _current is None:
-        _current = OperatorConfig.from_env()
+        _current = OperatorConfig.load(os.environ)
     return _current

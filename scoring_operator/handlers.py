@@ -1,14 +1,19 @@
 """kopf handlers: thin glue from Kubernetes events to `Reconciler.reconcile`.
 
-- create/update(spec)/resume: reconcile now; a temporary failure raises kopf.TemporaryError so
-  kopf retries with backoff.
+- create/update(spec)/resume: reconcile now. A temporary failure is not raised to kopf: the
+  object's poller retries it with the one backoff (`cache.retry_delay`), so retries are counted
+  and spaced in one place and cost no kopf bookkeeping writes.
 - a per-object poller (a kopf daemon, i.e. a timer whose interval is the object's own
-  `spec.model.pollInterval`): re-resolves tracked labels (rolling out a moved label), repairs
-  drifted or deleted children, and keeps retrying failures at that slower pace.
-- owned Deployment changes wake the poller at once, so readiness reaches the status promptly.
+  `spec.model.pollInterval`): re-resolves tracked labels (rolling out a moved label), keeps
+  retrying failures (1, 2, 4... seconds, capped at the interval), and reconciles at once when woken.
+- the children (Deployments, Services, HPAs, PDBs labelled `app.kubernetes.io/managed-by:
+  scoring-operator`) are watched into kopf indexes, the cache the reconciler reads instead of
+  GETting; their events wake the owner's poller (a Deployment's always, for readiness; the others
+  when they drifted from what was applied).
 
 Run with `scoring-operator` (see __main__) or `kopf run -m scoring_operator.handlers` with
-`SCORING_OPERATOR_*` env vars.
+`SCORING_OPERATOR_*` env vars. kopf logs in through the official `kubernetes` client (in-cluster
+ServiceAccount, or the kubeconfig with its exec plugins); so does the reconciler (`kube.py`).
 """
 
 from __future__ import annotations
@@ -32,7 +37,16 @@ from scoring_operator.resolver import Resolver
 FINALIZER = f"{api.GROUP}/operator"
 #: Coalesce bursts of Deployment events (a rollout produces several) into one reconcile.
 WAKE_DEBOUNCE = 0.5
-MIN_RETRY = 1.0
+#: The children the operator watches: (kind, group, version, plural), each into its own kopf index.
+CHILD_KINDS = (
+    ("Deployment", "apps", "v1", "deployments"),
+    ("Service", "", "v1", "services"),
+    ("HorizontalPodAutoscaler", "autoscaling", "v2", "horizontalpodautoscalers"),
+    ("PodDisruptionBudget", "policy", "v1", "poddisruptionbudgets"),
+)
+_MANAGED = ",".join(f"{k}={v}" for k, v in meta.MANAGED_SELECTOR.items())
+_KEPT_META = ("name", "namespace", "uid", "resourceVersion", "generation", "labels", "annotations",
+              "ownerReferences", "deletionTimestamp")
 
 
 def _post_event(body: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
@@ -53,9 +67,66 @@ def _poll_interval(body: Mapping[str, Any]) -> float:
         return 60.0
 
 
+def _index_name(kind: str) -> str:
+    return f"children_{kind.lower()}"
+
+
+def trimmed(body: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """What the cache keeps of a child: enough for ownership, drift, rollout and the replicas handoff."""
+    metadata = body.get("metadata") or {}
+    kept: dict[str, Any] = {k: metadata[k] for k in _KEPT_META if k in metadata}
+    if kind == "Deployment":  # who owns spec.replicas (the handoff to the HPA reads it)
+        kept["managedFields"] = [
+            {"manager": m.get("manager"), "operation": m.get("operation"), "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+            for m in metadata.get("managedFields") or []
+            if "f:replicas" in (((m.get("fieldsV1") or {}).get("f:spec")) or {})
+        ]
+    return {"apiVersion": body.get("apiVersion"), "kind": kind, "metadata": kept,
+            "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}
+
+
+class IndexedChildren:
+    """The `ChildCache` over kopf's indexes (one per child kind, keyed by (namespace, name))."""
+
+    def __init__(self, indices: Mapping[str, kopf.Index[tuple[str, str], dict[str, Any]]]) -> None:
+        self._by_kind = {kind: indices[_index_name(kind)] for kind, *_ in CHILD_KINDS}
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        store = self._by_kind[kind].get((namespace, name))
+        return next(iter(store), None) if store else None
+
+
+def _register_children() -> None:
+    """One kopf index (the cache) and one event handler (drift and readiness wake-ups) per child kind."""
+    for kind, group, version, plural in CHILD_KINDS:
+
+        def index(body: kopf.Body, namespace: str | None, name: str | None, _kind: str = kind, **_: Any) -> Any:
+            return {(str(namespace), str(name)): trimmed(body, _kind)}
+
+        async def changed(
+            body: kopf.Body, type: str | None, memo: kopf.Memo, _kind: str = kind, **_: Any
+        ) -> None:
+            rec = getattr(memo, "reconciler", None)
+            if rec is not None:
+                cast(Reconciler, rec).observe_child(_kind, body, deleted=type == "DELETED")
+
+        kopf.index(group, version, plural, id=_index_name(kind), labels=meta.MANAGED_SELECTOR)(index)
+        kopf.on.event(group, version, plural, id=f"{plural}_changed", labels=meta.MANAGED_SELECTOR)(changed)
+
+
+_register_children()
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Log in through the official client: in-cluster ServiceAccount, else kubeconfig (exec plugins run)."""
+    return kopf.login_via_client(**kwargs)
+
+
 @kopf.on.startup()
 async def startup(
-    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any],
+    **kwargs: Any,
 ) -> None:
     """Configure kopf for least privilege, and build the reconciler once per process."""
     config = cfg.current()
@@ -68,10 +139,12 @@ async def startup(
     )
     settings.posting.level = logging.CRITICAL  # Events are posted deliberately, on status transitions
     settings.execution.max_workers = 4
+    for _, group, _version, plural in CHILD_KINDS:  # watch only our children, filtered by the apiserver
+        settings.watching.label_selectors[(group, plural) if group else plural] = _MANAGED
     metrics.serve(config.metrics_port, config.bind_address)  # also under plain `kopf run`
-    kube = Kube()
+    kube = await Kube.connect()
     resolver = Resolver(config.local_registry_root, timeout=config.registry_timeout)
-    memo.reconciler = Reconciler(config, kube, resolver, _post_event)
+    memo.reconciler = Reconciler(config, kube, resolver, _post_event, children=IndexedChildren(kwargs))
     logger.info(
         "scoring-operator ready: namespaces=%s local registry=%s",
         ",".join(config.namespaces) or "(all)", config.local_registry_root or "(none)",
@@ -88,44 +161,45 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.resume(api.GROUP, api.VERSION, api.PLURAL)
 @kopf.on.create(api.GROUP, api.VERSION, api.PLURAL)
 @kopf.on.update(api.GROUP, api.VERSION, api.PLURAL, field="spec")
-async def reconcile(body: kopf.Body, memo: kopf.Memo, reason: str, retry: int, **_: Any) -> None:
-    """Reconcile on creation, on any spec change, and once for every object when the operator starts."""
-    result = await _reconciler(memo).reconcile(body, refresh=True, trigger=str(reason))
-    if result.retry and result.failure is not None:
-        delay = min(_poll_interval(body), MIN_RETRY * 2 ** min(retry, 6))
-        raise kopf.TemporaryError(f"{result.failure.reason}: {result.failure.message}", delay=delay)
+async def reconcile(body: kopf.Body, memo: kopf.Memo, reason: str, **_: Any) -> None:
+    """Reconcile on creation, on any spec change, and once for every object when the operator starts.
+
+    A temporary failure is retried by the object's poller (one backoff for both), not by kopf.
+    """
+    rec = _reconciler(memo)
+    await rec.reconcile(body, trigger=str(reason))
+    rec.rearm((str(body.metadata.namespace), str(body.metadata.name)))
 
 
 @kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, id="poll", cancellation_timeout=10.0)
 async def poll(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
-    """Per-object timer: every spec.model.pollInterval (or when woken), reconcile the live object."""
+    """Per-object timer: every spec.model.pollInterval, on retry backoff, or when woken, reconcile the live object."""
     rec = _reconciler(memo)
     key = (str(body.metadata.namespace), str(body.metadata.name))
-    wake = rec.wakeup(key)
-    failures = 0
+    state = rec.state(key)
     try:
         while not stopped:
-            interval = _poll_interval(body)
-            delay = min(interval, MIN_RETRY * 2**failures) if failures else interval
-            woken = await _wait(wake, stopped, delay)
+            why = await _wait(state.wake, state.rearm, stopped, rec.next_delay(key, _poll_interval(body)))
             if stopped:
                 break
-            if woken:
+            if why == "rearm":
+                continue  # a handler reconciled: recompute the timer from the new failure count
+            if why == "wake":
                 await asyncio.sleep(WAKE_DEBOUNCE)
-                wake.clear()
+                state.wake.clear()
             if body.metadata.get("deletionTimestamp"):
                 break
-            result = await rec.reconcile(body, refresh=not woken, trigger="wake" if woken else "poll")
-            failures = min(failures + 1, 10) if result.retry else 0
+            await rec.reconcile(body, trigger=why)
     finally:
         if body.metadata.get("deletionTimestamp"):
             rec.forget(key)
 
 
-async def _wait(wake: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float) -> bool:
-    """Sleep up to `timeout`; True when woken by `wake`, False on timeout or stop."""
+async def _wait(wake: asyncio.Event, rearm: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float) -> str:
+    """Sleep up to `timeout`: "wake", "rearm", or "poll" (timer ran out, or stopped)."""
     waiters = {
         asyncio.ensure_future(wake.wait()),
+        asyncio.ensure_future(rearm.wait()),
         asyncio.ensure_future(stopped.wait(timeout)),
     }
     try:
@@ -135,16 +209,12 @@ async def _wait(wake: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-    return wake.is_set()
+    if wake.is_set():
+        return "wake"
+    if rearm.is_set():
+        rearm.clear()
+        return "rearm"
+    return "poll"
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=meta.MANAGED_SELECTOR)
-async def deployment_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """An owned Deployment changed or vanished: let its ScoringModel's poller look now."""
-    owner = meta.controller_of(body)
-    rec = getattr(memo, "reconciler", None)
-    if owner is not None and rec is not None:
-        rec.wake(owner)
-
-
-__all__ = ["cleanup", "deployment_changed", "poll", "reconcile", "startup"]
+__all__ = ["IndexedChildren", "cleanup", "login", "poll", "reconcile", "startup", "trimmed"]

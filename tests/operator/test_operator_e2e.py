@@ -371,9 +371,9 @@ EXPECTED_RULES = {
     "scoringmodels.scoring.dev/status": {"get", "patch"},
     "scoringmodels.scoring.dev/finalizers": {"update"},
     "deployments.apps": {"get", "list", "watch", "create", "patch"},
-    "services": {"get", "create", "patch"},
-    "horizontalpodautoscalers.autoscaling": {"get", "create", "patch", "delete"},
-    "poddisruptionbudgets.policy": {"get", "create", "patch", "delete"},
+    "services": {"get", "list", "watch", "create", "patch"},
+    "horizontalpodautoscalers.autoscaling": {"get", "list", "watch", "create", "patch", "delete"},
+    "poddisruptionbudgets.policy": {"get", "list", "watch", "create", "patch", "delete"},
     "events": {"create", "patch"},
 }
 #: Granted to every authenticated identity by Kubernetes itself.

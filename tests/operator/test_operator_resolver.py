@@ -73,7 +73,7 @@ async def test_errors_carry_reason_and_retryability(tmp_path: Path) -> None:
 
 
 def test_config_from_env_and_bad_values() -> None:
-    cfg = OperatorConfig.from_env({
+    cfg = OperatorConfig.load({
         "SCORING_OPERATOR_LOCAL_REGISTRY_ROOT": "/registry",
         "SCORING_OPERATOR_NAMESPACES": "a, b,",
         "SCORING_OPERATOR_METRICS_PORT": "9000",
@@ -84,9 +84,22 @@ def test_config_from_env_and_bad_values() -> None:
     assert (cfg.metrics_port, cfg.liveness_port, cfg.log_level) == (9000, 8081, "DEBUG")
     assert cfg.with_overrides(metrics_port=None, liveness_port=7).liveness_port == 7
     with pytest.raises(ConfigError, match="expected a port number"):
-        OperatorConfig.from_env({"SCORING_OPERATOR_METRICS_PORT": "http"})
-    with pytest.raises(ConfigError, match="use one of DEBUG"):
-        OperatorConfig(log_level="chatty")
+        OperatorConfig.load({"SCORING_OPERATOR_METRICS_PORT": "http"})
+    with pytest.raises(ConfigError, match="SCORING_OPERATOR_LOG_LEVEL='chatty': log level 'chatty': use one of DEBUG"):
+        OperatorConfig.load({}, log_level="chatty")
+    with pytest.raises(ConfigError, match="liveness-port 70000: use a TCP port"):
+        cfg.with_overrides(liveness_port=70000)
+
+
+def test_config_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same settings class reads os.environ (what the chart sets), flags passed to load() win."""
+    monkeypatch.setenv("SCORING_OPERATOR_NAMESPACES", "x,y")
+    monkeypatch.setenv("SCORING_OPERATOR_RUNTIME_IMAGE", "example.com/rt:2")
+    monkeypatch.setenv("SCORING_OPERATOR_METRICS_PORT", "")
+    cfg = OperatorConfig.load(runtime_image=None, bind_address="127.0.0.1")
+    assert (cfg.namespaces, cfg.runtime_image, cfg.metrics_port, cfg.bind_address) == (
+        ("x", "y"), "example.com/rt:2", 8080, "127.0.0.1")
+    assert OperatorConfig.load(namespaces=("z",)).namespaces == ("z",)
 
 
 def test_cli_refuses_conflicting_namespace_flags() -> None:

@@ -93,11 +93,14 @@ class FakeKube:
         obj = self.objects.get(kind)
         return copy.deepcopy(obj) if obj is not None else None
 
-    async def apply(self, obj: dict[str, Any], *, field_manager: str = FIELD_MANAGER) -> None:
+    async def apply(self, obj: dict[str, Any], *, field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
         self.calls.append(("apply", obj["kind"], field_manager, copy.deepcopy(obj)))
         if obj["kind"] in self.reject:
             self.reject.discard(obj["kind"])
             raise KubeError("duplicate port name", reason="ApiInvalid", retryable=False, code=422)
+        live = copy.deepcopy(obj)
+        live["metadata"] = {**live["metadata"], "uid": f"uid-{obj['kind']}", "resourceVersion": "1"}
+        return live
 
     async def replace_fields(self, obj: dict[str, Any], paths: tuple[str, ...]) -> None:
         self.calls.append(("replace", obj["kind"], paths, copy.deepcopy(obj)))
@@ -113,7 +116,15 @@ class FakeKube:
 
 
 class FakeResolver:
-    async def resolve(self, ref: api.ModelRef) -> Resolved:
+    on_change = None
+
+    def question(self, ref: api.ModelRef) -> tuple[str, str, str]:
+        return ("fake://", ref.name, str(ref.version))
+
+    def forget(self, question: tuple[str, str, str]) -> None:
+        pass
+
+    async def resolve(self, ref: api.ModelRef, max_age: float = 0.0) -> Resolved:
         return Resolved(name=ref.name, version=1, resolved_from="version")
 
 
@@ -137,10 +148,11 @@ async def test_switch_to_autoscaling_hands_replicas_over_before_dropping_them(
     (handoff_manager, handoff), (manager, applied) = kube.applies("Deployment")
     assert (handoff_manager, handoff["spec"]) == (HANDOFF_MANAGER, {"replicas": 3})
     assert manager == FIELD_MANAGER and "replicas" not in applied["spec"]
-    # Later reconciles neither hand over again nor pay another GET for it.
+    # Later reconciles neither hand over again nor pay another GET for it, and an unchanged desired
+    # Deployment is not applied again at all.
     kube.calls.clear()
     await rec.reconcile(_body(owner, autoscaling=AUTOSCALING))
-    assert [m for m, _ in kube.applies("Deployment")] == [FIELD_MANAGER]
+    assert kube.applies("Deployment") == []
     assert kube.calls.count(("get", "Deployment")) == 1  # only the rollout observation
 
 

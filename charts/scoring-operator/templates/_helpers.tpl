@@ -41,20 +41,22 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - apiGroups: ["scoring.dev"]
   resources: ["scoringmodels/finalizers"]
   verbs: ["update"]
-# Children, server-side applied. Deployments are watched for readiness; HPA/PDB are removed
-# when autoscaling or multiple replicas are turned off. No pods, no secrets, no RBAC.
+# Children, server-side applied. All four kinds are watched (list/watch, filtered by the label
+# app.kubernetes.io/managed-by=scoring-operator) into the operator's cache, so reconciles read no
+# object it already knows; HPA/PDB are removed when autoscaling or multiple replicas are turned off.
+# No pods, no secrets, no RBAC.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Kubernetes Events on ScoringModels (rollouts, readiness, failures).
 - apiGroups: [""]
   resources: ["events"]

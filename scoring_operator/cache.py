@@ -1,0 +1,162 @@
+"""What the operator remembers between reconciles, in one place: per ScoringModel, and per child.
+
+- `ModelState`: everything kept per ScoringModel (its lock, poller wake-ups, the status last
+  written, what was last applied for each child, retry count). `forget` drops it in one step.
+- `Applied`: a digest of the child as last applied and a fingerprint of the object the apiserver
+  answered with, so an unchanged desired object is not applied again, while any change by someone
+  else (seen on the watch) clears the record and brings the apply back.
+- `ChildCache`: read access to the watched children (kopf indexes in production); the reconciler
+  reads children from it instead of GETting them.
+- `retry_delay`: the one backoff used by the create/update handler and the poller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+#: First retry after a temporary failure; doubled per consecutive failure, capped by the poll interval.
+MIN_RETRY = 1.0
+MAX_DOUBLINGS = 6
+
+
+def retry_delay(failures: int, interval: float) -> float:
+    """Seconds before the next attempt: `interval` when healthy, else 1, 2, 4... capped at `interval`."""
+    if failures <= 0:
+        return interval
+    return float(min(interval, MIN_RETRY * 2 ** min(failures - 1, MAX_DOUBLINGS)))
+
+
+def _digest(value: Any) -> str:
+    raw = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
+
+
+def desired_digest(obj: Mapping[str, Any]) -> str:
+    """A digest of a desired object (what an apply would send)."""
+    return _digest(obj)
+
+
+def fingerprint(obj: Mapping[str, Any] | None, label_keys: tuple[str, ...], annotation_keys: tuple[str, ...]) -> str:
+    """What of a live child the operator cares about: spec, owners, and its own labels/annotations.
+
+    Status, resourceVersion and what other controllers annotate (a Deployment's revision) are left
+    out, so only a change of what the operator sets counts as drift.
+    """
+    meta = (obj or {}).get("metadata") or {}
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    return _digest({
+        "spec": (obj or {}).get("spec"),
+        "owners": meta.get("ownerReferences"),
+        "labels": {k: labels.get(k) for k in label_keys},
+        "annotations": {k: annotations.get(k) for k in annotation_keys},
+    })
+
+
+def resource_version(obj: Mapping[str, Any] | None) -> int:
+    """The object's resourceVersion as a number (etcd's revision); 0 when absent or not numeric."""
+    try:
+        return int(((obj or {}).get("metadata") or {}).get("resourceVersion") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+@dataclass(frozen=True)
+class Applied:
+    """One child as this process last applied it."""
+
+    digest: str
+    fingerprint: str
+    resource_version: int
+    uid: str
+    label_keys: tuple[str, ...]
+    annotation_keys: tuple[str, ...]
+
+    @classmethod
+    def record(cls, desired: Mapping[str, Any], live: Mapping[str, Any]) -> Applied:
+        meta = desired.get("metadata") or {}
+        labels = tuple(sorted(meta.get("labels") or {}))
+        annotations = tuple(sorted(meta.get("annotations") or {}))
+        return cls(
+            digest=desired_digest(desired),
+            fingerprint=fingerprint(live, labels, annotations),
+            resource_version=resource_version(live),
+            uid=str((live.get("metadata") or {}).get("uid") or ""),
+            label_keys=labels,
+            annotation_keys=annotations,
+        )
+
+    def drifted(self, live: Mapping[str, Any] | None) -> bool:
+        """Whether a watch event shows the child no longer as applied (deleted, recreated, or edited).
+
+        Events older than the apply (a lagging watch) are not drift.
+        """
+        if live is None:
+            return True
+        uid = str((live.get("metadata") or {}).get("uid") or "")
+        if uid != self.uid:
+            return True
+        if 0 < resource_version(live) < self.resource_version:
+            return False
+        return fingerprint(live, self.label_keys, self.annotation_keys) != self.fingerprint
+
+
+@dataclass
+class ModelState:
+    """Everything the operator keeps in memory for one ScoringModel (one uid under one name)."""
+
+    uid: str
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Set to make the poller reconcile now (an owned Deployment changed, the registry answer moved).
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set to make the poller recompute its timer (a handler's reconcile changed the failure count).
+    rearm: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The status this process last wrote (the operator is the only status writer, and a
+    #: handler's body can be older than its own last write).
+    status: dict[str, Any] | None = None
+    #: Per child kind: what was last applied (cleared when a watch event shows drift).
+    applied: dict[str, Applied] = field(default_factory=dict)
+    #: Whether the Deployment's replicas are known to be left to the HPA.
+    handed_over: bool = False
+    #: Consecutive reconciles that ended in a temporary failure (drives `retry_delay`).
+    failures: int = 0
+    #: The registry question this object asks (to wake it when the answer changes).
+    question: tuple[str, str, str] | None = None
+
+
+class States:
+    """ModelState per (namespace, name); a new uid under an old name starts afresh."""
+
+    def __init__(self) -> None:
+        self._states: dict[tuple[str, str], ModelState] = {}
+
+    def get(self, key: tuple[str, str], uid: str | None = None) -> ModelState:
+        state = self._states.get(key)
+        if state is None or (uid is not None and uid and state.uid != uid):
+            fresh = ModelState(uid=uid or "")
+            if state is not None:  # keep the poller's events: it waits on them already
+                fresh.lock, fresh.wake, fresh.rearm = state.lock, state.wake, state.rearm
+            state = self._states[key] = fresh
+        return state
+
+    def peek(self, key: tuple[str, str]) -> ModelState | None:
+        return self._states.get(key)
+
+    def pop(self, key: tuple[str, str]) -> ModelState | None:
+        return self._states.pop(key, None)
+
+    def items(self) -> list[tuple[tuple[str, str], ModelState]]:
+        return list(self._states.items())
+
+
+class ChildCache(Protocol):
+    """Watched children of the operator (labelled `app.kubernetes.io/managed-by: scoring-operator`)."""
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The last object seen on the watch, or None when the watch knows none."""
+        ...
