@@ -91,7 +91,10 @@ async def load_configuration() -> k8s.Configuration:
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
         k8s_config.load_incluster_config(client_configuration=configuration)  # refreshes the token itself
         return configuration
-    loader = await k8s_config.load_kube_config(client_configuration=configuration, persist_config=False)
+    loader = await k8s_config.load_kube_config(
+        config_file=os.environ.get("KUBECONFIG") or None,  # read now, not when the client was imported
+        client_configuration=configuration, persist_config=False,
+    )
     if "exec" in loader._user:  # the loader keeps the expiry; re-run the plugin only when it passed
 
         async def refresh(conf: k8s.Configuration) -> None:

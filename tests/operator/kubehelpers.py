@@ -129,13 +129,60 @@ class Operator:
         return LocalFileRegistry(root).register(name, src, set_latest=set_latest).version
 
 
+#: A kubeconfig exec credential plugin (client.authentication.k8s.io/v1): prints the token kept in
+#: the file named by $TOKEN_FILE, with an expiry, and counts its runs in $TOKEN_FILE.calls.
+EXEC_PLUGIN = """#!{python}
+import datetime, json, os, sys
+token_file = os.environ["TOKEN_FILE"]
+with open(token_file + ".calls", "a") as calls:
+    calls.write("1\\n")
+info = json.loads(os.environ.get("KUBERNETES_EXEC_INFO") or "{{}}")
+expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=10)
+json.dump({{
+    "apiVersion": info.get("apiVersion") or "client.authentication.k8s.io/v1",
+    "kind": "ExecCredential",
+    "status": {{"token": open(token_file).read().strip(),
+               "expirationTimestamp": expiry.strftime("%Y-%m-%dT%H:%M:%SZ")}},
+}}, sys.stdout)
+"""
+
+
+def exec_plugin_kubeconfig(cluster: KubeCluster, service_account: str, namespace: str, workdir: Path) -> Path:
+    """A kubeconfig whose user is an exec plugin handing out a TokenRequest token of `service_account`.
+
+    What `kubelogin` (AKS/Entra ID) or `aws eks get-token` look like to a client: no token in the
+    file, a command that prints an ExecCredential.
+    """
+    from tests.kube.controlplane import current_cluster_entry, kubeconfig_doc
+
+    token = cluster.kubectl("create", "token", service_account, "-n", namespace, "--duration=1h").stdout.strip()
+    token_file = workdir / "exec-token"
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    plugin = workdir / "exec-credential-plugin"
+    plugin.write_text(EXEC_PLUGIN.format(python=sys.executable))
+    plugin.chmod(0o700)
+    user = {"exec": {
+        "apiVersion": "client.authentication.k8s.io/v1",
+        "command": str(plugin),
+        "env": [{"name": "TOKEN_FILE", "value": str(token_file)}],
+        "interactiveMode": "Never",
+        "provideClusterInfo": False,
+    }}
+    path = workdir / "exec.kubeconfig"
+    path.write_text(json.dumps(kubeconfig_doc(current_cluster_entry(cluster.kubeconfig), user, namespace=namespace)))
+    path.chmod(0o600)
+    return path
+
+
 @contextlib.contextmanager
 def chart_operator(
-    cluster: KubeCluster, workdir: Path, *, watch_namespaces: tuple[str, ...] = ()
+    cluster: KubeCluster, workdir: Path, *, watch_namespaces: tuple[str, ...] = (), exec_plugin: bool = False,
 ) -> Iterator[Operator]:
     """Install the chart (replicaCount=0) in a fresh namespace and run the operator with its ServiceAccount.
 
     With `watch_namespaces`, the chart creates Roles there only and the operator watches just those.
+    With `exec_plugin`, the operator's kubeconfig runs an exec credential plugin for its token.
     """
     release_ns = cluster.create_namespace(namespace_name_for("scoring-system"))
     release = f"so-{release_ns.rsplit('-', 1)[-1]}"
@@ -145,8 +192,12 @@ def chart_operator(
     cluster.helm(*args)
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/scoringmodels.scoring.dev")
     service_account = f"{release}-scoring-operator"
+    if exec_plugin:
+        kubeconfig = exec_plugin_kubeconfig(cluster, service_account, release_ns, workdir)
+    else:
+        kubeconfig = cluster.token_kubeconfig(service_account, release_ns, path=workdir / "sa.kubeconfig")
     op = Operator.start(
-        kubeconfig=cluster.token_kubeconfig(service_account, release_ns, path=workdir / "sa.kubeconfig"),
+        kubeconfig=kubeconfig,
         registry_root=workdir / "registry",
         ports=free_ports(2),
         log_path=workdir / "operator.log",
