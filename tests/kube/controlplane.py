@@ -832,7 +832,7 @@ class ControlPlane(KubeCluster):
                 f"--tls-cert-file={f['apiserver.crt']}",
                 f"--tls-private-key-file={f['apiserver.key']}",
                 f"--client-ca-file={f['ca.crt']}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--service-cluster-ip-range=10.0.0.0/16",  # room for 65k Services (scale runs); first IP = cert IP
                 "--allow-privileged=true",
                 "--authorization-mode=RBAC",
                 f"--service-account-issuer={self._apiserver_url}",
