@@ -63,7 +63,7 @@ class Operator:
     @classmethod
     def start(
         cls, *, kubeconfig: Path, registry_root: Path, ports: list[int], log_path: Path, release: str,
-        release_namespace: str, service_account: str, namespaces: tuple[str, ...] = (),
+        release_namespace: str, service_account: str, namespaces: tuple[str, ...] = (), log_level: str = "DEBUG",
     ) -> Operator:
         exe = shutil.which("scoring-operator")
         cmd = [exe] if exe else [sys.executable, "-m", "scoring_operator"]
@@ -73,7 +73,7 @@ class Operator:
             "--metrics-port", str(ports[0]),
             "--liveness-port", str(ports[1]),
             "--bind-address", "127.0.0.1",
-            "--log-level", "DEBUG",
+            "--log-level", log_level,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCORING_OPERATOR_")}
         env["KUBECONFIG"] = str(kubeconfig)

@@ -1,0 +1,419 @@
+#!/usr/bin/env python3
+"""The operator at scale on the real control plane (kwok nodes): 500 ScoringModels tracking one label.
+
+    flock /tmp/bench.lock python bench/operator_scale.py            # the full run (~15 minutes)
+    python bench/operator_scale.py --models 50 --idle 60 --kills 5   # a quick look
+
+Phases, each timed from the apiserver's side (`kubectl get` of the ScoringModels' status):
+1. create N ScoringModels (server-side apply, in chunks) -> seconds until all are Ready, counted
+   from the last create;
+2. idle: nothing changes for `--idle` seconds -> the operator's API requests and writes per minute,
+   from the apiserver's audit log (only the operator's ServiceAccount is audited; watches excluded),
+   and its CPU seconds;
+3. label move: a new version registered -> seconds until all N are Ready on it;
+4. registry outage: the registry directory disappears for 60 s -> how many report
+   RegistryUnavailable, the API traffic meanwhile, and seconds from its return until all are Ready;
+5. SIGKILLs: the operator is killed `--kills` times amid creates, updates and deletes, restarted
+   each time -> seconds until converged, with no duplicate, orphaned or missing child.
+
+Peak RSS is the operator process's VmHWM over phases 1-4. The control plane's own controllers get
+a higher client QPS (--kube-api-qps) so that they, not the operator, are not the bottleneck; the
+Service range is a /16. Results: bench/results/operator-scale.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.kube.controlplane import ControlPlane, _Process, free_ports  # noqa: E402
+from tests.operator.kubehelpers import CHART, Operator, registry_claim  # noqa: E402
+from tests.operator.test_operator_kills import converged  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+RELEASE, RELEASE_NS, MODELS_NS, MODEL = "bench", "scoring-system", "bench-models", "bench-model"
+SERVICE_ACCOUNT = f"{RELEASE}-scoring-operator"
+WRITES = {"create", "update", "patch", "delete", "deletecollection"}
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    # Only ServiceAccounts (the operator); the harness's controllers and kwok run as admin.
+    "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts"]}, {"level": "None"}],
+}
+#: Client QPS for the control plane's controllers (defaults of 20-50 would make them the bottleneck).
+FAST_CLIENTS = {
+    "kube-controller-manager": ["--kube-api-qps=400", "--kube-api-burst=800", "--concurrent-deployment-syncs=20",
+                                "--concurrent-replicaset-syncs=20"],
+    "kube-scheduler": ["--kube-api-qps=400", "--kube-api-burst=800"],
+}
+
+
+class ScaleControlPlane(ControlPlane):
+    """The test harness's control plane, with faster controller clients and more kwok nodes."""
+
+    def _spawn(self, name: str, args: Sequence[str], *, stage: int = 2) -> _Process:
+        return super()._spawn(name, [*args, *FAST_CLIENTS.get(name, [])], stage=stage)
+
+
+def log(msg: str) -> None:
+    print(f"[{datetime.now(UTC).strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Audit:
+    """The operator's requests, read from the apiserver's audit log (JSON lines)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def offset(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def since(self, offset: int) -> Counter[str]:
+        """Requests by verb appended after `offset` (watches excluded)."""
+        verbs: Counter[str] = Counter()
+        with self.path.open("rb") as f:
+            f.seek(offset)
+            for line in f:
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                if ev.get("stage") != "ResponseComplete" or ev.get("verb") == "watch":
+                    continue
+                if not str(ev.get("user", {}).get("username", "")).endswith(f":{SERVICE_ACCOUNT}"):
+                    continue
+                verbs[ev["verb"]] += 1
+        return verbs
+
+
+def manifest(i: int, poll: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "scoring.dev/v1alpha1", "kind": "ScoringModel",
+        "metadata": {"name": f"sm-{i:04d}", "namespace": MODELS_NS},
+        "spec": {"model": {"registry": {"type": "local", "claimName": "model-registry"}, "name": MODEL,
+                           "label": "latest", "pollInterval": poll},
+                 "replicas": 1, "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}}},
+    }
+
+
+def apply_all(cp: ControlPlane, docs: list[dict[str, Any]], chunk: int = 100) -> None:
+    for start in range(0, len(docs), chunk):
+        body = {"apiVersion": "v1", "kind": "List", "items": docs[start:start + chunk]}
+        cp.kubectl("apply", "--server-side", "--field-manager=bench", "-f", "-", input=json.dumps(body), timeout=300)
+
+
+def statuses(cp: ControlPlane) -> list[dict[str, Any]]:
+    return list(cp.kubectl_json("get", "scoringmodels", "-n", MODELS_NS)["items"])
+
+
+def count_ready(items: list[dict[str, Any]], version: int) -> int:
+    n = 0
+    for sm in items:
+        st = sm.get("status") or {}
+        if (st.get("phase") == "Ready" and (st.get("model") or {}).get("version") == version
+                and st.get("observedGeneration") == sm["metadata"]["generation"]):
+            n += 1
+    return n
+
+
+def wait_all_ready(cp: ControlPlane, n: int, version: int, timeout: float, what: str) -> float | None:
+    """Monotonic time when all `n` were Ready on `version` (None on timeout)."""
+    deadline = time.monotonic() + timeout
+    last = -1
+    while time.monotonic() < deadline:
+        ready = count_ready(statuses(cp), version)
+        now = time.monotonic()
+        if ready != last:
+            log(f"{what}: {ready}/{n} Ready on version {version}")
+            last = ready
+        if ready >= n:
+            return now
+        time.sleep(1.0)
+    return None
+
+
+def register(root: Path, work: Path) -> int:
+    from scoring_runtime.registry import LocalFileRegistry
+
+    src = work / "src"
+    src.mkdir(exist_ok=True)
+    (src / "model.json").write_text(json.dumps({"framework": "sklearn", "task": "test"}))
+    (src / "w.bin").write_bytes(os.urandom(16))
+    return LocalFileRegistry(root).register(MODEL, src).version
+
+
+def start_operator(cp: ControlPlane, work: Path, registry: Path) -> Operator:
+    kubeconfig = cp.token_kubeconfig(SERVICE_ACCOUNT, RELEASE_NS, duration="6h", path=work / "sa.kubeconfig")
+    return Operator.start(kubeconfig=kubeconfig, registry_root=registry, ports=free_ports(2),
+                          log_path=work / f"operator-{time.monotonic_ns()}.log", release=RELEASE,
+                          release_namespace=RELEASE_NS, service_account=SERVICE_ACCOUNT, log_level="INFO")
+
+
+def per_minute(counts: Counter[str], seconds: float) -> dict[str, float]:
+    return {verb: round(n * 60 / seconds, 2) for verb, n in sorted(counts.items())}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="operator-scale-"))
+    policy = work / "audit-policy.json"
+    policy.write_text(json.dumps(AUDIT_POLICY))
+    audit_log = work / "audit.log"
+    out: dict[str, Any] = {"models": args.models, "poll_interval_s": args.poll, "idle_s": args.idle}
+    nodes = max(1, -(-args.models * 2 // 250))  # room for a rollout's surge pods too
+    with ScaleControlPlane(extra_apiserver_args=[
+        f"--audit-policy-file={policy}", f"--audit-log-path={audit_log}", "--audit-log-format=json",
+        "--max-requests-inflight=800", "--max-mutating-requests-inflight=400",
+    ]) as cp:
+        log(f"control plane up in {cp.startup_seconds:.1f}s; adding {nodes - 1} kwok nodes")
+        for i in range(1, nodes):
+            node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": f"kwok-node-{i}", "labels": {
+                "type": "kwok", "kubernetes.io/hostname": f"kwok-node-{i}", "kubernetes.io/os": "linux"}},
+                "status": {"capacity": cp.node_capacity, "allocatable": cp.node_capacity}}
+            cp.kubectl("create", "-f", "-", input=json.dumps(node))
+        cp.kubectl("create", "namespace", RELEASE_NS)
+        cp.kubectl("create", "namespace", MODELS_NS)
+        cp.helm("install", RELEASE, CHART, "-n", RELEASE_NS, "--set", "replicaCount=0", "--wait")
+        cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/scoringmodels.scoring.dev")
+        registry_claim(cp, MODELS_NS)
+        registry = work / "registry"
+        version = register(registry, work)
+        op = start_operator(cp, work, registry)
+        pid = op.proc.pid
+        audit = Audit(audit_log)
+        try:
+            # -- 1. creates
+            docs = [manifest(i, args.poll) for i in range(args.models)]
+            cpu0, t_first = cpu_seconds(pid), time.monotonic()
+            apply_all(cp, docs)
+            t_last = time.monotonic()
+            log(f"created {args.models} ScoringModels in {t_last - t_first:.1f}s")
+            t_ready = wait_all_ready(cp, args.models, version, 600, "create")
+            out["create"] = {
+                "creates_s": round(t_last - t_first, 1),
+                "all_ready_after_last_create_s": round(t_ready - t_last, 1) if t_ready else None,
+                "all_ready_after_first_create_s": round(t_ready - t_first, 1) if t_ready else None,
+                "operator_cpu_s": round(cpu_seconds(pid) - cpu0, 1),
+                "api_requests": dict(audit.since(0)),
+            }
+            log(f"create: {out['create']}")
+
+            # -- 2. idle
+            time.sleep(args.settle)
+            off, cpu0, t0 = audit.offset(), cpu_seconds(pid), time.monotonic()
+            time.sleep(args.idle)
+            seconds = time.monotonic() - t0
+            idle = audit.since(off)
+            out["idle"] = {
+                "seconds": round(seconds, 1),
+                "requests_per_min": round(sum(idle.values()) * 60 / seconds, 2),
+                "writes_per_min": round(sum(n for v, n in idle.items() if v in WRITES) * 60 / seconds, 2),
+                "by_verb_per_min": per_minute(idle, seconds),
+                "operator_cpu_percent_of_a_core": round(100 * (cpu_seconds(pid) - cpu0) / seconds, 2),
+                "rss_mb": round(rss_mb(pid), 1),
+            }
+            log(f"idle: {out['idle']}")
+
+            # -- 3. label move
+            off, t0 = audit.offset(), time.monotonic()
+            version = register(registry, work)
+            t_ready = wait_all_ready(cp, args.models, version, 600, "label move")
+            out["label_move"] = {
+                "all_ready_on_new_version_s": round(t_ready - t0, 1) if t_ready else None,
+                "api_requests": dict(audit.since(off)),
+            }
+            log(f"label move: {out['label_move']}")
+
+            # -- 4. registry outage
+            time.sleep(args.settle)
+            off = audit.offset()
+            hidden = work / "registry-unmounted"
+            registry.rename(hidden)
+            t0 = time.monotonic()
+            time.sleep(max(0.0, args.outage - 5))
+            items = statuses(cp)
+            reasons = Counter(
+                next((c.get("reason") for c in (sm.get("status") or {}).get("conditions") or []
+                      if c.get("type") == "ModelResolved"), None) for sm in items)
+            time.sleep(max(0.0, args.outage - (time.monotonic() - t0)))
+            outage_requests = audit.since(off)
+            outage_s = time.monotonic() - t0
+            hidden.rename(registry)
+            t_back = time.monotonic()
+            t_ready = wait_all_ready(cp, args.models, version, 600, "after the outage")
+            events = cp.kubectl_json("get", "events", "-n", MODELS_NS, "--field-selector", "type=Warning")["items"]
+            warnings = Counter(e["reason"] for e in events)
+            out["registry_outage"] = {
+                "outage_s": round(outage_s, 1),
+                "model_resolved_reasons_near_the_end": dict(reasons),
+                "requests_per_min_during": round(sum(outage_requests.values()) * 60 / outage_s, 1),
+                "by_verb_during": dict(outage_requests),
+                "all_ready_after_return_s": round(t_ready - t_back, 1) if t_ready else None,
+                "warning_events_by_reason": dict(warnings),
+            }
+            log(f"outage: {out['registry_outage']}")
+            out["peak_rss_mb"] = round(peak_rss_mb(pid), 1)
+            out["operator_cpu_s_total_before_kills"] = round(cpu_seconds(pid), 1)
+            out["resolver"] = "registry reads are shared per question (see docs/operator.md)"
+
+            # -- 5. SIGKILLs amid changes
+            out["kills"] = kills(cp, op, args, registry, work, version)
+            log(f"kills: {out['kills']}")
+        finally:
+            op.stop()
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def kills(cp: ControlPlane, op: Operator, args: argparse.Namespace, registry: Path, work: Path,
+          version: int) -> dict[str, Any]:
+    rng = random.Random(30)
+    expected = {f"sm-{i:04d}": {"replicas": 1} for i in range(args.models)}
+    extra = 0
+    actions: Counter[str] = Counter()
+
+    def act() -> None:
+        nonlocal extra
+        action = rng.choice(["create", "update", "delete"])
+        actions[action] += 1
+        if action == "create":
+            extra += 1
+            doc = manifest(100000 + extra, args.poll)
+            cp.kubectl("apply", "--server-side", "--field-manager=bench", "-f", "-", input=json.dumps(doc))
+            expected[doc["metadata"]["name"]] = {"replicas": 1}
+        elif action == "update":
+            name = rng.choice(sorted(expected))
+            expected[name] = {"replicas": 3 - expected[name]["replicas"]}
+            cp.kubectl("patch", "scoringmodel", name, "-n", MODELS_NS, "--type=merge", "-p",
+                       json.dumps({"spec": expected[name]}))
+        else:
+            name = rng.choice(sorted(expected))
+            del expected[name]
+            cp.kubectl("delete", "scoringmodel", name, "-n", MODELS_NS, "--wait=false")
+
+    for k in range(args.kills):
+        for _ in range(rng.randint(1, 3)):
+            act()
+        time.sleep(rng.uniform(0.5, 3.0))
+        os.killpg(op.proc.pid, signal.SIGKILL)
+        op.proc.wait()
+        fresh = start_operator(cp, work, registry)
+        op.proc, op.log_path = fresh.proc, fresh.log_path
+        op.metrics_port, op.liveness_port = fresh.metrics_port, fresh.liveness_port
+        log(f"kill {k + 1}/{args.kills} done")
+    t0 = time.monotonic()
+    problems: list[str] = ["not checked"]
+    while time.monotonic() - t0 < 600:
+        problems = converged(cp, MODELS_NS, expected, version)
+        if not problems:
+            break
+        log(f"converging: {len(problems)} problems, e.g. {problems[:2]}")
+        time.sleep(3)
+    return {
+        "kills": args.kills,
+        "actions": dict(actions),
+        "converged": not problems,
+        "converged_after_last_kill_s": round(time.monotonic() - t0, 1) if not problems else None,
+        "problems": problems[:10],
+    }
+
+
+TARGETS: list[tuple[str, Callable[[dict[str, Any]], Any], str, Callable[[Any], bool]]] = [
+    ("all Ready after the last create", lambda r: r["create"]["all_ready_after_last_create_s"], "<= 30 s",
+     lambda v: v is not None and v <= 30),
+    ("peak RSS (MB)", lambda r: r["peak_rss_mb"], "<= 150", lambda v: v <= 150),
+    ("idle writes per minute", lambda r: r["idle"]["writes_per_min"], "0", lambda v: v == 0),
+    ("idle API requests per minute", lambda r: r["idle"]["requests_per_min"], "<= 10", lambda v: v <= 10),
+    ("label move: all on the new version", lambda r: r["label_move"]["all_ready_on_new_version_s"], "<= 60 s",
+     lambda v: v is not None and v <= 60),
+    ("after a 60 s registry outage: all Ready", lambda r: r["registry_outage"]["all_ready_after_return_s"],
+     "<= 60 s", lambda v: v is not None and v <= 60),
+    ("SIGKILLs amid changes: converged", lambda r: r["kills"]["converged"], "no duplicate/orphan/missing",
+     lambda v: v is True),
+]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    r = result["results"]
+    lines = [
+        "# Operator at scale", "",
+        f"{r['models']} ScoringModels tracking one label (pollInterval {r['poll_interval_s']} s) on the real "
+        f"control plane with kwok nodes; {result['machine']}. Command: `{result['command']}`.", "",
+        "The machine was **shared with other work** (other engineers' builds and tests on the same 2 cores), "
+        "so times are upper bounds of what the operator needs.", "",
+        "| target | measured | goal | met |", "|---|---|---|---|",
+    ]
+    for name, get, goal, ok in TARGETS:
+        try:
+            value = get(r)
+            met = "yes" if ok(value) else "**no**"
+        except (KeyError, TypeError):
+            value, met = "n/a", "**no**"
+        lines.append(f"| {name} | {value} | {goal} | {met} |")
+    lines += ["", "Details:", "", "```json", json.dumps(r, indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=int, default=500)
+    parser.add_argument("--poll", type=int, default=30, help="spec.model.pollInterval of every ScoringModel")
+    parser.add_argument("--idle", type=float, default=300, help="seconds of the idle window")
+    parser.add_argument("--settle", type=float, default=20, help="seconds to let events settle between phases")
+    parser.add_argument("--outage", type=float, default=60, help="seconds the registry is away")
+    parser.add_argument("--kills", type=int, default=30)
+    parser.add_argument("--out", default=str(RESULTS / "operator-scale"), help="results path without extension")
+    args = parser.parse_args()
+    started = time.monotonic()
+    results = run(args)
+    doc = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}",
+        "command": "flock /tmp/bench.lock python bench/operator_scale.py " + " ".join(sys.argv[1:]),
+        "wall_s": round(time.monotonic() - started, 1),
+        "results": results,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(doc))
+    print(markdown(doc))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""What the operator remembers: applied-state records and drift, the one backoff, shared registry answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scoring_operator.builders import desired_children
+from scoring_operator.builders.meta import Owner
+from scoring_operator.cache import Applied, States, desired_digest, retry_delay
+from scoring_operator.config import OperatorConfig
+from scoring_operator.handlers import IndexedChildren, trimmed
+from scoring_operator.resolver import Resolver
+from scoring_runtime.registry import LocalFileRegistry, RegistryUnavailable
+from tests.operator.conftest import make_spec
+
+
+def test_retry_delay_doubles_from_one_second_up_to_the_poll_interval() -> None:
+    assert [retry_delay(n, 30) for n in range(8)] == [30, 1, 2, 4, 8, 16, 30, 30]
+    assert retry_delay(3, 2) == 2
+    assert retry_delay(100, 600) == 64  # at most 6 doublings
+
+
+def _live(obj: dict[str, Any], rv: str = "10", uid: str = "child-uid", **meta: Any) -> dict[str, Any]:
+    live = json.loads(json.dumps(obj))
+    live["metadata"] = {**live["metadata"], "uid": uid, "resourceVersion": rv, **meta}
+    live["status"] = {"observedGeneration": 1}
+    return live
+
+
+def test_applied_record_sees_drift_but_not_status_or_foreign_annotations(owner: Owner, config: OperatorConfig) -> None:
+    dep = desired_children(owner, make_spec(replicas=2), 3, config).apply[1]
+    live = _live(dep)
+    rec = Applied.record(dep, live)
+    assert rec.digest == desired_digest(dep)
+    assert not rec.drifted(live)
+    status_only = _live(dep, rv="11")
+    status_only["status"] = {"readyReplicas": 2}
+    status_only["metadata"]["annotations"] = {**status_only["metadata"]["annotations"],
+                                              "deployment.kubernetes.io/revision": "2"}
+    assert not rec.drifted(status_only), "status and other controllers' annotations are not drift"
+    edited = _live(dep, rv="12")
+    edited["spec"]["replicas"] = 5
+    assert rec.drifted(edited)
+    stale = _live(dep, rv="9")
+    stale["spec"]["replicas"] = 5
+    assert not rec.drifted(stale), "an event older than the apply is not drift"
+    assert rec.drifted(None), "deleted"
+    assert rec.drifted(_live(dep, rv="13", uid="recreated"))
+    relabelled = _live(dep, rv="14")
+    relabelled["metadata"]["labels"]["scoring.dev/model"] = "other"
+    assert rec.drifted(relabelled)
+
+
+def test_states_start_afresh_for_a_new_uid_but_keep_the_pollers_events() -> None:
+    states = States()
+    first = states.get(("ns", "a"), "uid-1")
+    first.failures, first.status = 3, {"phase": "Ready"}
+    again = states.get(("ns", "a"), "uid-1")
+    assert again is first
+    fresh = states.get(("ns", "a"), "uid-2")
+    assert fresh is not first and fresh.failures == 0 and fresh.status is None
+    assert (fresh.wake, fresh.rearm, fresh.lock) == (first.wake, first.rearm, first.lock)
+    assert states.pop(("ns", "a")) is fresh and states.peek(("ns", "a")) is None
+
+
+def test_the_cache_keeps_what_reconciles_need_of_a_child() -> None:
+    body = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "a", "namespace": "ns", "uid": "u", "resourceVersion": "5", "generation": 2,
+                     "labels": {"x": "y"}, "ownerReferences": [{"uid": "o"}],
+                     "managedFields": [
+                         {"manager": "scoring-operator", "operation": "Apply",
+                          "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {"f:spec": {}}}}},
+                         {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status",
+                          "fieldsV1": {"f:status": {}}}]},
+        "spec": {"replicas": 2}, "status": {"readyReplicas": 2},
+    }
+    kept = trimmed(body, "Deployment")
+    assert kept["metadata"]["managedFields"] == [
+        {"manager": "scoring-operator", "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]
+    assert (kept["spec"], kept["status"], kept["metadata"]["ownerReferences"]) == (
+        {"replicas": 2}, {"readyReplicas": 2}, [{"uid": "o"}])
+    assert "managedFields" not in trimmed({**body, "kind": "Service"}, "Service")["metadata"]
+    cache = IndexedChildren({
+        "children_deployment": {("ns", "a"): [kept]}, "children_service": {},
+        "children_horizontalpodautoscaler": {}, "children_poddisruptionbudget": {},
+    })  # type: ignore[arg-type]
+    assert cache.get("Deployment", "ns", "a") is kept
+    assert cache.get("Deployment", "ns", "b") is None and cache.get("Service", "ns", "a") is None
+
+
+def _register(root: Path, tmp: Path) -> int:
+    src = tmp / "src"
+    src.mkdir(exist_ok=True)
+    (src / "model.json").write_text(json.dumps({"framework": "sklearn", "task": "test"}))
+    (src / "w.bin").write_bytes(b"w")
+    return LocalFileRegistry(root).register("faq", src).version
+
+
+async def test_one_registry_read_answers_every_model_asking_the_same_question(tmp_path: Path) -> None:
+    root = tmp_path / "reg"
+    _register(root, tmp_path)
+    now = [0.0]
+    resolver = Resolver(root, clock=lambda: now[0])
+    changed: list[tuple[str, ...]] = []
+    resolver.on_change = changed.append
+    ref = make_spec(model={"registry": {"type": "local", "claimName": "r"}, "name": "faq", "label": "latest"}).model
+    answers = await asyncio.gather(*(resolver.resolve(ref, max_age=60) for _ in range(50)))
+    assert {a.version for a in answers} == {1} and resolver.reads == 1, "concurrent askers share one read"
+    now[0] = 59
+    await resolver.resolve(ref, max_age=60)
+    assert resolver.reads == 1, "an answer younger than the interval is reused"
+    _register(root, tmp_path)
+    now[0] = 61
+    assert (await resolver.resolve(ref, max_age=60)).version == 2 and resolver.reads == 2
+    assert changed == [resolver.question(ref)], "a moved label is announced once"
+    # An outage: failures are shared for a second only, and the return is announced.
+    root.rename(tmp_path / "away")
+    now[0] = 200
+    with pytest.raises(RegistryUnavailable):
+        await resolver.resolve(ref, max_age=60)
+    now[0] = 200.5
+    with pytest.raises(RegistryUnavailable):
+        await resolver.resolve(ref, max_age=60)
+    assert resolver.reads == 3
+    (tmp_path / "away").rename(root)
+    now[0] = 201.5
+    assert (await resolver.resolve(ref, max_age=60)).version == 2 and resolver.reads == 4
+    assert len(changed) == 3, "outage start and end are both changes of the answer"
