@@ -41,17 +41,22 @@ def desired_digest(obj: Mapping[str, Any]) -> str:
     return _digest(obj)
 
 
-def fingerprint(obj: Mapping[str, Any] | None, label_keys: tuple[str, ...], annotation_keys: tuple[str, ...]) -> str:
-    """What of a live child the operator cares about: spec, owners, and its own labels/annotations.
+def fingerprint(
+    obj: Mapping[str, Any] | None, spec_keys: tuple[str, ...], label_keys: tuple[str, ...],
+    annotation_keys: tuple[str, ...],
+) -> str:
+    """What of a live child the operator cares about: the spec fields, labels and annotations it sets, and owners.
 
-    Status, resourceVersion and what other controllers annotate (a Deployment's revision) are left
-    out, so only a change of what the operator sets counts as drift.
+    Status, resourceVersion, what other controllers annotate (a Deployment's revision) and spec
+    fields the operator leaves to others (an autoscaled Deployment's replicas) are left out, so
+    only a change of what the operator sets counts as drift.
     """
     meta = (obj or {}).get("metadata") or {}
     labels = meta.get("labels") or {}
     annotations = meta.get("annotations") or {}
+    spec = (obj or {}).get("spec") or {}
     return _digest({
-        "spec": (obj or {}).get("spec"),
+        "spec": {k: spec.get(k) for k in spec_keys},
         "owners": meta.get("ownerReferences"),
         "labels": {k: labels.get(k) for k in label_keys},
         "annotations": {k: annotations.get(k) for k in annotation_keys},
@@ -74,19 +79,22 @@ class Applied:
     fingerprint: str
     resource_version: int
     uid: str
+    spec_keys: tuple[str, ...]
     label_keys: tuple[str, ...]
     annotation_keys: tuple[str, ...]
 
     @classmethod
     def record(cls, desired: Mapping[str, Any], live: Mapping[str, Any]) -> Applied:
         meta = desired.get("metadata") or {}
+        spec = tuple(sorted(desired.get("spec") or {}))
         labels = tuple(sorted(meta.get("labels") or {}))
         annotations = tuple(sorted(meta.get("annotations") or {}))
         return cls(
             digest=desired_digest(desired),
-            fingerprint=fingerprint(live, labels, annotations),
+            fingerprint=fingerprint(live, spec, labels, annotations),
             resource_version=resource_version(live),
             uid=str((live.get("metadata") or {}).get("uid") or ""),
+            spec_keys=spec,
             label_keys=labels,
             annotation_keys=annotations,
         )
@@ -103,7 +111,7 @@ class Applied:
             return True
         if 0 < resource_version(live) < self.resource_version:
             return False
-        return fingerprint(live, self.label_keys, self.annotation_keys) != self.fingerprint
+        return fingerprint(live, self.spec_keys, self.label_keys, self.annotation_keys) != self.fingerprint
 
 
 @dataclass

@@ -51,6 +51,13 @@ def test_applied_record_sees_drift_but_not_status_or_foreign_annotations(owner: 
     assert not rec.drifted(stale), "an event older than the apply is not drift"
     assert rec.drifted(None), "deleted"
     assert rec.drifted(_live(dep, rv="13", uid="recreated"))
+    autoscaled = desired_children(owner, make_spec(autoscaling={"maxReplicas": 4, "targetInFlightRequests": 3}), 3,
+                                  config).apply[1]
+    scaled_by_hpa = _live(autoscaled, rv="20")
+    hpa_rec = Applied.record(autoscaled, scaled_by_hpa)
+    scaled_by_hpa["spec"]["replicas"] = 4
+    scaled_by_hpa["metadata"]["resourceVersion"] = "21"
+    assert not hpa_rec.drifted(scaled_by_hpa), "replicas the HPA owns are not drift"
     relabelled = _live(dep, rv="14")
     relabelled["metadata"]["labels"]["scoring.dev/model"] = "other"
     assert rec.drifted(relabelled)
