@@ -2,9 +2,11 @@
 
 Children are server-side applied as plain dicts with field manager `scoring-operator` and
 force=True (the operator owns what it sets; other managers keep fields it leaves alone, such as an
-HPA's replicas). Responses are read as JSON dicts (`*_without_preload_content`), never turned into
-the client's model classes: the reconciler and the builders speak dicts. API failures become
-`KubeError` with a condition reason and a retryable flag.
+HPA's replicas). Requests go through the official client's `ApiClient` (its auth, TLS, connection
+pool and serialization), addressed by REST path the way the client's own dynamic client does, and
+responses are read as JSON dicts: the reconciler and the builders speak dicts, and not loading the
+typed API classes and their model classes keeps ~35 MB out of the operator's memory. API failures
+become `KubeError` with a condition reason and a retryable flag.
 
 Credentials: in a pod, the ServiceAccount token (re-read as kubelet rotates it); elsewhere, the
 kubeconfig ($KUBECONFIG or ~/.kube/config), exec plugins included (AKS `kubelogin`, `aws eks
@@ -15,8 +17,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from kubernetes.aio import client as k8s
@@ -31,12 +34,12 @@ JSON_PATCH = "application/json-patch+json"
 #: Seconds one API call may take before it counts as the API being unavailable.
 REQUEST_TIMEOUT = 30.0
 
-#: (apiVersion, kind) -> (typed API class, the `*_namespaced_<x>` suffix of its methods).
-KINDS: dict[tuple[str, str], tuple[type[Any], str]] = {
-    ("apps/v1", "Deployment"): (k8s.AppsV1Api, "namespaced_deployment"),
-    ("v1", "Service"): (k8s.CoreV1Api, "namespaced_service"),
-    ("autoscaling/v2", "HorizontalPodAutoscaler"): (k8s.AutoscalingV2Api, "namespaced_horizontal_pod_autoscaler"),
-    ("policy/v1", "PodDisruptionBudget"): (k8s.PolicyV1Api, "namespaced_pod_disruption_budget"),
+#: (apiVersion, kind) -> the collection's path prefix and resource name (plural).
+KINDS: dict[tuple[str, str], tuple[str, str]] = {
+    ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),
+    ("v1", "Service"): ("/api/v1", "services"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
+    ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets"),
 }
 
 #: HTTP codes where retrying later may succeed without anyone changing anything.
@@ -74,11 +77,12 @@ def _transport_error(exc: BaseException, what: str) -> KubeError:
     return KubeError(f"{what}: {type(exc).__name__}: {exc}", reason="ApiUnavailable", retryable=True)
 
 
-def _kind(api_version: str, kind: str) -> tuple[type[Any], str]:
+def _path(api_version: str, kind: str, namespace: str, name: str) -> str:
     try:
-        return KINDS[(api_version, kind)]
+        prefix, plural = KINDS[(api_version, kind)]
     except KeyError:
         raise ValueError(f"the operator does not manage {api_version} {kind}") from None
+    return f"{prefix}/namespaces/{quote(namespace, safe='')}/{plural}/{quote(name, safe='')}"
 
 
 async def load_configuration() -> k8s.Configuration:
@@ -110,7 +114,6 @@ class Kube:
 
     def __init__(self, api_client: k8s.ApiClient) -> None:
         self.api_client = api_client
-        self._apis: dict[type[Any], Any] = {}
 
     @classmethod
     async def connect(cls) -> Kube:
@@ -120,34 +123,33 @@ class Kube:
     async def close(self) -> None:
         await self.api_client.close()
 
-    def _api(self, cls: type[Any]) -> Any:
-        api_obj = self._apis.get(cls)
-        if api_obj is None:
-            api_obj = self._apis[cls] = cls(self.api_client)
-        return api_obj
-
-    def _method(self, verb: str, api_version: str, kind: str) -> Callable[..., Awaitable[Any]]:
-        cls, suffix = _kind(api_version, kind)
-        return getattr(self._api(cls), f"{verb}_{suffix}_without_preload_content")
-
-    async def _call(self, what: str, call: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> tuple[
-            int, dict[str, Any] | None]:
-        """(HTTP status, JSON body) of one call; KubeError for transport failures and non-2xx (except 404)."""
+    async def _call(
+        self, what: str, method: str, path: str, *, body: Any = None, content_type: str | None = None,
+        query: list[tuple[str, str]] | None = None,
+    ) -> tuple[int, dict[str, Any] | None]:
+        """(HTTP status, JSON body) of one request; KubeError for transport failures and non-2xx (except 404)."""
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
         try:
-            response = await call(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+            request = await self.api_client.param_serialize(
+                method, path, query_params=query or [], header_params=headers, body=body,
+                auth_settings=["BearerToken"],
+            )
+            response = await self.api_client.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
             try:
-                body = await response.read()
+                raw = await response.read()
             finally:
-                response.release()
+                response.response.release()
         except _TRANSPORT_ERRORS as e:
             raise _transport_error(e, what) from e
         status = int(response.status)
         if status == 404:
             return status, None
         if not 200 <= status < 300:
-            raise _api_error(status, body, what)
+            raise _api_error(status, raw, what)
         try:
-            data = json.loads(body) if body else None
+            data = json.loads(raw) if raw else None
         except ValueError as e:
             raise KubeError(f"{what}: the apiserver answered with invalid JSON", reason="ApiInvalidResponse",
                             retryable=True, code=status) from e
@@ -155,8 +157,7 @@ class Kube:
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object as a dict, or None when it does not exist."""
-        _, obj = await self._call(f"get {kind} {namespace}/{name}", self._method("read", api_version, kind),
-                                  name, namespace)
+        _, obj = await self._call(f"get {kind} {namespace}/{name}", "GET", _path(api_version, kind, namespace, name))
         return obj
 
     async def apply(self, obj: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER) -> dict[str, Any]:
@@ -164,8 +165,8 @@ class Kube:
         meta = obj["metadata"]
         what = f"apply {obj['kind']} {meta['namespace']}/{meta['name']}"
         status, live = await self._call(
-            what, self._method("patch", obj["apiVersion"], obj["kind"]), meta["name"], meta["namespace"], dict(obj),
-            field_manager=field_manager, force=True, _content_type=APPLY,
+            what, "PATCH", _path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]), body=dict(obj),
+            content_type=APPLY, query=[("fieldManager", field_manager), ("force", "true")],
         )
         if status == 404 or live is None:  # the namespace is gone (an apply creates the object otherwise)
             raise KubeError(f"{what}: not found (HTTP {status})", reason="ApiNotFound", retryable=False, code=404)
@@ -180,22 +181,20 @@ class Kube:
         meta = obj["metadata"]
         ops = [{"op": "replace", "path": f"/spec/{p}", "value": obj["spec"][p]} for p in paths if p in obj["spec"]]
         await self._call(
-            f"repair {obj['kind']} {meta['namespace']}/{meta['name']}",
-            self._method("patch", obj["apiVersion"], obj["kind"]), meta["name"], meta["namespace"], ops,
-            field_manager=FIELD_MANAGER, _content_type=JSON_PATCH,
+            f"repair {obj['kind']} {meta['namespace']}/{meta['name']}", "PATCH",
+            _path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]), body=ops,
+            content_type=JSON_PATCH, query=[("fieldManager", FIELD_MANAGER)],
         )
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         """Delete if present (a 404 is success)."""
-        await self._call(f"delete {kind} {namespace}/{name}", self._method("delete", api_version, kind),
-                         name, namespace)
+        await self._call(f"delete {kind} {namespace}/{name}", "DELETE", _path(api_version, kind, namespace, name))
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """JSON-merge-patch the status subresource (keys set to None are removed)."""
         what = f"patch status of ScoringModel {namespace}/{name}"
-        code, _ = await self._call(
-            what, self._api(k8s.CustomObjectsApi).patch_namespaced_custom_object_status_without_preload_content,
-            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": dict(status)}, _content_type=MERGE,
-        )
+        path = (f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{quote(namespace, safe='')}/{api.PLURAL}/"
+                f"{quote(name, safe='')}/status")
+        code, _ = await self._call(what, "PATCH", path, body={"status": dict(status)}, content_type=MERGE)
         if code == 404:
             raise KubeError(f"{what}: not found", reason="ApiNotFound", retryable=False, code=404)
