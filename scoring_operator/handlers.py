@@ -100,7 +100,9 @@ def _register_children() -> None:
     """One kopf index (the cache) and one event handler (drift and readiness wake-ups) per child kind."""
     for kind, group, version, plural in CHILD_KINDS:
 
-        def index(body: kopf.Body, namespace: str | None, name: str | None, _kind: str = kind, **_: Any) -> Any:
+        async def index(  # async: runs on the loop, not in kopf's thread pool
+            body: kopf.Body, namespace: str | None, name: str | None, _kind: str = kind, **_: Any
+        ) -> Any:
             return {(str(namespace), str(name)): trimmed(body, _kind)}
 
         async def changed(

@@ -114,6 +114,7 @@ class Kube:
 
     def __init__(self, api_client: k8s.ApiClient) -> None:
         self.api_client = api_client
+        self.api_client.user_agent = f"{FIELD_MANAGER}/python-kubernetes-aio"
 
     @classmethod
     async def connect(cls) -> Kube:
