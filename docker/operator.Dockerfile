@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# The operator image: `scoring-operator` (kopf + lightkube), no ML frameworks.
+# The operator image: `scoring-operator` (kopf + the official kubernetes client), no ML frameworks.
 # Build from the repository root:  docker build -f docker/operator.Dockerfile -t scoring-operator:dev .
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
