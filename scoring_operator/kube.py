@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from http import HTTPStatus
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -65,12 +66,20 @@ def _api_error(code: int, body: bytes, what: str) -> KubeError:
         status = {}
     if not isinstance(status, dict):
         status = {}
-    api_reason = str(status.get("reason") or "ApiError")
+    api_reason = str(status.get("reason") or _phrase(code))
     message = str(status.get("message") or body[:200].decode(errors="replace") or "no message")
     msg = f"{what}: {message} (HTTP {code} {api_reason})"
     if code == 403:
         msg += "; check the operator's RBAC (the Helm chart's ClusterRole/Role)"
     return KubeError(msg, reason=f"Api{api_reason}", retryable=code in _RETRYABLE, code=code)
+
+
+def _phrase(code: int) -> str:
+    """`TooManyRequests` for 429: the apiserver's reason names, for answers without a Status body."""
+    try:
+        return HTTPStatus(code).phrase.replace(" ", "").replace("-", "")
+    except ValueError:
+        return "Error"
 
 
 def _transport_error(exc: BaseException, what: str) -> KubeError:
