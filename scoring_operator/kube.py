@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-from http import HTTPStatus
 from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
 
