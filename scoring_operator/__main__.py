@@ -89,7 +89,7 @@ def run(config: cfg.OperatorConfig) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "asyncio"):
+    for noisy in ("aiohttp", "kubernetes", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if config.log_level != "DEBUG":  # kopf logs every handler call at INFO; our own lines say what matters
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
