@@ -164,7 +164,7 @@ def wait_all_ready(cp: ControlPlane, n: int, version: int, timeout: float, what:
             last = ready
         if ready >= n:
             return now
-        time.sleep(1.0)
+        time.sleep(2.0)
     return None
 
 
