@@ -102,8 +102,10 @@ class Reconciler:
         self.children = children
         self.tracker = metrics.ModelTracker()
         self.states = States()
-        #: Who asks which registry question (woken together when its answer changes).
+        #: Who asks which registry question (woken together when its answer changes), and who is
+        #: waiting for an answer right now (it gets the new answer anyway: not woken).
         self._askers: dict[Question, set[tuple[str, str]]] = {}
+        self._asking: dict[Question, set[tuple[str, str]]] = {}
         resolver.on_change = self._answer_changed
 
     # ------------------------------------------------------------------ poller coordination
@@ -156,8 +158,10 @@ class Reconciler:
         askers = self._askers.get(question, ())
         if askers:
             log.info("registry answer for %s changed: waking %d ScoringModel(s)", "/".join(question), len(askers))
+        waiting = self._asking.get(question, set())
         for key in askers:
-            self.wake(key)
+            if key not in waiting:
+                self.wake(key)
 
     def observe_child(self, kind: str, obj: Mapping[str, Any], *, deleted: bool = False) -> None:
         """A watch event of an owned child: drift clears what was applied, and the owner looks again.
@@ -245,8 +249,16 @@ class Reconciler:
         """The version to serve: the registry's (shared) answer, at most one poll interval old."""
         previous = _previous(old_status, ref)
         try:
-            self._ask(owner.key, state, self.resolver.question(ref))
-            return await self.resolver.resolve(ref, max_age=float(ref.poll_interval)), None
+            question = self.resolver.question(ref)
+            self._ask(owner.key, state, question)
+            waiting = self._asking.setdefault(question, set())
+            waiting.add(owner.key)
+            try:
+                return await self.resolver.resolve(ref, max_age=float(ref.poll_interval)), None
+            finally:
+                waiting.discard(owner.key)
+                if not waiting:
+                    self._asking.pop(question, None)
         except RegistryError as e:
             metrics.REGISTRY_ERRORS.labels(e.reason).inc()
             # Keep serving what runs now: a registry outage or a deleted label is no reason to stop.

@@ -7,7 +7,7 @@ shows up as RegistryUnavailable instead of stalling every reconcile.
 Answers are shared: one question (registry, model, version or label) is asked once however many
 ScoringModels ask it at the same time, and an answer younger than the caller's `max_age` (its poll
 interval) is reused, so 500 ScoringModels tracking one label cost one registry read per interval.
-Failures are reused for at most `ERROR_TTL` seconds. When an answer differs from the previous one
+Failures are reused for at most `ERROR_TTL` (half a second). When an answer differs from the previous one
 (a label moved, the registry came back), `on_change(question)` is called so every ScoringModel
 asking it can be woken at once.
 """
@@ -42,8 +42,9 @@ class RegistryNotConfigured(RegistryError):
 
 #: (registry URI, model name, "version:N" or "label:L"): what a ScoringModel asks its registry.
 Question = tuple[str, str, str]
-#: Seconds a failed answer is reused (bounds registry load while 500 objects retry an outage).
-ERROR_TTL = 1.0
+#: Seconds a failed answer is reused (bounds registry load while 500 objects retry an outage);
+#: shorter than the first retry (cache.MIN_RETRY), so one object's retries each ask again.
+ERROR_TTL = 0.5
 
 
 @dataclass(frozen=True)

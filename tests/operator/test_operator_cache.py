@@ -126,12 +126,12 @@ async def test_one_registry_read_answers_every_model_asking_the_same_question(tm
     now[0] = 61
     assert (await resolver.resolve(ref, max_age=60)).version == 2 and resolver.reads == 2
     assert changed == [resolver.question(ref)], "a moved label is announced once"
-    # An outage: failures are shared for a second only, and the return is announced.
+    # An outage: failures are shared for half a second only, and the return is announced.
     root.rename(tmp_path / "away")
     now[0] = 200
     with pytest.raises(RegistryUnavailable):
         await resolver.resolve(ref, max_age=60)
-    now[0] = 200.5
+    now[0] = 200.4
     with pytest.raises(RegistryUnavailable):
         await resolver.resolve(ref, max_age=60)
     assert resolver.reads == 3
