@@ -498,8 +498,9 @@ class Autoscaling(_Model):
     def _check(self) -> Autoscaling:
         if self.min_replicas > self.max_replicas:
             raise ValueError(
-                f"autoscaling.minReplicas ({self.min_replicas}) must not exceed "
-                f"autoscaling.maxReplicas ({self.max_replicas})"
+                # The CEL rule's sentence (test_operator_spec_agreement.py), plus the values.
+                "autoscaling.minReplicas must not exceed autoscaling.maxReplicas "
+                f"({self.min_replicas} > {self.max_replicas})"
             )
         if self.target_cpu_utilization_percentage is None and self.target_in_flight_requests is None:
             raise ValueError(

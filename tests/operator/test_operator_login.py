@@ -46,8 +46,9 @@ def test_reconciles_through_a_kubeconfig_exec_plugin(cluster: KubeCluster, ns: s
         return st.get("phase") == "Ready" and (st.get("model") or {}).get("version") == 1
 
     wait_for("Ready through the exec plugin's token", ready, operator=operator)
-    dep = get(cluster, "deployment", ns, "via-exec")
-    assert dep is not None and any(m["manager"] == "scoring-operator" for m in dep["metadata"]["managedFields"])
+    dep = cluster.kubectl_json("get", "deployment", "via-exec", "-n", ns, "--show-managed-fields")
+    managers = {(m["manager"], m["operation"]) for m in dep["metadata"]["managedFields"]}
+    assert ("scoring-operator", "Apply") in managers
     # kopf's login (sync client) and the reconciler's client (kubernetes.aio) each ran the plugin.
     assert len(calls.read_text().split()) >= 2
     log = operator.log_path.read_text(errors="replace")
