@@ -168,6 +168,28 @@ def wait_all_ready(cp: ControlPlane, n: int, version: int, timeout: float, what:
     return None
 
 
+def _ts(value: str) -> float:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
+
+def cluster_side(cp: ControlPlane, since_wall: float) -> dict[str, Any]:
+    """When the control plane (kcm, scheduler, kwok) had the pods Ready, and when the operator said so.
+
+    Separates the operator's latency from the harness's: the last pod's Ready transition vs the
+    last ScoringModel's Ready transition, both in seconds after `since_wall` (1 s resolution).
+    """
+    pods = cp.kubectl_json("get", "pods", "-n", MODELS_NS)["items"]
+    pod_ready = [_ts(c["lastTransitionTime"]) for p in pods for c in (p.get("status") or {}).get("conditions") or []
+                 if c.get("type") == "Ready" and c.get("status") == "True"]
+    sm_ready = [_ts(c["lastTransitionTime"]) for sm in statuses(cp)
+                for c in (sm.get("status") or {}).get("conditions") or []
+                if c.get("type") == "Ready" and c.get("status") == "True"]
+    return {
+        "last_pod_ready_s": round(max(pod_ready) - since_wall, 1) if pod_ready else None,
+        "last_scoringmodel_ready_s": round(max(sm_ready) - since_wall, 1) if sm_ready else None,
+    }
+
+
 def register(root: Path, work: Path) -> int:
     from scoring_runtime.registry import LocalFileRegistry
 
@@ -221,7 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             docs = [manifest(i, args.poll) for i in range(args.models)]
             cpu0, t_first = cpu_seconds(pid), time.monotonic()
             apply_all(cp, docs)
-            t_last = time.monotonic()
+            t_last, wall_last = time.monotonic(), time.time()
             log(f"created {args.models} ScoringModels in {t_last - t_first:.1f}s")
             t_ready = wait_all_ready(cp, args.models, version, 600, "create")
             out["create"] = {
@@ -230,6 +252,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "all_ready_after_first_create_s": round(t_ready - t_first, 1) if t_ready else None,
                 "operator_cpu_s": round(cpu_seconds(pid) - cpu0, 1),
                 "api_requests": dict(audit.since(0)),
+                "after_last_create": cluster_side(cp, wall_last),
             }
             log(f"create: {out['create']}")
 
@@ -250,12 +273,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log(f"idle: {out['idle']}")
 
             # -- 3. label move
-            off, t0 = audit.offset(), time.monotonic()
+            off, t0, wall0 = audit.offset(), time.monotonic(), time.time()
             version = register(registry, work)
             t_ready = wait_all_ready(cp, args.models, version, 600, "label move")
             out["label_move"] = {
                 "all_ready_on_new_version_s": round(t_ready - t0, 1) if t_ready else None,
                 "api_requests": dict(audit.since(off)),
+                "after_the_move": cluster_side(cp, wall0),
             }
             log(f"label move: {out['label_move']}")
 

@@ -56,6 +56,9 @@ class OperatorConfig(BaseSettings):
     log_level: str = "INFO"
     #: Per-call timeout for registry reads (a hung network share must not stall reconciles forever).
     registry_timeout: float = Field(30.0, gt=0)
+    #: Reconciles running at once (and connections to the apiserver): bounds memory and API bursts
+    #: when hundreds of ScoringModels wake together (a label move, the registry coming back).
+    max_concurrent_reconciles: int = Field(16, ge=1, le=1000)
 
     @field_validator("namespaces", mode="before")
     @classmethod

@@ -45,6 +45,10 @@ CHILD_KINDS = (
     ("PodDisruptionBudget", "policy", "v1", "poddisruptionbudgets"),
 )
 _MANAGED = ",".join(f"{k}={v}" for k, v in meta.MANAGED_SELECTOR.items())
+#: Of a child's spec, the cache keeps only what reconciles read (the rollout's and the handoff's
+#: replicas, a Service's ports): drift is judged on the watch event itself, not on the cache, and a
+#: pod template would cost ~50 kB per Deployment in memory.
+_KEPT_SPEC = {"Deployment": ("replicas",), "Service": ("type", "ports")}
 _KEPT_META = ("name", "namespace", "uid", "resourceVersion", "generation", "labels", "annotations",
               "ownerReferences", "deletionTimestamp")
 
@@ -72,7 +76,7 @@ def _index_name(kind: str) -> str:
 
 
 def trimmed(body: Mapping[str, Any], kind: str) -> dict[str, Any]:
-    """What the cache keeps of a child: enough for ownership, drift, rollout and the replicas handoff."""
+    """What the cache keeps of a child: enough for ownership, rollout and the replicas handoff."""
     metadata = body.get("metadata") or {}
     kept: dict[str, Any] = {k: metadata[k] for k in _KEPT_META if k in metadata}
     if kind == "Deployment":  # who owns spec.replicas (the handoff to the HPA reads it)
@@ -81,8 +85,10 @@ def trimmed(body: Mapping[str, Any], kind: str) -> dict[str, Any]:
             for m in metadata.get("managedFields") or []
             if "f:replicas" in (((m.get("fieldsV1") or {}).get("f:spec")) or {})
         ]
+    spec = body.get("spec") or {}
     return {"apiVersion": body.get("apiVersion"), "kind": kind, "metadata": kept,
-            "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}
+            "spec": {k: spec[k] for k in _KEPT_SPEC.get(kind, ()) if k in spec},
+            "status": dict(body.get("status") or {}) if kind == "Deployment" else {}}
 
 
 class IndexedChildren:
@@ -144,7 +150,7 @@ async def startup(
     for _, group, _version, plural in CHILD_KINDS:  # watch only our children, filtered by the apiserver
         settings.watching.label_selectors[(group, plural) if group else plural] = _MANAGED
     metrics.serve(config.metrics_port, config.bind_address)  # also under plain `kopf run`
-    kube = await Kube.connect()
+    kube = await Kube.connect(max_connections=config.max_concurrent_reconciles)
     resolver = Resolver(config.local_registry_root, timeout=config.registry_timeout)
     memo.reconciler = Reconciler(config, kube, resolver, _post_event, children=IndexedChildren(kwargs))
     logger.info(

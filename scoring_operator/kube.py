@@ -126,9 +126,11 @@ class Kube:
         self.api_client.user_agent = f"{FIELD_MANAGER}/python-kubernetes-aio"
 
     @classmethod
-    async def connect(cls) -> Kube:
+    async def connect(cls, max_connections: int = 16) -> Kube:
         """A client for the cluster the environment points at (see `load_configuration`)."""
-        return cls(k8s.ApiClient(configuration=await load_configuration()))
+        configuration = await load_configuration()
+        configuration.connection_pool_maxsize = max_connections  # TLS connections cost memory each
+        return cls(k8s.ApiClient(configuration=configuration))
 
     async def close(self) -> None:
         await self.api_client.close()

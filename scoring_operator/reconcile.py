@@ -13,6 +13,7 @@ and status is written only when it changes. An idle cluster costs no API request
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -102,6 +103,7 @@ class Reconciler:
         self.children = children
         self.tracker = metrics.ModelTracker()
         self.states = States()
+        self._running = asyncio.Semaphore(config.max_concurrent_reconciles)
         #: Who asks which registry question (woken together when its answer changes), and who is
         #: waiting for an answer right now (it gets the new answer anyway: not woken).
         self._askers: dict[Question, set[tuple[str, str]]] = {}
@@ -188,7 +190,7 @@ class Reconciler:
         """Bring the children of `body` in line with its spec and report it in its status."""
         owner = meta.Owner.from_body(body)
         state = self.states.get(owner.key, owner.uid)
-        async with state.lock:
+        async with state.lock, self._running:
             state = self.states.get(owner.key, owner.uid)  # forgotten or replaced while waiting
             with telemetry.reconcile_span(owner.namespace, owner.name, trigger) as span:
                 started = time.monotonic()

@@ -92,6 +92,8 @@ def test_the_cache_keeps_what_reconciles_need_of_a_child() -> None:
         {"manager": "scoring-operator", "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]
     assert (kept["spec"], kept["status"], kept["metadata"]["ownerReferences"]) == (
         {"replicas": 2}, {"readyReplicas": 2}, [{"uid": "o"}])
+    big = {**body, "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "x"}]}}}}
+    assert trimmed(big, "Deployment")["spec"] == {"replicas": 2}, "no pod template in memory"
     assert "managedFields" not in trimmed({**body, "kind": "Service"}, "Service")["metadata"]
     cache = IndexedChildren({
         "children_deployment": {("ns", "a"): [kept]}, "children_service": {},
