@@ -416,7 +416,8 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=int, default=500)
-    parser.add_argument("--poll", type=int, default=30, help="spec.model.pollInterval of every ScoringModel")
+    parser.add_argument("--poll", type=int, default=20,
+                        help="spec.model.pollInterval of every ScoringModel (a label move is seen within one)")
     parser.add_argument("--idle", type=float, default=300, help="seconds of the idle window")
     parser.add_argument("--settle", type=float, default=20, help="seconds to let events settle between phases")
     parser.add_argument("--outage", type=float, default=60, help="seconds the registry is away")

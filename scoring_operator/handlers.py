@@ -24,6 +24,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, cast
 
+import aiohttp
 import kopf
 
 from scoring_operator import config as cfg
@@ -126,9 +127,26 @@ _register_children()
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """Log in through the official client: in-cluster ServiceAccount, else kubeconfig (exec plugins run)."""
-    return kopf.login_via_client(**kwargs)
+async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+    """Log in through the official client: in-cluster ServiceAccount, else kubeconfig (exec plugins run).
+
+    kopf gets a session with a bounded connection pool (its default is unbounded: hundreds of
+    objects changing at once would open hundreds of TLS connections, ~0.3 MB each): one per
+    watch stream, plus as many as reconciles may run at once.
+    """
+    info: kopf.ConnectionInfo | None = await asyncio.to_thread(kopf.login_via_client, **kwargs)
+    if info is None:
+        return None
+    config = cfg.current()
+    watches = (1 + len(CHILD_KINDS)) * max(1, len(config.namespaces))
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=watches + config.max_concurrent_reconciles, ssl=info.as_ssl_context()),
+        headers=info.as_http_headers(),
+        proxy=info.proxy_url,
+        trust_env=info.trust_env,
+    )
+    return kopf.AiohttpSession(server=info.server, default_namespace=info.default_namespace, priority=info.priority,
+                               expiration=info.expiration, aiohttp_session=session)
 
 
 @kopf.on.startup()
