@@ -16,7 +16,7 @@ from lightkube.core.resource import NamespacedResource
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
-from lightkube.resources.core_v1 import Service
+from lightkube.resources.core_v1 import Pod, Service
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import PatchType
 
@@ -131,6 +131,14 @@ class Kube:
                 raise _classify(e, f"delete {kind} {namespace}/{name}") from e
         except HTTPError as e:
             raise _classify(e, f"delete {kind} {namespace}/{name}") from e
+
+    async def list_pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        """Pods matching `labels` (to read why a rollout's new pods cannot start)."""
+        try:
+            return [dict(cast(Any, p).to_dict()) async for p in self.client.list(Pod, namespace=namespace,
+                                                                                  labels=dict(labels))]
+        except (ApiError, HTTPError) as e:
+            raise _classify(e, f"list pods in {namespace}") from e
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """JSON-merge-patch the status subresource (keys set to None are removed)."""

@@ -16,7 +16,7 @@ VERSION_HEADER = "x-model-version"
 
 
 class ServedBy:
-    """Pure ASGI middleware adding ``x-scoring-pod``, ``x-model-name`` and ``x-model-version`` to every HTTP response."""
+    """Pure ASGI middleware adding the pod, model and version headers to every HTTP response."""
 
     def __init__(self, app: ASGIApp, model: str, version: str, host: str | None = None) -> None:
         self.app = app
