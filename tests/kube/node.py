@@ -178,6 +178,18 @@ def _remove_cgroups() -> None:
                 d.rmdir()
 
 
+def _create_cgroups() -> None:
+    """The kubelet's cgroupRoot must exist in every v1 hierarchy; cpuset needs its cpus/mems filled in."""
+    for controller in Path("/sys/fs/cgroup").iterdir():
+        if controller.name == "unified" or not (controller / "cgroup.procs").exists():
+            continue
+        top = controller / CGROUP_ROOT.strip("/")
+        top.mkdir(exist_ok=True)
+        for knob in ("cpuset.cpus", "cpuset.mems"):
+            if (top / knob).exists() and not (top / knob).read_text().strip():
+                (top / knob).write_text((controller / knob).read_text())
+
+
 def cleanup(state_dir: Path = STATE_DIR) -> list[str]:
     """Remove everything a real node (running or killed) of ours left; return what was done.
 
@@ -446,6 +458,7 @@ class RealNode:
         for d in ("containerd", "kubelet", "logs", "cni", "cni-ipam", "kube-proxy", "metrics-server"):
             (st / d).mkdir(parents=True, exist_ok=True)
         self._network()
+        _create_cgroups()
         kc = str(self.cluster.kubeconfig)
         pki = self.cluster.workdir / "pki"
 
@@ -624,7 +637,7 @@ table inet {NFT_TABLE} {{
         for name, image in self.images.items():
             if image["ref"] in have:
                 continue
-            self.ctr("images", "import", "--no-unpack=false", image["archive"], timeout=600)
+            self.ctr("images", "import", image["archive"], timeout=600)
             if image["ref"] not in set(self.ctr("images", "ls", "-q").stdout.split()):
                 raise NodeError(f"importing {image['archive']} did not give {image['ref']} ({name})")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import statistics
 import time
@@ -21,11 +22,12 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from scoring_runtime.registry import LocalFileRegistry
 from scoring_runtime.server.app import create_app
 from scoring_runtime.settings import RuntimeSettings
 from tests.kube.controlplane import KubeCluster, namespace_name_for
 from tests.kube.node import RealNode
-from tests.node.conftest import MODEL, Faq, NodeClient, registry_claim, set_label
+from tests.node.conftest import MODEL, Faq, NodeClient, make_readable, registry_claim, set_label
 from tests.operator.kubehelpers import CHART, get, wait_for
 
 pytestmark = [pytest.mark.node, pytest.mark.cluster, pytest.mark.slow]
@@ -201,6 +203,7 @@ def test_scoring_model_becomes_ready_on_real_pods_and_answers_through_the_servic
     r = env.client.request(url, method="POST", body=SCORE_BODY, headers=auth)
     assert r["status"] == 200, r
     assert ids_of(r["body"]) == expected_top3(env.faq), r["body"]
+    assert ids_of(r["body"])[0] == 101, r["body"]  # "How do I reset my Nimbus console password?"
     assert r["headers"]["x-scoring-pod"] in {p["metadata"]["name"] for p in pods}
     assert r["headers"]["x-model-version"] == "1"
     # Open Inference Protocol V2, same Service
@@ -272,6 +275,46 @@ def test_label_moves_roll_forward_and_back_with_zero_failed_requests(env: Env) -
     assert back["failures"] == 0, back["failure_samples"]
     assert back["versions"].get("2", 0) > 0 and back["versions"].get("1", 0) > 0, back
     assert back["last_version"] == "1", back["sequence"]
+
+
+def test_corrupt_registry_version_fails_the_init_container_and_old_pods_keep_serving(env: Env) -> None:
+    cluster, ns = env.cluster, env.namespaces["serve"]
+    reg = LocalFileRegistry(env.faq.registry)
+    src = env.faq.registry.parent / "v3-source"
+    if not src.exists():
+        shutil.copytree(env.faq.registry.parent / "v2-source", src)
+    bad = reg.register(MODEL, src, set_latest=False)
+    target = max((env.faq.registry / MODEL / str(bad.version)).glob("*"), key=lambda f: f.stat().st_size)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, different bytes: only the sha256 can tell
+    target.write_bytes(bytes(data))
+    make_readable(env.faq.registry)
+    before = ready_pod_names(cluster, ns, "faq")
+    load = env.client.start_load(service_url(cluster, ns, "faq", "/score"), SCORE_BODY,
+                                 {"Authorization": f"Bearer {env.api_key}"}, concurrency=3, max_seconds=300)
+    try:
+        time.sleep(2)
+        set_label(env.faq.registry, bad.version)
+
+        def says_why() -> dict[str, Any] | None:
+            sm = get(cluster, "scoringmodel", ns, "faq") or {}
+            ready = next((c for c in (sm.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), {})
+            return ready if ready.get("reason") == "ModelFetchFailed" else None
+
+        ready = wait_for("status naming the failed fetch", says_why, timeout=180, interval=1)
+        assert "does not match the manifest" in ready["message"] and target.name in ready["message"], ready
+        sm = get(cluster, "scoringmodel", ns, "faq") or {}
+        assert sm["status"]["phase"] == "Degraded", sm["status"]
+        assert ready_pod_names(cluster, ns, "faq") == before  # the old pods keep serving
+        time.sleep(3)
+    finally:
+        stats = load.stop()
+        set_label(env.faq.registry, 1)
+    report("corrupt_version", {k: stats[k] for k in ("requests", "failures", "versions")})
+    assert stats["failures"] == 0, stats["failure_samples"]
+    assert set(stats["versions"]) == {"1"}, stats["versions"]
+    wait_for("back to Ready on version 1", lambda: sm_ready(cluster, ns, "faq", 1) and len(
+        scoring_pods(cluster, ns, "faq")) == 2, timeout=240, interval=1)
 
 
 def test_deleted_scoring_pod_is_replaced_while_the_endpoint_keeps_answering(env: Env) -> None:
