@@ -16,7 +16,8 @@ RUN mkdir -p scoring_runtime scoring_operator \
 COPY README.md ./
 COPY scoring_runtime ./scoring_runtime
 COPY scoring_operator ./scoring_operator
-RUN /opt/venv/bin/pip install --no-deps --force-reinstall .
+# setuptools would reuse build/ from the dependency layer (its empty packages look up to date): drop it.
+RUN rm -rf build ./*.egg-info && /opt/venv/bin/pip install --no-deps --force-reinstall .
 
 FROM ${BASE_IMAGE}
 # HOME: the user has no home directory and the root FS is read-only; /tmp is a writable emptyDir.

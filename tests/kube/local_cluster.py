@@ -136,7 +136,7 @@ def _print_usage() -> None:
   export PATH={info['bin_dir']}:$PATH      # kubectl and helm of the same version
   helm values for the images built here: {info['values']}
   model registry (PVC model-registry in default and {SYSTEM_NS}): {info['registry']}
-  Service IPs answer from the client namespace: sudo ip netns exec scoring-client curl ...
+  Service IPs answer from the client namespace: ip netns exec scoring-client curl ...
   stop with: make cluster-down""")
     print(info["kubeconfig"])
 

@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -305,6 +306,85 @@ class TcpRelay:
 
 
 # --------------------------------------------------------------------------------------------------
+# Cluster DNS: Service names only, answered from the API; nothing is forwarded anywhere
+
+
+class ServiceDns:
+    """A minimal DNS responder on the node IP: ``<svc>.<ns>.svc.cluster.local`` A records -> ClusterIP.
+
+    Why: in-cluster clients (kopf's service-account login) reach the API server as
+    ``kubernetes.default.svc``; real clusters run CoreDNS for that. Here a tiny responder suffices,
+    and since it never forwards a query, no name lookup leaves the machine. Other names: NXDOMAIN.
+    """
+
+    def __init__(self, cluster: ControlPlane, address: tuple[str, int], domain: str = "cluster.local") -> None:
+        self.cluster, self.address, self.suffix = cluster, address, f".svc.{domain}"
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.bind(address)
+        self._stop = threading.Event()
+        self._cache: tuple[float, dict[str, str]] = (0.0, {})
+        self._thread = threading.Thread(target=self._serve, name="scoring-node-dns", daemon=True)
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._sock.close()
+        self._thread.join(2)
+
+    def _services(self) -> dict[str, str]:
+        at, table = self._cache
+        if time.monotonic() - at < 1.0:
+            return table
+        code, body = self.cluster._request(f"{self.cluster.server}/api/v1/services")
+        if code == 200:
+            items = json.loads(body)["items"]
+            table = {f"{i['metadata']['name']}.{i['metadata']['namespace']}{self.suffix}":
+                     i["spec"].get("clusterIP", "") for i in items}
+            self._cache = (time.monotonic(), table)
+        return table
+
+    def answer(self, query: bytes) -> bytes | None:
+        """The response to one query packet (None for garbage)."""
+        if len(query) < 12:
+            return None
+        labels, i = [], 12
+        while i < len(query) and query[i]:
+            n = query[i]
+            labels.append(query[i + 1:i + 1 + n].decode(errors="replace").lower())
+            i += 1 + n
+        if i + 5 > len(query):
+            return None
+        question = query[12:i + 5]
+        qtype = int.from_bytes(query[i + 1:i + 3], "big")
+        name = ".".join(labels)
+        ip = self._services().get(name) if name.endswith(self.suffix) else None
+        known = ip is not None and ip not in ("", "None")
+        flags = 0x8180 if known or name in self._services() else 0x8183  # NOERROR / NXDOMAIN, RD+RA
+        answers = b""
+        if known and qtype == 1:
+            assert ip is not None
+            answers = b"\xc0\x0c" + (1).to_bytes(2, "big") + (1).to_bytes(2, "big") + (5).to_bytes(4, "big") + \
+                (4).to_bytes(2, "big") + socket.inet_aton(ip)
+        header = query[:2] + flags.to_bytes(2, "big") + (1).to_bytes(2, "big") + \
+            (1 if answers else 0).to_bytes(2, "big") + b"\x00\x00\x00\x00"
+        return header + question + answers
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self._sock.recvfrom(512)
+            except OSError:
+                return
+            with contextlib.suppress(Exception):
+                reply = self.answer(data)
+                if reply is not None:
+                    self._sock.sendto(reply, peer)
+
+
+# --------------------------------------------------------------------------------------------------
 # The node
 
 
@@ -336,6 +416,7 @@ class RealNode:
         self.startup_seconds: float | None = None
         self._procs: list[_Proc] = []
         self._relay: TcpRelay | None = None
+        self._dns: ServiceDns | None = None
         self._lock_fd: int | None = None
         self._ip_forward: str | None = None
         self.state = STATE_DIR
@@ -374,6 +455,9 @@ class RealNode:
         if self._relay is not None:
             self._relay.stop()
             self._relay = None
+        if self._dns is not None:
+            self._dns.stop()
+            self._dns = None
         by_name = {p.name: p for p in self._procs}
         for name in ("kubelet", "metrics-server", "kube-proxy"):
             if name in by_name:
@@ -382,6 +466,10 @@ class RealNode:
             self._remove_containers()
             self._terminate(by_name["containerd"])
         self._procs = []
+        if os.environ.get("SCORING_KEEP_CLUSTER_DIR") == "1" and (self.state / "logs").is_dir():
+            kept = Path(f"/tmp/scoring-node-logs-{os.getpid()}")
+            shutil.copytree(self.state / "logs", kept, dirs_exist_ok=True)
+            print(f"real node logs kept in {kept}")
         with contextlib.suppress(NodeError):
             cleanup(self.state)
         if self._ip_forward is not None:
@@ -478,7 +566,8 @@ class RealNode:
         # kubelet
         healthz_port, proxy_health, proxy_metrics = free_ports(3)
         resolv = st / "kubelet" / "resolv.conf"
-        resolv.write_text("")  # pods get no DNS server: nothing to ask outside the machine
+        resolv.write_text("")  # no host resolvers for pods: only the cluster DNS below, which never forwards
+        self._dns = ServiceDns(self.cluster, (NODE_IP, 53)).start()
         kubelet_cfg = _write_yaml(st / "kubelet" / "config.yaml", {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
@@ -498,6 +587,8 @@ class RealNode:
             },
             "authorization": {"mode": "Webhook"},
             "resolvConf": str(resolv),
+            "clusterDNS": [NODE_IP],
+            "clusterDomain": "cluster.local",
             "registerWithTaints": [{"key": TAINT_KEY, "value": "true", "effect": "NoSchedule"}],
             "failSwapOn": False,
             "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%",
@@ -559,7 +650,8 @@ class RealNode:
             "--kubelet-insecure-tls",
             "--kubelet-preferred-address-types=InternalIP",
             f"--node-selector={NODE_LABEL}",
-            "--metric-resolution=10s",
+            "--metric-resolution=15s",
+            "--kubelet-request-timeout=5s",
         ])
         self._metrics_api(ms_port)
         self._wait("kube-proxy /healthz", lambda: sh("curl", "-sf", f"http://127.0.0.1:{proxy_health}/healthz",

@@ -238,6 +238,13 @@ def test_pods_run_as_in_production(env: Env) -> None:
     assert seccomp == "2"  # filter mode: the RuntimeDefault profile is loaded
     assert nnp == "1"
     assert rootfs == "Read-only file system"
+    # The network rule, seen from the pod: no default route (nothing it sends can leave the machine),
+    # only the pod range, the Service range and the node link.
+    routes = cluster.kubectl("exec", "-n", ns, pod, "-c", "runtime", "--", "python", "-c",
+                             "print(open('/proc/net/route').read())").stdout.splitlines()[1:]
+    destinations = {line.split()[1] for line in routes if line.strip()}
+    assert "00000000" not in destinations, routes
+    assert destinations, routes
     op = operator_pod(env)["metadata"]["name"]
     out = cluster.kubectl("exec", "-n", env.release_ns, op, "--", "python", "-c", probe).stdout.strip()
     assert out.split("|")[:5] == ["10001", "10001", "0000000000000000", "0000000000000000", "2"], out
