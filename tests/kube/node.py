@@ -94,7 +94,7 @@ def _script(path: Path, *args: str, build: bool) -> str:
     if proc.returncode != 0 or not lines:
         raise NodeError(
             f"`{' '.join(cmd)}` failed ({(proc.stderr or '').strip()[-1500:]}). Build once with "
-            f"`bash {path.relative_to(REPO_ROOT)}` (or `make node-images`), or set {ENV_AUTOBUILD}=1."
+            f"`bash {path.relative_to(REPO_ROOT)}` (or `make images`), or set {ENV_AUTOBUILD}=1."
         )
     return lines[-1]
 

@@ -5,7 +5,7 @@
     python3 client.py load URL --json BODY [--header K:V] [--concurrency N] [--max-seconds S]
         a bounded steady load until SIGTERM/SIGINT (or S seconds); prints a summary as JSON:
         requests, failures (any non-200 or connection error, with samples), per-version and per-pod
-        counts, and the version sequence (each change of the answering model version, with time).
+        counts, when each version answered first and last, and the version that answered last.
 
 Every request uses a fresh connection (``Connection: close``), as a client without keep-alive
 would, so each one is routed by kube-proxy anew and counts on its own.
@@ -73,7 +73,7 @@ def cmd_load(a: argparse.Namespace) -> int:
     lock = threading.Lock()
     t0 = time.monotonic()
     stats: dict[str, Any] = {"requests": 0, "failures": 0, "failure_samples": [], "versions": {}, "pods": {},
-                             "sequence": []}
+                             "first_seen": {}, "last_seen": {}, "last_version": None}
 
     def worker() -> None:
         while not stop.is_set():
@@ -93,9 +93,10 @@ def cmd_load(a: argparse.Namespace) -> int:
                 pod = hdrs.get("x-scoring-pod", "?")
                 stats["versions"][version] = stats["versions"].get(version, 0) + 1
                 stats["pods"][pod] = stats["pods"].get(pod, 0) + 1
-                seq = stats["sequence"]
-                if not seq or seq[-1]["version"] != version:
-                    seq.append({"t": round(time.monotonic() - t0, 2), "version": version})
+                now = round(time.monotonic() - t0, 2)
+                stats["first_seen"].setdefault(version, now)
+                stats["last_seen"][version] = now
+                stats["last_version"] = version
             if a.pause:
                 time.sleep(a.pause)
 
@@ -111,7 +112,6 @@ def cmd_load(a: argparse.Namespace) -> int:
     for t in threads:
         t.join(a.timeout + 1)
     stats["seconds"] = round(time.monotonic() - t0, 2)
-    stats["last_version"] = stats["sequence"][-1]["version"] if stats["sequence"] else None
     print(json.dumps(stats), flush=True)
     return 0
 

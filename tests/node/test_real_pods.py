@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.node, pytest.mark.cluster, pytest.mark.slow]
 QUESTION = "I can't remember my console password, how do I reset it?"
 SCORE_BODY = {"question": QUESTION, "top_k": 3}
 REPORT: dict[str, Any] = {}
+LOAD_KEYS = ("requests", "failures", "versions", "first_seen", "last_seen", "seconds")
 
 
 def report(key: str, value: Any) -> None:
@@ -150,7 +151,9 @@ def ready_pod_names(cluster: KubeCluster, ns: str, name: str) -> set[str]:
 
 
 def expected_top3(faq: Faq) -> list[Any]:
+    """The same model version answering in process: what the pods must answer."""
     with TestClient(create_app(RuntimeSettings(model_dir=faq.model_dir))) as c:
+        wait_for("the in-process model to load", lambda: c.get("/v2/health/ready").status_code == 200, timeout=60)
         body = c.post("/score", json=SCORE_BODY).json()
     return ids_of(body)
 
@@ -273,15 +276,17 @@ def _rollout_under_load(env: Env, to_version: int) -> dict[str, Any]:
 
 def test_label_moves_roll_forward_and_back_with_zero_failed_requests(env: Env) -> None:
     forward = _rollout_under_load(env, 2)
-    report("rollforward", {k: forward[k] for k in ("requests", "failures", "versions", "sequence", "seconds")})
+    report("rollforward", {k: forward[k] for k in LOAD_KEYS})
     assert forward["failures"] == 0, forward["failure_samples"]
     assert forward["versions"].get("1", 0) > 0 and forward["versions"].get("2", 0) > 0, forward
-    assert forward["last_version"] == "2", forward["sequence"]
+    assert forward["last_version"] == "2", forward
+    assert forward["last_seen"]["1"] < forward["last_seen"]["2"], forward
     back = _rollout_under_load(env, 1)
-    report("rollback", {k: back[k] for k in ("requests", "failures", "versions", "sequence", "seconds")})
+    report("rollback", {k: back[k] for k in LOAD_KEYS})
     assert back["failures"] == 0, back["failure_samples"]
     assert back["versions"].get("2", 0) > 0 and back["versions"].get("1", 0) > 0, back
-    assert back["last_version"] == "1", back["sequence"]
+    assert back["last_version"] == "1", back
+    assert back["last_seen"]["2"] < back["last_seen"]["1"], back
 
 
 def test_corrupt_registry_version_fails_the_init_container_and_old_pods_keep_serving(env: Env) -> None:
