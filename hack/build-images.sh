@@ -9,6 +9,7 @@
 # Output: ${XDG_CACHE_HOME:-~/.cache}/scoring-operator/images/<name>-<hash>.oci.tar; the last stdout
 # line is a JSON object {name: {"ref": image reference, "archive": path}} for the node harness.
 # Usage: build-images.sh [--check]   (--check: no build, exit 3 when an image is missing)
+#        build-images.sh --base-only  (only the Debian base: needs no Go build, so CI runs it alongside them)
 # Needs (apt): buildah mmdebstrap; as root. pip in the build reaches PyPI (host network, host CA).
 set -euo pipefail
 
@@ -20,6 +21,7 @@ mode=build
 case "${1:-}" in
   "") ;;
   --check) mode=check ;;
+  --base-only) mode=base ;;
   -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
 esac
@@ -53,9 +55,16 @@ pause_hash() {
   [[ -x $node_bin/pause ]] || die "$node_bin/pause is not built: run bash hack/build-node-bins.sh first"
   sha256sum "$node_bin/pause" | sha
 }
+have_image() { bh images --quiet "$1" >/dev/null 2>&1; }
+if [[ $mode == base ]]; then
+  exec 9>"$out/.lock"
+  flock 9
+  base_ref="localhost/scoring-test-base:$base_hash"
+  have_image "$base_ref" && { log "cached: $base_ref"; exit 0; }
+fi
 runtime_hash=$(context_hash docker/runtime.Dockerfile)
 operator_hash=$(context_hash docker/operator.Dockerfile)
-p_hash=$(pause_hash)
+if [[ $mode == base ]]; then p_hash=none; else p_hash=$(pause_hash); fi
 
 declare -A ref archive
 ref[base]="localhost/scoring-test-base:$base_hash"
@@ -74,15 +83,19 @@ EOF
 }
 all_cached() { [[ -s ${archive[runtime]} && -s ${archive[operator]} && -s ${archive[pause]} ]]; }
 
-if all_cached; then log "cached: ${ref[runtime]} ${ref[operator]} ${ref[pause]}"; manifest; exit 0; fi
+if [[ $mode == base ]]; then
+  for t in buildah mmdebstrap; do command -v $t >/dev/null || die "$t is not installed (apt-get install buildah mmdebstrap)"; done
+fi
+if [[ $mode != base ]] && all_cached; then log "cached: ${ref[runtime]} ${ref[operator]} ${ref[pause]}"; manifest; exit 0; fi
 if [[ $mode == check ]]; then log "missing images; build them with: bash $here/build-images.sh"; exit 3; fi
 for t in buildah mmdebstrap; do command -v $t >/dev/null || die "$t is not installed (apt-get install buildah mmdebstrap)"; done
-exec 9>"$out/.lock"
-if ! flock -n 9; then log "another image build is running; waiting for it"; flock 9; fi
-all_cached && { manifest; exit 0; }
+if [[ $mode != base ]]; then
+  exec 9>"$out/.lock"
+  if ! flock -n 9; then log "another image build is running; waiting for it"; flock 9; fi
+  all_cached && { manifest; exit 0; }
+fi
 t_all=$SECONDS
 
-have_image() { bh images --quiet "$1" >/dev/null 2>&1; }
 # save NAME: export the built image as an OCI archive that containerd imports.
 save() {
   local n=$1
@@ -146,6 +159,7 @@ build_pause_image() {
   save pause
 }
 
+if [[ $mode == base ]]; then build_base; exit 0; fi
 build_pause_image
 build_base
 build_repo_image runtime docker/runtime.Dockerfile

@@ -215,7 +215,7 @@ def test_scoring_model_becomes_ready_on_real_pods_and_answers_through_the_servic
                                               "data": [QUESTION]}], "parameters": {"top_k": 3}})
     assert v2["status"] == 200, v2
     ids = next(o for o in v2["body"]["outputs"] if o["name"] == "id")
-    assert list(ids["data"])[:3] == expected_top3(env.faq)
+    assert [str(i) for i in ids["data"]][:3] == [str(i) for i in expected_top3(env.faq)]  # BYTES tensor
     # The API key Secret is enforced
     denied = env.client.request(url, method="POST", body=SCORE_BODY)
     assert denied["status"] == 401, denied
