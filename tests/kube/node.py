@@ -74,6 +74,9 @@ CLIENT_IP = "10.250.0.2"
 STATE_DIR = Path("/tmp/scoring-node")
 CGROUP_ROOT = "/scoring-node"
 LOCK_FILE = Path("/tmp/scoring-node.lock")
+#: The host's ip_forward before the first node started; restored by cleanup (also after a killed run).
+IP_FORWARD_SAVED = Path("/tmp/scoring-node.ip_forward")
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 ENV_AUTOBUILD = "SCORING_CLUSTER_AUTOBUILD"
 
 
@@ -227,6 +230,10 @@ def cleanup(state_dir: Path = STATE_DIR) -> list[str]:
         done.append(f"deleted nft table {NFT_TABLE}")
     sh("ip", "route", "del", SERVICE_CIDR, "dev", BRIDGE, check=False)
     _remove_cgroups()
+    if IP_FORWARD_SAVED.exists():
+        IP_FORWARD.write_text(IP_FORWARD_SAVED.read_text().strip() or "0")
+        IP_FORWARD_SAVED.unlink()
+        done.append("restored net.ipv4.ip_forward")
     if state_dir.exists():
         left = _mounts_under(state_dir)
         if left:
@@ -418,7 +425,6 @@ class RealNode:
         self._relay: TcpRelay | None = None
         self._dns: ServiceDns | None = None
         self._lock_fd: int | None = None
-        self._ip_forward: str | None = None
         self.state = STATE_DIR
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -472,9 +478,6 @@ class RealNode:
             print(f"real node logs kept in {kept}")
         with contextlib.suppress(NodeError):
             cleanup(self.state)
-        if self._ip_forward is not None:
-            Path("/proc/sys/net/ipv4/ip_forward").write_text(self._ip_forward)
-            self._ip_forward = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -664,8 +667,9 @@ class RealNode:
         def ip(*args: str) -> None:
             sh("ip", *args)
 
-        self._ip_forward = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
-        Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
+        if not IP_FORWARD_SAVED.exists():
+            IP_FORWARD_SAVED.write_text(IP_FORWARD.read_text().strip())
+        IP_FORWARD.write_text("1")
         with contextlib.suppress(OSError):  # kube-proxy needs bridged traffic to pass iptables
             Path("/proc/sys/net/bridge/bridge-nf-call-iptables").write_text("1")
         # The guard first: nothing from the pods' bridge or the client veth is forwarded off those two
