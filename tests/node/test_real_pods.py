@@ -190,8 +190,20 @@ def test_scoring_model_becomes_ready_on_real_pods_and_answers_through_the_servic
     cluster, ns = env.cluster, env.namespaces["serve"]
     t0 = time.monotonic()
     apply(cluster, scoring_model("faq", ns, replicas=2))
-    sm = wait_for("ScoringModel faq Ready", lambda: sm_ready(cluster, ns, "faq", 1), timeout=240, interval=1)
+    # Watch the way there: the ScoringModel may only say Ready once the readiness probes of its real
+    # pods pass, and we must see pods that exist but are not ready yet (the model is still loading).
+    samples: list[tuple[str | None, int, int]] = []
+
+    def observe() -> dict[str, Any] | None:
+        sm = sm_ready(cluster, ns, "faq", 1)
+        pods = scoring_pods(cluster, ns, "faq")
+        samples.append(("Ready" if sm else None, len(pods), len(ready_pod_names(cluster, ns, "faq"))))
+        return sm
+
+    sm = wait_for("ScoringModel faq Ready", observe, timeout=240, interval=0.5)
     report("serve_apply_to_ready_seconds", round(time.monotonic() - t0, 1))
+    assert all(ready >= 2 for phase, _, ready in samples if phase == "Ready"), samples
+    assert any(phase is None and n > 0 and ready < 2 for phase, n, ready in samples), samples
     # Ready means the real readiness probe passed: both pods are Ready, and the init container ran.
     pods = scoring_pods(cluster, ns, "faq")
     assert len(ready_pod_names(cluster, ns, "faq")) == 2, [p["status"] for p in pods]
