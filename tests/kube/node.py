@@ -37,12 +37,10 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Self
-
-import yaml
 
 from tests.kube.controlplane import (
     REPO_ROOT,
@@ -826,14 +824,3 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
 [plugins."io.containerd.internal.v1.opt"]
   path = "{state / 'opt'}"
 """
-
-
-@contextlib.contextmanager
-def real_node(cluster: ControlPlane) -> Iterator[RealNode]:
-    node = RealNode(cluster)
-    with node:
-        yield node
-
-
-def dump_yaml(obj: Any) -> str:
-    return yaml.safe_dump(obj, sort_keys=False)
