@@ -4,7 +4,7 @@
 # module), and the sandbox "pause" binary (compiled statically from pause.c in the kubernetes module).
 #
 # Output: ${XDG_CACHE_HOME:-~/.cache}/scoring-operator/bin/node-<versions>/ (printed last on stdout).
-# Usage: build-node-bins.sh            build what is missing (cold: a few minutes on 2 cores)
+# Usage: build-node-bins.sh            build what is missing (cold: 22 min measured on a busy 2-core box)
 #        build-node-bins.sh --check    only check: print the dir and exit 0, or exit 3
 #        build-node-bins.sh --force    rebuild everything (same as SCORING_REBUILD=1)
 # Needs Go 1.26 (GOTOOLCHAIN=local) and a C compiler with a static libc (gcc + libc6-dev) for pause.
