@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install install-torch cluster-bin lint test test-fast demo bench bench-quick crds help
+.PHONY: install install-torch cluster-bin node-bin images cluster cluster-down lint test test-fast test-node demo bench bench-quick crds help
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -17,14 +17,29 @@ install-torch: ## install PyTorch (large; once per machine)
 cluster-bin: ## build (or find cached) kube-apiserver, etcd, kwok, helm, kubectl from Go modules
 	bash hack/build-cluster-bins.sh
 
+node-bin: ## build (or find cached) kubelet, kube-proxy, metrics-server and pause for the real test node
+	bash hack/build-node-bins.sh
+
+images: node-bin ## build (or find cached) the runtime, operator and pause images with buildah (Debian base)
+	bash hack/build-images.sh
+
+cluster: cluster-bin images ## a local cluster with a real node (root): prints the kubeconfig; stop with make cluster-down
+	$(PYTHON) -m tests.kube.local_cluster up
+
+cluster-down: ## stop the local cluster and remove what it created
+	$(PYTHON) -m tests.kube.local_cluster down
+
 lint: ## ruff, mypy, import-linter
 	ruff check .
 	mypy
 	lint-imports
 	$(PYTHON) -m scoring_operator.crdgen --check
 
-test: lint cluster-bin ## everything CI runs: lint, then the whole test suite on a real control plane
+test: lint cluster-bin images ## everything CI runs: lint, then the whole test suite on a real control plane (+ real node)
 	$(PYTHON) -m pytest -q
+
+test-node: cluster-bin images ## only the end-to-end tests on real pods (root)
+	$(PYTHON) -m pytest -q -m node
 
 test-fast: ## the suite without the control-plane tests
 	$(PYTHON) -m pytest -q -m "not cluster"

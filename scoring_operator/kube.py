@@ -202,6 +202,16 @@ class Kube:
         """Delete if present (a 404 is success)."""
         await self._call(f"delete {kind} {namespace}/{name}", "DELETE", _path(api_version, kind, namespace, name))
 
+    async def list_pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        """Pods matching `labels` (to read why a rollout's new pods cannot start)."""
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        _, data = await self._call(
+            f"list pods in {namespace}", "GET", f"/api/v1/namespaces/{quote(namespace, safe='')}/pods",
+            query=[("labelSelector", selector)],
+        )
+        items = (data or {}).get("items") or []
+        return [dict(p) for p in items if isinstance(p, dict)]
+
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """JSON-merge-patch the status subresource (keys set to None are removed)."""
         what = f"patch status of ScoringModel {namespace}/{name}"

@@ -32,6 +32,7 @@ from scoring_operator.builders.status import (
     Resolved,
     compute_status,
     evaluate_rollout,
+    fetch_failure,
     status_patch,
     transition_events,
 )
@@ -234,6 +235,13 @@ class Reconciler:
         except KubeError as e:
             metrics.KUBE_ERRORS.labels(e.reason).inc()
             apply_error = apply_error or Failure(e.reason, str(e), e.retryable)
+        pod_error = None
+        if resolved is not None and rollout is not None and rollout.state in ("Progressing", "Stalled"):
+            try:  # a stuck rollout: say why the new pods cannot start (e.g. the model fetch fails)
+                pods = await self.kube.list_pods(owner.namespace, meta.selector_labels(owner))
+                pod_error = fetch_failure(pods, resolved.version)
+            except KubeError as e:
+                metrics.KUBE_ERRORS.labels(e.reason).inc()
         obs = Observation(
             generation,
             resolved=resolved,
@@ -242,6 +250,7 @@ class Reconciler:
             applied=applied,
             rollout=rollout,
             endpoint=meta.endpoint(owner, spec.service.port),
+            pod_error=pod_error,
         )
         return await self._report(owner, body, state, old_status, obs, resolved)
 

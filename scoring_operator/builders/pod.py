@@ -26,6 +26,9 @@ DEFAULT_GPU_TOLERATION = {"key": api.DEFAULT_GPU_RESOURCE, "operator": "Exists",
 READY_PATH = "/v2/health/ready"
 LIVE_PATH = "/v2/health/live"
 STARTUP_PERIOD = 5
+#: preStop runs before SIGTERM: the pod keeps serving while its endpoint removal reaches every
+#: kube-proxy (and load balancer), so a rollout or scale-down drops no request.
+PRESTOP_SLEEP_SECONDS = 5
 #: The resources the fetch init container gets from spec.resources (it needs no GPU or other device).
 INIT_RESOURCES = ("cpu", "memory")
 #: A private emptyDir per pod: the root filesystem is read-only.
@@ -190,6 +193,9 @@ def pod_template(
         ],
         "volumeMounts": [model_mount, tmp_mount, *access.mounts],
         "securityContext": container_security_context(),
+        # A failed fetch's last log lines become the container's termination message, which the
+        # operator copies into the ScoringModel status (e.g. a sha256 mismatch in the registry).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if access.env:
         fetch["env"] = access.env
@@ -236,6 +242,8 @@ def pod_template(
         "startupProbe": _probe(READY_PATH, period=STARTUP_PERIOD, failures=startup_failures),
         "readinessProbe": _probe(READY_PATH, period=5, failures=3),
         "livenessProbe": _probe(LIVE_PATH, period=10, failures=3, timeout=5),
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security_context(),
     }
     runtime_resources = resources(spec, with_gpu=True)

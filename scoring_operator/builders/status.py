@@ -8,7 +8,7 @@ RFC 3339 strings), so an unchanged world yields an identical dict and no status 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -74,6 +74,40 @@ class Failure:
     retryable: bool = False
 
 
+#: The init container that fetches the model (scoring_operator.builders.pod.INIT_CONTAINER).
+FETCH_CONTAINER = "fetch-model"
+VERSION_ANNOTATION = "scoring.dev/model-version"
+
+
+def fetch_failure(pods: Sequence[Mapping[str, Any]], version: int) -> Failure | None:
+    """Why pods of `version` cannot start: their fetch init container failed, with its own message.
+
+    Why: a rollout stuck on a bad model version (e.g. a registry file that no longer matches its
+    sha256) otherwise only shows "1 of 2 updated replicas available"; the init container's last
+    words say what to fix. Only pods of the version being rolled out count, old ones keep serving.
+    """
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if (meta.get("annotations") or {}).get(VERSION_ANNOTATION) != str(version):
+            continue
+        for cs in (pod.get("status") or {}).get("initContainerStatuses") or []:
+            if cs.get("name") != FETCH_CONTAINER:
+                continue
+            for state in (cs.get("state") or {}, cs.get("lastState") or {}):
+                term = state.get("terminated") or {}
+                code = term.get("exitCode")
+                if code is not None and code != 0:
+                    why = (term.get("message") or term.get("reason") or "").strip()
+                    lines = [ln for ln in why.splitlines() if ln.strip()][-5:]
+                    return Failure(
+                        "ModelFetchFailed",
+                        f"pod {meta.get('name')}: init container {FETCH_CONTAINER} failed with exit code {code}: "
+                        + (" | ".join(lines) or "no message"),
+                        retryable=True,
+                    )
+    return None
+
+
 @dataclass(frozen=True)
 class Resolved:
     """The model version to serve and how it was chosen."""
@@ -95,12 +129,16 @@ class Observation:
     applied: tuple[str, ...] = ()
     rollout: Rollout | None = None
     endpoint: str | None = None
+    #: The new version's pods cannot start (see fetch_failure); only while the rollout is not complete.
+    pod_error: Failure | None = None
 
     @property
     def failure(self) -> Failure | None:
         """The first failure, in the order a user should fix them."""
         if self.spec_error or self.resolve_error or self.apply_error:
             return self.spec_error or self.resolve_error or self.apply_error
+        if self.pod_error is not None:
+            return self.pod_error
         if self.rollout is not None and self.rollout.state == "Stalled":
             return Failure("ProgressDeadlineExceeded", self.rollout.message)
         return None
@@ -119,6 +157,8 @@ def phase_of(obs: Observation) -> str:
         return "Pending"
     if rollout.state == "Complete":
         return "Degraded" if (obs.resolve_error or obs.apply_error) else "Ready"
+    if obs.pod_error is not None:
+        return "Degraded" if rollout.ready_replicas > 0 else "Failed"
     if rollout.state == "Progressing":
         return "Deploying"
     if rollout.state == "Stalled" and rollout.ready_replicas == 0:
@@ -153,6 +193,10 @@ def _conditions(obs: Observation) -> list[tuple[str, str, str, str]]:
     rollout = obs.rollout
     if rollout is None or rollout.state == "Missing":
         out.append(("Ready", "False", "NotDeployed", rollout.message if rollout else "not deployed"))
+    elif obs.pod_error is not None and rollout.state != "Complete":
+        serving = (f"; {rollout.ready_replicas} ready replicas of the previous version keep serving"
+                   if rollout.ready_replicas else "")
+        out.append(("Ready", "False", obs.pod_error.reason, obs.pod_error.message + serving))
     else:
         status, reason = {
             "Complete": ("True", "RolloutComplete"),

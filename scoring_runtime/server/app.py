@@ -37,6 +37,7 @@ from scoring_runtime.server.dispatch import Dispatcher, QueueFull, make_dispatch
 from scoring_runtime.server.http import JSON, error, read_body
 from scoring_runtime.server.logs import event
 from scoring_runtime.server.metrics import Metrics
+from scoring_runtime.server.served_by import ServedBy
 from scoring_runtime.settings import RuntimeSettings
 
 log = logging.getLogger("scoring_runtime.server")
@@ -431,6 +432,7 @@ class ScoringServer:
         )
         app.add_middleware(RequestMetrics, metrics=self.metrics, access_log=self.settings.access_log)
         app.add_middleware(telemetry.TelemetryMiddleware)  # a span per request while telemetry is on
+        app.add_middleware(ServedBy, model=self.manifest.name, version=str(self.manifest.version))
         app.state.server = self
         return app
 

@@ -785,6 +785,8 @@ class ControlPlane(KubeCluster):
         admin_crt, admin_key = pki.issue(
             pki_dir, "admin", "scoring-test-admin", organizations=["system:masters"], client=True
         )
+        # The aggregation layer's client cert (metrics-server behind metrics.k8s.io on a real node).
+        pki.issue(pki_dir, "front-proxy-client", "front-proxy-client", client=True)
         f = pki.files
 
         etcd_port, etcd_peer, api_port, kcm_port, sched_port = free_ports(5)
@@ -841,6 +843,22 @@ class ControlPlane(KubeCluster):
                 # The "kubernetes" Endpoints may not point at a loopback address: publish none.
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
+                # For a real node (tests/kube/node.py): the apiserver authenticates to kubelets (logs,
+                # exec) and reaches them on their node IP, serves aggregated APIs (metrics.k8s.io), and
+                # lets a namespace pin its pods to a node (PodNodeSelector) with a default toleration
+                # (PodTolerationRestriction), so kwok tests never land on the real node.
+                f"--kubelet-client-certificate={f['admin.crt']}",
+                f"--kubelet-client-key={f['admin.key']}",
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--requestheader-client-ca-file={f['ca.crt']}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={f['front-proxy-client.crt']}",
+                f"--proxy-client-key-file={f['front-proxy-client.key']}",
+                "--enable-aggregator-routing=true",
+                "--enable-admission-plugins=PodNodeSelector,PodTolerationRestriction",
                 *self.extra_apiserver_args,
             ],
             stage=1,
@@ -912,7 +930,8 @@ class ControlPlane(KubeCluster):
             [
                 f"--kubeconfig={kc}",
                 f"--config={self._bin_dir / 'kwok-stages.yaml'}",
-                "--manage-all-nodes=true",
+                # Only kwok's own nodes: a real node (tests/kube/node.py) has a kubelet of its own.
+                "--manage-nodes-with-label-selector=type=kwok",
                 f"--cidr={POD_CIDR}",
                 "--node-lease-duration-seconds=40",
             ],

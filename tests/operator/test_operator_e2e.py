@@ -372,6 +372,7 @@ EXPECTED_RULES = {
     "scoringmodels.scoring.dev/finalizers": {"update"},
     "deployments.apps": {"get", "list", "watch", "create", "patch"},
     "services": {"get", "list", "watch", "create", "patch"},
+    "pods": {"list"},  # read-only: why a rollout's new pods fail (the fetch init container's message)
     "horizontalpodautoscalers.autoscaling": {"get", "list", "watch", "create", "patch", "delete"},
     "poddisruptionbudgets.policy": {"get", "list", "watch", "create", "patch", "delete"},
     "events": {"create", "patch"},

@@ -108,6 +108,10 @@ class FakeKube:
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         self.calls.append(("delete", kind))
 
+    async def list_pods(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        self.calls.append(("list_pods", namespace))
+        return []
+
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.status.update(status)
 

@@ -44,10 +44,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 # Children, server-side applied. All four kinds are watched (list/watch, filtered by the label
 # app.kubernetes.io/managed-by=scoring-operator) into the operator's cache, so reconciles read no
 # object it already knows; HPA/PDB are removed when autoscaling or multiple replicas are turned off.
-# No pods, no secrets, no RBAC.
+# No secrets, no RBAC; pods only listed (read-only).
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# Read-only: why a rollout's new pods cannot start (the model fetch init container's message).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "list", "watch", "create", "patch"]

@@ -1,0 +1,141 @@
+"""HTTP client the real-node tests run INSIDE the client network namespace (stdlib only).
+
+    python3 client.py request URL [--method POST] [--json BODY] [--header K:V ...]
+        one request; prints {"status", "headers", "body"} as JSON
+    python3 client.py load URL --json BODY [--header K:V] [--concurrency N] [--max-seconds S]
+        a bounded steady load until SIGTERM/SIGINT (or S seconds); prints a summary as JSON:
+        requests, failures (any non-200 or connection error, with samples), per-version and per-pod
+        counts, when each version answered first and last, and the version that answered last.
+
+Every request uses a fresh connection (``Connection: close``), as a client without keep-alive
+would, so each one is routed by kube-proxy anew and counts on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import signal
+import sys
+import threading
+import time
+import urllib.parse
+from typing import Any
+
+
+def one(
+    url: str, method: str, body: bytes | None, headers: dict[str, str], timeout: float
+) -> tuple[int, dict[str, str], bytes]:
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname or "", u.port or 80, timeout=timeout)
+    try:
+        conn.request(method, u.path + (f"?{u.query}" if u.query else ""), body=body,
+                     headers={"Connection": "close", **headers})
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+    finally:
+        conn.close()
+
+
+def parse_headers(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        k, _, v = item.partition(":")
+        out[k.strip()] = v.strip()
+    return out
+
+
+def cmd_request(a: argparse.Namespace) -> int:
+    headers = parse_headers(a.header)
+    body = a.json.encode() if a.json is not None else None
+    if body is not None:
+        headers.setdefault("Content-Type", "application/json")
+    try:
+        status, hdrs, data = one(a.url, a.method, body, headers, a.timeout)
+    except OSError as e:
+        print(json.dumps({"status": 0, "headers": {}, "body": f"{type(e).__name__}: {e}"}))
+        return 0
+    text = data.decode(errors="replace")
+    try:
+        parsed: Any = json.loads(text)
+    except ValueError:
+        parsed = text
+    print(json.dumps({"status": status, "headers": hdrs, "body": parsed}))
+    return 0
+
+
+def cmd_load(a: argparse.Namespace) -> int:
+    headers = {"Content-Type": "application/json", **parse_headers(a.header)}
+    body = a.json.encode()
+    stop = threading.Event()
+    lock = threading.Lock()
+    t0 = time.monotonic()
+    stats: dict[str, Any] = {"requests": 0, "failures": 0, "failure_samples": [], "versions": {}, "pods": {},
+                             "first_seen": {}, "last_seen": {}, "last_version": None}
+
+    def worker() -> None:
+        while not stop.is_set():
+            try:
+                status, hdrs, data = one(a.url, "POST", body, headers, a.timeout)
+                err = None if status == 200 else f"HTTP {status}: {data[:200].decode(errors='replace')}"
+            except OSError as e:
+                status, hdrs, err = 0, {}, f"{type(e).__name__}: {e}"
+            with lock:
+                stats["requests"] += 1
+                if err is not None:
+                    stats["failures"] += 1
+                    if len(stats["failure_samples"]) < 10:
+                        stats["failure_samples"].append({"t": round(time.monotonic() - t0, 2), "error": err})
+                    continue
+                version = hdrs.get("x-model-version", "?")
+                pod = hdrs.get("x-scoring-pod", "?")
+                stats["versions"][version] = stats["versions"].get(version, 0) + 1
+                stats["pods"][pod] = stats["pods"].get(pod, 0) + 1
+                now = round(time.monotonic() - t0, 2)
+                stats["first_seen"].setdefault(version, now)
+                stats["last_seen"][version] = now
+                stats["last_version"] = version
+            if a.pause:
+                time.sleep(a.pause)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(a.concurrency)]
+    for t in threads:
+        t.start()
+    # Tell the test that the load is running (it waits for this line before changing anything).
+    print("started", flush=True)
+    stop.wait(a.max_seconds)
+    stop.set()
+    for t in threads:
+        t.join(a.timeout + 1)
+    stats["seconds"] = round(time.monotonic() - t0, 2)
+    print(json.dumps(stats), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("request")
+    r.add_argument("url")
+    r.add_argument("--method", default="GET")
+    r.add_argument("--json")
+    r.add_argument("--header", action="append", default=[])
+    r.add_argument("--timeout", type=float, default=10)
+    ld = sub.add_parser("load")
+    ld.add_argument("url")
+    ld.add_argument("--json", required=True)
+    ld.add_argument("--header", action="append", default=[])
+    ld.add_argument("--concurrency", type=int, default=4)
+    ld.add_argument("--max-seconds", type=float, default=300)
+    ld.add_argument("--timeout", type=float, default=10)
+    ld.add_argument("--pause", type=float, default=0.0, help="seconds each worker waits between requests")
+    a = ap.parse_args(argv)
+    return cmd_request(a) if a.cmd == "request" else cmd_load(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
