@@ -28,7 +28,9 @@ log = logging.getLogger("scoring_runtime.model")
 #: Exact names the runtime trusts beyond the rules in `is_allowed_type`.
 ALLOWED_TYPES: frozenset[str] = frozenset(
     {
-        "scoring_runtime.flavours.faq_pipeline.PairFeatures",
+        "scoring_runtime.flavours.faq_pipeline.FAQMatcher",
+        # the fitted trees of HistGradientBoosting* (node arrays; not an estimator, so listed by name)
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
         "scipy.sparse._csr.csr_matrix",
         "scipy.sparse._csc.csc_matrix",
         "scipy.sparse._coo.coo_matrix",
