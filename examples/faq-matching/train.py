@@ -90,7 +90,7 @@ def load_dataset(data_dir: Path) -> tuple[list[Original], list[Duplicate]]:
     originals: list[Original] = []
     path = _find(data_dir, "originals")
     for n, rec in _rows(path):
-        missing = [k for k in ("id", "text", "answer") if not str(rec.get(k) or "").strip()]
+        missing = [k for k in ("id", "text", "answer") if not str(rec.get(k, "")).strip() or rec.get(k) is None]
         if missing:
             raise DataError(f"{path}:{n}: missing {', '.join(missing)}")
         originals.append(Original(_id(rec["id"]), str(rec["text"]).strip(), str(rec["answer"]).strip()))
