@@ -313,9 +313,10 @@ class Index:
         aw, bm = _dense(qw @ self.answer_word_t), _dense(qb @ self.bm25_t)
         q_idf = np.asarray(qb.sum(axis=1)).ravel()
         ov = _dense(qb @ self.doc_bin_t) / np.maximum(q_idf, 1e-9)[:, None]
-        pw_sq = np.broadcast_to(self.prof_word_sq, (b, self.n)).copy()
-        pc_sq = np.broadcast_to(self.prof_char_sq, (b, self.n)).copy()
+        pw_sq: Array = np.maximum(self.prof_word_sq, 1e-12)  # broadcast over questions
+        pc_sq: Array = np.maximum(self.prof_char_sq, 1e-12)
         if own_row is not None and own is not None:
+            pw_sq, pc_sq = np.broadcast_to(pw_sq, (b, self.n)).copy(), np.broadcast_to(pc_sq, (b, self.n)).copy()
             # leave-one-out: the question is one of the unit vectors summed in its own original's profile
             r = np.nonzero(own_row >= 0)[0]
             o = own[r]
@@ -325,8 +326,8 @@ class Index:
             pc_sq[r, o] += qc_sq - 2 * pc_dot[r, o]
             pw_dot[r, o] -= qw_sq
             pc_dot[r, o] -= qc_sq
-        pw = pw_dot / np.sqrt(np.maximum(pw_sq, 1e-12))
-        pc = pc_dot / np.sqrt(np.maximum(pc_sq, 1e-12))
+        pw = pw_dot / np.sqrt(np.maximum(pw_sq, 1e-12), dtype=np.float32)
+        pc = pc_dot / np.sqrt(np.maximum(pc_sq, 1e-12), dtype=np.float32)
         out = Candidates(np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros((0, N_FEATURES)))
         if baselines:
             out.baseline_word, out.baseline_char = ow.copy(), pc.copy()

@@ -2,26 +2,27 @@
 
 `fit_matcher(data)` does, in order:
 
-1. **Cross-validation** (k folds over the labelled rephrasings, grouped so identical texts stay in
-   one fold, spread evenly over the originals). In each fold the index (profiles, nearest-neighbour
-   texts, IDF) is built from the training folds only; the held-out questions are ranked by the
-   model and by two baselines on the same index: word TF-IDF cosine to the original question, and
-   character n-gram TF-IDF cosine to the profile. Inside each fold the reranker's hyper-parameters
-   are chosen by an inner grouped CV on the training rows only (nested, so the reported numbers
-   are not chosen on the data they report).
-2. **Calibration**: a Platt scaling fitted on the out-of-fold candidate scores.
-3. **No-match threshold**: out-of-fold, every held-out question is asked three times: as is
-   (should be answered, if its best candidate is right), with its own original removed from the FAQ
-   (a real question with no answer in the FAQ), and with its characters shuffled (gibberish). The
-   threshold on the calibrated top score maximises Youden's J: (share of right answers kept) -
-   (share of no-answer cases and wrong answers kept).
-4. **The final model** is fitted on ALL the data: the index holds every rephrasing; the reranker
+1. **Cross-validation** (k folds over the labelled rephrasings, grouped so texts equal up to case,
+   punctuation and spacing stay in one fold, each original's rephrasings dealt over the folds). In
+   each fold the index (IDF, profiles, nearest-neighbour texts) is built from the training folds
+   only; the held-out questions are ranked by each reranker config (`CONFIGS`, trained on the
+   training folds' leave-one-out features) and by two baselines on the same index: word TF-IDF
+   cosine to the original question, and character n-gram TF-IDF cosine to the profile.
+2. **Model selection**: the config with the best pooled out-of-fold MRR. Every config's CV score is
+   in the report, so the (small) optimism of picking the best of three is visible.
+3. **Calibration**: Platt scaling of the chosen config's out-of-fold candidate scores.
+4. **No-match threshold**: out of fold, held-out questions are also asked with their own original
+   removed from the FAQ (a real question the FAQ cannot answer) and with their characters shuffled
+   (gibberish). The threshold on the calibrated top score maximises Youden's J = (share of right
+   top answers kept) - (share of wrong top answers, removed-original and gibberish queries kept).
+5. **The final model** is fitted on ALL the data: the index holds every rephrasing; the reranker
    learns from leave-one-out features (each training question is taken out of its own original's
    profile and nearest-neighbour set, so it sees what an unseen question would).
 
-With too few labelled rephrasings to learn from (`MIN_SUPERVISED`), the model falls back to the
-unsupervised character-profile cosine (no reranker, no calibrated probability, no threshold) and the
-report says so. Large data sets are subsampled for the reranker and for evaluation (`Caps`).
+With too few labelled rephrasings (`MIN_SUPERVISED`) there is no reranker: the model is the
+unsupervised character-profile cosine (no calibrated probability, no threshold) and the report says
+so. Big FAQs are subsampled for the reranker and for evaluation (`Caps`); the report counts the
+questions evaluated.
 """
 
 from __future__ import annotations
@@ -59,22 +60,19 @@ _WORDS = re.compile(r"\w+")
 class Caps:
     """Subsampling for big FAQs (the reranker needs thousands of questions, not hundreds of thousands)."""
 
-    train_questions: int = 4000  # questions whose candidates train the reranker (per fit)
-    eval_questions: int = 2000  # held-out questions ranked per fold
+    train_questions: int = 1500  # questions whose candidates train the reranker (per fit)
+    eval_questions: int = 1000  # held-out questions ranked per fold
+    ood_questions: int = 300  # held-out questions re-asked as out-of-domain queries per fold (threshold)
     chunk: int = 256  # questions per batch of sparse products
 
 
-#: reranker candidates; the inner CV picks one per fit
+#: reranker candidates, simplest first; the one with the best cross-validated MRR is used
 CONFIGS: dict[str, Callable[[], Any]] = {
     "logreg C=0.1": lambda: Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(C=0.1, max_iter=2000))]),
     "logreg C=1": lambda: Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(C=1.0, max_iter=2000))]),
-    "logreg C=10": lambda: Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(C=10.0, max_iter=2000))]),
-    "hgb leaves=7": lambda: HistGradientBoostingClassifier(max_leaf_nodes=7, learning_rate=0.1, max_iter=150,
-                                                           min_samples_leaf=20, l2_regularization=1.0,
-                                                           early_stopping=False, random_state=0),
-    "hgb leaves=31": lambda: HistGradientBoostingClassifier(max_leaf_nodes=31, learning_rate=0.05, max_iter=200,
-                                                            min_samples_leaf=20, l2_regularization=1.0,
-                                                            early_stopping=False, random_state=0),
+    "hgb": lambda: HistGradientBoostingClassifier(max_leaf_nodes=15, learning_rate=0.1, max_iter=100,
+                                                  min_samples_leaf=20, l2_regularization=1.0,
+                                                  early_stopping=False, random_state=0),
 }
 
 
@@ -99,7 +97,7 @@ class Report:
     supervised: bool = False
     fallback_reason: str = ""
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    chosen: dict[str, int] = field(default_factory=dict)  # config -> folds that chose it
+    configs: dict[str, dict[str, float]] = field(default_factory=dict)  # CV metrics of every reranker config
     final_config: str = ""
     threshold: float | None = None
     threshold_stats: dict[str, float] = field(default_factory=dict)
@@ -136,8 +134,8 @@ class Report:
             out.append(f"no reranker: {self.fallback_reason}; scores are character-profile cosines, not probabilities, "
                        "and there is no no-match threshold (pass min_score to set one)")
         else:
-            chosen = ", ".join(f"{k} ({v})" for k, v in sorted(self.chosen.items(), key=lambda kv: -kv[1]))
-            out.append(f"reranker chosen by inner CV per fold: {chosen}; final model: {self.final_config}")
+            tried = ", ".join(f"{c} {m['mrr']:.3f}" for c, m in self.configs.items())
+            out.append(f"reranker: {self.final_config}, the best cross-validated MRR of {tried}")
         if self.threshold is not None:
             s = self.threshold_stats
             out.append(f"no-match threshold {self.threshold:.3f} (max Youden J on out-of-fold scores): keeps "
@@ -221,41 +219,6 @@ def summarize(ranks: Array) -> dict[str, float]:
             "mrr": round(float(np.mean(1.0 / ranks)), 4)}
 
 
-def _mrr_of(query: Array, y: Array, score: Array) -> float:
-    nq = int(query.max()) + 1 if len(query) else 0
-    truth_score = np.full(nq, np.nan)
-    truth_score[query[y == 1]] = score[y == 1]
-    has = ~np.isnan(truth_score)
-    better = np.zeros(nq)
-    np.add.at(better, query, score > np.nan_to_num(truth_score, nan=np.inf)[query])
-    return float(np.mean(1.0 / (better[has] + 1))) if has.any() else 0.0
-
-
-def select_config(x: Array, y: Array, query: Array, seed: int) -> str:
-    """The reranker config with the best mean reciprocal rank in an inner CV grouped by question."""
-    uq = np.unique(query)
-    k = min(3, len(uq))
-    if k < 2:
-        return "logreg C=1"
-    rng = np.random.default_rng(seed)
-    fold_of_q = np.empty(int(query.max()) + 1, dtype=np.int64)
-    fold_of_q[uq] = rng.permutation(len(uq)) % k
-    fold = fold_of_q[query]
-    best, best_score = "logreg C=1", -1.0
-    for name, make in CONFIGS.items():
-        scores = []
-        for f in range(k):
-            tr, te = fold != f, fold == f
-            if len(np.unique(y[tr])) < 2:
-                continue
-            model = _fit(make(), x[tr], y[tr])
-            scores.append(_mrr_of(query[te], y[te], model.predict_proba(x[te])[:, 1]))
-        mean = float(np.mean(scores)) if scores else -1.0
-        if mean > best_score + 1e-9:  # ties keep the earlier, simpler config
-            best, best_score = name, mean
-    return best
-
-
 def _fit(model: Any, x: Array, y: Array) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence chatter on tiny folds
@@ -326,10 +289,12 @@ def _fit_matcher(data: FAQData, folds: int, seed: int, caps: Caps,
         report.fallback_reason = (f"{len(data.questions)} labelled rephrasings ({n_groups} distinct), fewer than the "
                                   f"{MIN_SUPERVISED} needed to train and check a reranker")
 
-    oof_raw: list[Array] = []
+    configs = list(CONFIGS) if report.supervised else []
+    # per config, out of fold: candidate scores + labels (calibration), top scores of each query kind (threshold)
+    oof_raw: dict[str, list[Array]] = {c: [] for c in configs}
     oof_y: list[Array] = []
-    tops: dict[str, list[Array]] = {"right": [], "wrong": [], "absent": [], "gibberish": []}
-    ranks: dict[str, list[Array]] = {"model": [], "word_original": [], "char_profile": []}
+    tops: dict[str, dict[str, list[Array]]] = {c: {"in": [], "absent": [], "gibberish": []} for c in configs}
+    ranks: dict[str, list[Array]] = {"word_original": [], "char_profile": [], **{c: [] for c in configs}}
     if k >= 2:
         t1 = time.perf_counter()
         report.folds = k
@@ -346,52 +311,63 @@ def _fit_matcher(data: FAQData, folds: int, seed: int, caps: Caps,
             assert cand.baseline_word is not None and cand.baseline_char is not None
             ranks["word_original"].append(full_rank(cand.baseline_word, truth))
             ranks["char_profile"].append(full_rank(cand.baseline_char, truth))
-            if not report.supervised:
-                ranks["model"].append(full_rank(cand.baseline_char, truth))
+            if not configs:
                 continue
-            x, y, q = _training_rows(ix, questions.rows(train_q), owner[train_q], np.arange(len(train_q)), caps,
+            x, y, _ = _training_rows(ix, questions.rows(train_q), owner[train_q], np.arange(len(train_q)), caps,
                                      per, rng)
-            name = select_config(x, y, q, seed)
-            report.chosen[name] = report.chosen.get(name, 0) + 1
-            model = _fit(CONFIGS[name](), x, y)
-            raw = model.predict_proba(cand.features)[:, 1]
-            r = rank_of_truth(cand.query, cand.original, raw, truth, cand.baseline_char)
-            ranks["model"].append(r)
-            oof_raw.append(raw)
+            # out-of-domain queries for the threshold: a subsample of the held-out questions, asked with their
+            # own original removed from the FAQ, and with their characters shuffled
+            ood = np.sort(rng.choice(len(test_q), min(len(test_q), caps.ood_questions), replace=False))
+            absent = candidates_for(ix, test_counts.rows(ood), per, caps.chunk, exclude=truth[ood])
+            gib = candidates_for(ix, Counts.of(_shuffled([data.questions[i] for i in test_q[ood]], rng)), per,
+                                 caps.chunk)
             oof_y.append((cand.original == truth[cand.query]).astype(np.int64))
-            top = _top_per_query(cand.query, raw, len(test_q))
-            tops["right"].append(top[r == 1])
-            tops["wrong"].append(top[r != 1])
-            absent = candidates_for(ix, test_counts, per, caps.chunk, exclude=truth)
-            tops["absent"].append(_top_per_query(absent.query, model.predict_proba(absent.features)[:, 1],
-                                                 len(test_q)))
-            gib = Counts.of(_shuffled([data.questions[i] for i in test_q], rng))
-            g = candidates_for(ix, gib, per, caps.chunk)
-            tops["gibberish"].append(_top_per_query(g.query, model.predict_proba(g.features)[:, 1], len(test_q)))
-            log(f"fold {f + 1}/{k}: reranker {name}, top1 {np.mean(r == 1):.3f}")
-        report.evaluated = sum(len(r) for r in ranks["model"])
-        report.metrics = {who: summarize(np.concatenate(r)) for who, r in ranks.items()}
+            for name in configs:
+                model = _fit(CONFIGS[name](), x, y)
+                raw = model.predict_proba(cand.features)[:, 1]
+                ranks[name].append(rank_of_truth(cand.query, cand.original, raw, truth, cand.baseline_char))
+                oof_raw[name].append(raw)
+                tops[name]["in"].append(_top_per_query(cand.query, raw, len(test_q)))
+                tops[name]["absent"].append(_top_per_query(absent.query, model.predict_proba(absent.features)[:, 1],
+                                                           len(ood)))
+                tops[name]["gibberish"].append(_top_per_query(gib.query, model.predict_proba(gib.features)[:, 1],
+                                                              len(ood)))
+            log(f"fold {f + 1}/{k}: " + ", ".join(f"{c} top1 {np.mean(ranks[c][-1] == 1):.3f}" for c in configs))
+        pooled = {who: summarize(np.concatenate(r)) for who, r in ranks.items() if r}
+        report.evaluated = sum(len(r) for r in ranks["char_profile"])
+        report.configs = {c: pooled[c] for c in configs}
+        if configs:
+            # the reranker: best pooled out-of-fold MRR (ties: the earlier, simpler one)
+            report.final_config = max(configs, key=lambda c: (pooled[c]["mrr"], -configs.index(c)))
+            pooled["model"] = pooled[report.final_config]
+        else:
+            pooled["model"] = pooled["char_profile"]
+        report.metrics = {who: pooled[who] for who in ("model", "word_original", "char_profile")}
         report.seconds["cross-validation"] = time.perf_counter() - t1
 
     platt: tuple[float, float] = (1.0, 0.0)
     threshold: float | None = None
-    if report.supervised and oof_raw:
-        platt = fit_platt(np.concatenate(oof_raw), np.concatenate(oof_y))
-        cal = {kk: platt_apply(np.asarray(platt), np.concatenate(v)) for kk, v in tops.items()}
-        neg = np.concatenate([cal["wrong"], cal["absent"], cal["gibberish"]])
-        threshold, j = youden(cal["right"], neg)
+    if report.final_config:
+        name = report.final_config
+        platt = fit_platt(np.concatenate(oof_raw[name]), np.concatenate(oof_y))
+        right = np.concatenate(ranks[name]) == 1
+        cal = {kind: platt_apply(np.asarray(platt), np.concatenate(v)) for kind, v in tops[name].items()}
+        groups = {"right": cal["in"][right], "wrong": cal["in"][~right], "absent": cal["absent"],
+                  "gibberish": cal["gibberish"]}
+        threshold, j = youden(groups["right"], np.concatenate([groups["wrong"], groups["absent"],
+                                                                groups["gibberish"]]))
         report.threshold = threshold
         report.threshold_stats = {
             "youden_j": round(j, 4),
-            **{f"kept_{kk}": round(float(np.mean(v >= threshold)) if len(v) else 0.0, 4) for kk, v in cal.items()},
+            **{f"kept_{kind}": round(float(np.mean(v >= threshold)) if len(v) else 0.0, 4)
+               for kind, v in groups.items()},
         }
 
     t2 = time.perf_counter()
     ix = Index.build(originals, answers, questions, owner)
     reranker = None
-    if report.supervised:
-        x, y, q = _training_rows(ix, questions, owner, np.arange(len(owner)), caps, per, rng)
-        report.final_config = select_config(x, y, q, seed)
+    if report.final_config:
+        x, y, _ = _training_rows(ix, questions, owner, np.arange(len(owner)), caps, per, rng)
         reranker = _fit(CONFIGS[report.final_config](), x, y)
     report.seconds["final fit"] = time.perf_counter() - t2
     report.seconds["total"] = time.perf_counter() - t0

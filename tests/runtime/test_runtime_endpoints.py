@@ -33,7 +33,7 @@ async def test_model_metadata_and_ready(faq_app: Callable[..., Starlette]) -> No
             assert meta["versions"] == ["1"]
             assert meta["platform"] == "sklearn"
             assert meta["inputs"] == [{"name": "question", "datatype": "BYTES", "shape": [-1]}]
-            assert [o["name"] for o in meta["outputs"]] == ["id", "score", "question", "answer"]
+            assert [o["name"] for o in meta["outputs"]] == ["id", "score", "question", "answer", "no_match"]
         for path in ("/v2/models/faq-matcher/ready", "/v2/models/faq-matcher/versions/1/ready"):
             r = await c.get(path)
             assert r.status_code == 200 and r.json() == {"name": "faq-matcher", "ready": True}
