@@ -152,7 +152,7 @@ def write_model_dir(out: Path, model: Any, originals: list[Original], report: Re
             "default_top_k": 3,
             "sklearn_version": sklearn.__version__,
             "reranker": report.final_config or "none (unsupervised character-profile cosine)",
-            "calibrated": report.supervised,
+            "calibrated": report.calibrated,
             "no_match_threshold": None if report.threshold is None else round(report.threshold, 4),
         },
         "metrics": report.flat_metrics(),

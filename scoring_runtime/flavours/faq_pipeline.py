@@ -123,8 +123,8 @@ class FAQMatcher(BaseEstimator):
     ``idf_word_``, ``idf_char_``, ``bm25_idf_``, ``known_word_``/``known_char_`` (TF-IDF rows of each
     original followed by its known rephrasings), ``known_ptr_`` (row range of each original),
     ``orig_word_``, ``orig_char_``, ``answer_word_``, ``bm25_`` (BM25 weights of original + answer),
-    ``orig_chars_``, ``reranker_`` (a scikit-learn classifier, or None for the unsupervised
-    fallback: character-profile cosine), ``platt_`` (a, b: p = sigmoid(a * logit(raw) + b)),
+    ``orig_chars_``, ``reranker_`` (a scikit-learn classifier, or None: the character-profile
+    cosine scores), ``calibrated_`` and ``platt_`` (a, b: p = sigmoid(a * logit(raw) + b)),
     ``threshold_`` (the no-match threshold, NaN when none could be chosen).
     """
 
@@ -134,15 +134,17 @@ class FAQMatcher(BaseEstimator):
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def from_index(cls, index: Index, reranker: Any, platt: tuple[float, float], threshold: float | None,
+    def from_index(cls, index: Index, reranker: Any, platt: tuple[float, float] | None, threshold: float | None,
                    candidates: int = CANDIDATES_PER_RETRIEVER) -> Self:
+        """`platt` None: uncalibrated (scores are raw cosines or reranker outputs)."""
         m = cls(candidates=candidates, hash_bits=index.hash_bits)
         m.idf_word_, m.idf_char_, m.bm25_idf_ = index.idf_word, index.idf_char, index.bm25_idf
         m.known_word_, m.known_char_, m.known_ptr_ = index.known_word, index.known_char, index.known_ptr
         m.orig_word_, m.orig_char_, m.answer_word_ = index.orig_word, index.orig_char, index.answer_word
         m.bm25_, m.orig_chars_ = index.bm25, index.orig_chars
         m.reranker_ = reranker
-        m.platt_ = np.asarray(platt, dtype=np.float64)
+        m.calibrated_ = platt is not None
+        m.platt_ = np.asarray(platt if platt is not None else (1.0, 0.0), dtype=np.float64)
         m.threshold_ = float("nan") if threshold is None else float(threshold)
         m.n_originals_ = int(index.n)
         return m
@@ -168,8 +170,9 @@ class FAQMatcher(BaseEstimator):
         return None if math.isnan(t) else t
 
     @property
-    def supervised(self) -> bool:
-        return self.reranker_ is not None
+    def calibrated(self) -> bool:
+        """Scores are probabilities (Platt-calibrated out of fold), not raw cosines."""
+        return bool(getattr(self, "calibrated_", self.reranker_ is not None))
 
     # ------------------------------------------------------------------ scoring
     def raw_scores(self, feats: Array) -> Array:
@@ -179,7 +182,7 @@ class FAQMatcher(BaseEstimator):
         return np.asarray(self.reranker_.predict_proba(feats)[:, 1], dtype=np.float64)
 
     def calibrate(self, raw: Array) -> Array:
-        if self.reranker_ is None:
+        if not self.calibrated:
             return raw  # unsupervised fallback: a cosine, not a probability (the manifest says so)
         return platt_apply(self.platt_, raw)
 
@@ -247,11 +250,11 @@ class Index:
         prof_word, prof_char = _csr(agg @ known_word), _csr(agg @ known_char)
         self.prof_word_sq = np.asarray(prof_word.multiply(prof_word).sum(axis=1)).ravel()
         self.prof_char_sq = np.asarray(prof_char.multiply(prof_char).sum(axis=1)).ravel()
-        # (vocabulary x originals) CSR: a question row times these is one sparse product
-        self.prof_word_t, self.prof_char_t = prof_word.T.tocsr(), prof_char.T.tocsr()
-        self.orig_word_t, self.orig_char_t = orig_word.T.tocsr(), orig_char.T.tocsr()
-        self.answer_word_t, self.bm25_t = answer_word.T.tocsr(), bm25.T.tocsr()
-        self.doc_bin_t = _binary(bm25).T.tocsr()
+        # (vocabulary x originals) CSR, side by side per question vector: one sparse product gives a
+        # question's scores against every original for several retrievers at once
+        self.word_t = _csr(sparse.hstack([prof_word.T, orig_word.T, answer_word.T], format="csr"))
+        self.char_t = _csr(sparse.hstack([prof_char.T, orig_char.T], format="csr"))
+        self.bin_t = _csr(sparse.hstack([bm25.T, _binary(bm25).T], format="csr"))
 
     # ------------------------------------------------------------------ construction from data
     @classmethod
@@ -308,11 +311,13 @@ class Index:
         """
         b = counts.word.shape[0]
         qw, qc, qb = self.vectors(counts)
-        pw_dot, pc_dot = _dense(qw @ self.prof_word_t), _dense(qc @ self.prof_char_t)
-        ow, oc = _dense(qw @ self.orig_word_t), _dense(qc @ self.orig_char_t)
-        aw, bm = _dense(qw @ self.answer_word_t), _dense(qb @ self.bm25_t)
+        n = self.n
+        words, chars, bins = _dense(qw @ self.word_t), _dense(qc @ self.char_t), _dense(qb @ self.bin_t)
+        pw_dot, ow, aw = words[:, :n], words[:, n:2 * n], words[:, 2 * n:]
+        pc_dot, oc = chars[:, :n], chars[:, n:]
+        bm = bins[:, :n]
         q_idf = np.asarray(qb.sum(axis=1)).ravel()
-        ov = _dense(qb @ self.doc_bin_t) / np.maximum(q_idf, 1e-9)[:, None]
+        ov = bins[:, n:] / np.maximum(q_idf, 1e-9)[:, None]
         pw_sq: Array = np.maximum(self.prof_word_sq, 1e-12)  # broadcast over questions
         pc_sq: Array = np.maximum(self.prof_char_sq, 1e-12)
         if own_row is not None and own is not None:

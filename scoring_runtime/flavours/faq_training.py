@@ -43,6 +43,7 @@ from threadpoolctl import threadpool_limits
 
 from scoring_runtime.flavours.faq_pipeline import (
     CANDIDATES_PER_RETRIEVER,
+    FEATURE_NAMES,
     Array,
     Candidates,
     Counts,
@@ -66,6 +67,8 @@ class Caps:
     chunk: int = 256  # questions per batch of sparse products
 
 
+#: no reranker: the character-profile cosine alone (calibrated), chosen if no reranker beats it in CV
+PROFILE_COSINE = "char profile cosine"
 #: reranker candidates, simplest first; the one with the best cross-validated MRR is used
 CONFIGS: dict[str, Callable[[], Any]] = {
     "logreg C=0.1": lambda: Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(C=0.1, max_iter=2000))]),
@@ -95,6 +98,7 @@ class Report:
     folds: int = 0
     evaluated: int = 0
     supervised: bool = False
+    calibrated: bool = False
     fallback_reason: str = ""
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     configs: dict[str, dict[str, float]] = field(default_factory=dict)  # CV metrics of every reranker config
@@ -136,6 +140,8 @@ class Report:
         else:
             tried = ", ".join(f"{c} {m['mrr']:.3f}" for c, m in self.configs.items())
             out.append(f"reranker: {self.final_config}, the best cross-validated MRR of {tried}")
+            if self.final_config == PROFILE_COSINE:
+                out.append("no reranker beat the character-profile cosine in CV: the model scores with it (calibrated)")
         if self.threshold is not None:
             s = self.threshold_stats
             out.append(f"no-match threshold {self.threshold:.3f} (max Youden J on out-of-fold scores): keeps "
@@ -289,7 +295,15 @@ def _fit_matcher(data: FAQData, folds: int, seed: int, caps: Caps,
         report.fallback_reason = (f"{len(data.questions)} labelled rephrasings ({n_groups} distinct), fewer than the "
                                   f"{MIN_SUPERVISED} needed to train and check a reranker")
 
-    configs = list(CONFIGS) if report.supervised else []
+    configs = [*CONFIGS, PROFILE_COSINE] if report.supervised else []
+    pc_col = FEATURE_NAMES.index("profile_char_cos")
+
+    def scorer(name: str, x: Array, y: Array) -> Callable[[Array], Array]:
+        if name == PROFILE_COSINE:
+            return lambda f: np.clip(f[:, pc_col], 0.0, 1.0)
+        model = _fit(CONFIGS[name](), x, y)
+        return lambda f: np.asarray(model.predict_proba(f)[:, 1])
+
     # per config, out of fold: candidate scores + labels (calibration), top scores of each query kind (threshold)
     oof_raw: dict[str, list[Array]] = {c: [] for c in configs}
     oof_y: list[Array] = []
@@ -323,15 +337,13 @@ def _fit_matcher(data: FAQData, folds: int, seed: int, caps: Caps,
                                  caps.chunk)
             oof_y.append((cand.original == truth[cand.query]).astype(np.int64))
             for name in configs:
-                model = _fit(CONFIGS[name](), x, y)
-                raw = model.predict_proba(cand.features)[:, 1]
+                score = scorer(name, x, y)
+                raw = score(cand.features)
                 ranks[name].append(rank_of_truth(cand.query, cand.original, raw, truth, cand.baseline_char))
                 oof_raw[name].append(raw)
                 tops[name]["in"].append(_top_per_query(cand.query, raw, len(test_q)))
-                tops[name]["absent"].append(_top_per_query(absent.query, model.predict_proba(absent.features)[:, 1],
-                                                           len(ood)))
-                tops[name]["gibberish"].append(_top_per_query(gib.query, model.predict_proba(gib.features)[:, 1],
-                                                              len(ood)))
+                tops[name]["absent"].append(_top_per_query(absent.query, score(absent.features), len(ood)))
+                tops[name]["gibberish"].append(_top_per_query(gib.query, score(gib.features), len(ood)))
             log(f"fold {f + 1}/{k}: " + ", ".join(f"{c} top1 {np.mean(ranks[c][-1] == 1):.3f}" for c in configs))
         pooled = {who: summarize(np.concatenate(r)) for who, r in ranks.items() if r}
         report.evaluated = sum(len(r) for r in ranks["char_profile"])
@@ -345,13 +357,14 @@ def _fit_matcher(data: FAQData, folds: int, seed: int, caps: Caps,
         report.metrics = {who: pooled[who] for who in ("model", "word_original", "char_profile")}
         report.seconds["cross-validation"] = time.perf_counter() - t1
 
-    platt: tuple[float, float] = (1.0, 0.0)
+    platt: tuple[float, float] | None = None
     threshold: float | None = None
     if report.final_config:
         name = report.final_config
         platt = fit_platt(np.concatenate(oof_raw[name]), np.concatenate(oof_y))
         right = np.concatenate(ranks[name]) == 1
         cal = {kind: platt_apply(np.asarray(platt), np.concatenate(v)) for kind, v in tops[name].items()}
+        report.calibrated = True
         groups = {"right": cal["in"][right], "wrong": cal["in"][~right], "absent": cal["absent"],
                   "gibberish": cal["gibberish"]}
         threshold, j = youden(groups["right"], np.concatenate([groups["wrong"], groups["absent"],
@@ -366,7 +379,7 @@ def _fit_matcher(data: FAQData, folds: int, seed: int, caps: Caps,
     t2 = time.perf_counter()
     ix = Index.build(originals, answers, questions, owner)
     reranker = None
-    if report.final_config:
+    if report.final_config in CONFIGS:
         x, y, _ = _training_rows(ix, questions, owner, np.arange(len(owner)), caps, per, rng)
         reranker = _fit(CONFIGS[report.final_config](), x, y)
     report.seconds["final fit"] = time.perf_counter() - t2
