@@ -135,7 +135,9 @@ def write_model_dir(out: Path, model: Any, originals: list[Original], report: Re
     import sklearn
 
     out.mkdir(parents=True, exist_ok=True)
-    trusted = dump_skops(model, out / "pipeline.skops")
+    # hashed features: no vocabulary, mostly large sparse arrays that deflate barely shrinks but slows
+    # down to load; stored uncompressed
+    trusted = dump_skops(model, out / "pipeline.skops", compress=False)
     (out / "faq.json").write_text(
         json.dumps([o.__dict__ for o in originals], ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
     )

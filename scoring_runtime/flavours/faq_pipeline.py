@@ -2,7 +2,7 @@
 
 Scoring a question is two stages, both on sparse matrices built once:
 
-1. **Retrieval.** The question is hashed into word (1-2 gram) and character (2-5 gram, within word
+1. **Retrieval.** The question is hashed into word (1-2 gram) and character (3-5 gram, within word
    boundaries) TF-IDF vectors and multiplied with the matrices of every original: its *profile*
    (the original plus every known rephrasing of it, summed), the original question, the answer,
    and BM25 weights of "original question + answer". The best few originals of each retriever
@@ -42,11 +42,12 @@ FEATURE_NAMES = (
 )
 N_FEATURES = len(FEATURE_NAMES)
 WORD_NGRAMS = (1, 2)
-CHAR_NGRAMS = (2, 5)
+CHAR_NGRAMS = (3, 5)
 HASH_BITS = 20
 BM25_K1, BM25_B = 1.2, 0.75
+_SPARSE = "csr_shape"
 #: candidates taken from each retriever (their union is reranked)
-CANDIDATES_PER_RETRIEVER = 15
+CANDIDATES_PER_RETRIEVER = 10
 
 
 def hashers(bits: int = HASH_BITS) -> tuple[HashingVectorizer, HashingVectorizer]:
@@ -106,6 +107,23 @@ def tfidf(counts: sparse.csr_matrix, idf: Array) -> sparse.csr_matrix:
     return out
 
 
+def _stacked_t(*blocks: sparse.csr_matrix) -> sparse.csr_matrix:
+    """[a; b; ...] transposed, as CSR (vocabulary x stacked rows): CSR stacking is a concatenation and the
+    transpose one CSR->CSC pass, far cheaper than stacking transposed blocks side by side."""
+    stacked = sparse.vstack([sparse.csr_matrix(b, dtype=np.float32) for b in blocks], format="csr")
+    return sparse.csr_matrix(stacked.tocsc().T)
+
+
+def _row_sq(m: sparse.csr_matrix) -> Array:
+    """Squared length of each row (0 for empty rows)."""
+    out = np.zeros(m.shape[0])
+    nonempty = np.diff(m.indptr) > 0
+    if m.nnz:
+        starts = np.minimum(m.indptr[:-1], m.nnz - 1)
+        out[nonempty] = np.add.reduceat(m.data.astype(np.float64) ** 2, starts)[nonempty]
+    return out
+
+
 def _binary(m: sparse.csr_matrix) -> sparse.csr_matrix:
     out = m.copy()
     out.data = np.ones_like(out.data)
@@ -152,7 +170,22 @@ class FAQMatcher(BaseEstimator):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())
         state.pop("_index", None)  # derived at load by prepare(); never saved
+        # sparse matrices as their plain arrays: skops would save them as compressed .npz, and
+        # inflating ~100 MB costs seconds at every load
+        for key, value in list(state.items()):
+            if sparse.issparse(value):
+                m = sparse.csr_matrix(value)
+                state[key] = {_SPARSE: np.asarray(m.shape, dtype=np.int64), "data": m.data, "indices": m.indices,
+                              "indptr": m.indptr}
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        for key, value in list(state.items()):
+            if isinstance(value, dict) and _SPARSE in value:
+                state[key] = sparse.csr_matrix((value["data"], value["indices"], value["indptr"]),
+                                               shape=tuple(int(d) for d in value[_SPARSE]))
+        super().__setstate__(state)
 
     def prepare(self) -> Index:
         """Derive the serving index (transposed matrices, profile sums) once; idempotent."""
@@ -248,13 +281,12 @@ class Index:
         # Profiles: sums of the unit vectors of an original and its rephrasings (not normalised, so a
         # training question can be taken out again exactly: leave-one-out).
         prof_word, prof_char = _csr(agg @ known_word), _csr(agg @ known_char)
-        self.prof_word_sq = np.asarray(prof_word.multiply(prof_word).sum(axis=1)).ravel()
-        self.prof_char_sq = np.asarray(prof_char.multiply(prof_char).sum(axis=1)).ravel()
+        self.prof_word_sq, self.prof_char_sq = _row_sq(prof_word), _row_sq(prof_char)
         # (vocabulary x originals) CSR, side by side per question vector: one sparse product gives a
         # question's scores against every original for several retrievers at once
-        self.word_t = _csr(sparse.hstack([prof_word.T, orig_word.T, answer_word.T], format="csr"))
-        self.char_t = _csr(sparse.hstack([prof_char.T, orig_char.T], format="csr"))
-        self.bin_t = _csr(sparse.hstack([bm25.T, _binary(bm25).T], format="csr"))
+        self.word_t = _stacked_t(prof_word, orig_word, answer_word)
+        self.char_t = _stacked_t(prof_char, orig_char)
+        self.bin_t = _stacked_t(bm25, _binary(bm25))
 
     # ------------------------------------------------------------------ construction from data
     @classmethod

@@ -75,14 +75,18 @@ def untrusted_types(path: Path) -> list[str]:
     return sorted(sio.get_untrusted_types(file=path))
 
 
-def dump_skops(obj: Any, path: Path) -> list[str]:
-    """Save `obj` with skops; returns the list to store as `flavour.trusted_types`."""
+def dump_skops(obj: Any, path: Path, compress: bool = True) -> list[str]:
+    """Save `obj` with skops; returns the list to store as `flavour.trusted_types`.
+
+    `compress=False` stores the arrays as they are: a bigger file that saves and loads much faster
+    (for models made of large numeric arrays, where deflate gains little and costs seconds).
+    """
     import zipfile
 
     import skops.io as sio
 
     # skops' JSON schema is verbose (a large vocabulary is megabytes) and compresses ~10x.
-    sio.dump(obj, path, compression=zipfile.ZIP_DEFLATED)
+    sio.dump(obj, path, compression=zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED)
     return untrusted_types(path)
 
 
