@@ -135,9 +135,9 @@ def write_model_dir(out: Path, model: Any, originals: list[Original], report: Re
     import sklearn
 
     out.mkdir(parents=True, exist_ok=True)
-    # hashed features: no vocabulary, mostly large sparse arrays that deflate barely shrinks but slows
-    # down to load; stored uncompressed
-    trusted = dump_skops(model, out / "pipeline.skops", compress=False)
+    # Mostly sparse arrays of hashed features: deflate shrinks small models (their fixed-size IDF vectors
+    # compress ~100x) but barely shrinks big ones while it costs them seconds at every load.
+    trusted = dump_skops(model, out / "pipeline.skops", compress=len(originals) <= 2000)
     (out / "faq.json").write_text(
         json.dumps([o.__dict__ for o in originals], ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
     )

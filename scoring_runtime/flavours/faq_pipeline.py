@@ -130,6 +130,15 @@ def _binary(m: sparse.csr_matrix) -> sparse.csr_matrix:
     return out
 
 
+def _scores(q: sparse.csr_matrix, m_t: sparse.csr_matrix) -> Array:
+    """Dense q @ m_t. One question: gather the posting rows of its terms and take one matrix-vector
+    product (about half the cost of scipy's two-pass sparse product for a single row)."""
+    if q.shape[0] == 1:
+        rows = m_t[q.indices]
+        return np.asarray(rows.T @ q.data, dtype=np.float32)[None, :]
+    return _dense(q @ m_t)
+
+
 def _dense(m: Any) -> Array:
     return np.asarray(m.toarray(), dtype=np.float32)
 
@@ -284,8 +293,11 @@ class Index:
         self.prof_word_sq, self.prof_char_sq = _row_sq(prof_word), _row_sq(prof_char)
         # (vocabulary x originals) CSR, side by side per question vector: one sparse product gives a
         # question's scores against every original for several retrievers at once
-        self.word_t = _stacked_t(prof_word, orig_word, answer_word)
-        self.char_t = _stacked_t(prof_char, orig_char)
+        # (the original questions themselves are the first known text of each entry: their cosines come
+        # with the nearest-neighbour gathers, for candidates only)
+        self.word_t = _stacked_t(prof_word, answer_word)
+        self.char_t = _stacked_t(prof_char)
+        self._orig_word_t: sparse.csr_matrix | None = None  # evaluation only (the word baseline)
         self.bin_t = _stacked_t(bm25, _binary(bm25))
 
     # ------------------------------------------------------------------ construction from data
@@ -344,9 +356,9 @@ class Index:
         b = counts.word.shape[0]
         qw, qc, qb = self.vectors(counts)
         n = self.n
-        words, chars, bins = _dense(qw @ self.word_t), _dense(qc @ self.char_t), _dense(qb @ self.bin_t)
-        pw_dot, ow, aw = words[:, :n], words[:, n:2 * n], words[:, 2 * n:]
-        pc_dot, oc = chars[:, :n], chars[:, n:]
+        words, chars, bins = _scores(qw, self.word_t), _scores(qc, self.char_t), _scores(qb, self.bin_t)
+        pw_dot, aw = words[:, :n], words[:, n:]
+        pc_dot = chars
         bm = bins[:, :n]
         q_idf = np.asarray(qb.sum(axis=1)).ravel()
         ov = bins[:, n:] / np.maximum(q_idf, 1e-9)[:, None]
@@ -367,15 +379,20 @@ class Index:
         pc = pc_dot / np.sqrt(np.maximum(pc_sq, 1e-12), dtype=np.float32)
         out = Candidates(np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros((0, N_FEATURES)))
         if baselines:
-            out.baseline_word, out.baseline_char = ow.copy(), pc.copy()
+            if self._orig_word_t is None:
+                self._orig_word_t = _stacked_t(self.orig_word)
+            out.baseline_word, out.baseline_char = _scores(qw, self._orig_word_t), pc.copy()
         if exclude is not None:
             r = np.nonzero(exclude >= 0)[0]
-            for m in (pw, pc, ow, oc, aw, bm, ov):
+            for m in (pw, pc, aw, bm, ov):
                 m[r, exclude[r]] = -np.inf
         # candidates: union of each retriever's best
         n_take = min(self.n, max(per_retriever, 1))
-        picks = [_top(pc, max(n_take, min(min_candidates, self.n))), _top(pw, n_take), _top(aw, n_take),
-                 _top(bm, n_take)]
+        if min_candidates <= n_take:  # one partition call for the four retrievers
+            both = _top(np.concatenate([pc, pw, aw, bm], axis=1).reshape(b * 4, self.n), n_take)
+            picks = [both.reshape(b, 4 * both.shape[1])]
+        else:
+            picks = [_top(pc, min(min_candidates, self.n)), _top(pw, n_take), _top(aw, n_take), _top(bm, n_take)]
         if own is not None:
             picks.append(np.where(own >= 0, own, picks[0][:, 0])[:, None])
         allc = np.sort(np.concatenate(picks, axis=1), axis=1)
@@ -387,11 +404,12 @@ class Index:
         ci = allc[keep]
         f = np.empty((len(qi), N_FEATURES), dtype=np.float64)
         col = {name: i for i, name in enumerate(FEATURE_NAMES)}
-        for name, m in (("orig_word_cos", ow), ("orig_char_cos", oc), ("profile_word_cos", pw),
+        for name, m in (("profile_word_cos", pw),
                         ("profile_char_cos", pc), ("answer_word_cos", aw), ("bm25", bm), ("idf_overlap", ov)):
             f[:, col[name]] = m[qi, ci]
-        nnw, nnc = self._nearest(qw, qc, qi, ci, own_row)
+        (nnw, ow), (nnc, oc) = self._nearest(qw, qc, qi, ci, own_row)
         f[:, col["nn_word_cos"]], f[:, col["nn_char_cos"]] = nnw, nnc
+        f[:, col["orig_word_cos"]], f[:, col["orig_char_cos"]] = ow, oc
         f[:, col["profile_char_gap"]] = f[:, col["profile_char_cos"]] - pc.max(axis=1)[qi]
         f[:, col["profile_word_gap"]] = f[:, col["profile_word_cos"]] - pw.max(axis=1)[qi]
         nn_best = np.full(b, -np.inf)
@@ -407,8 +425,9 @@ class Index:
         return out
 
     def _nearest(self, qw: sparse.csr_matrix, qc: sparse.csr_matrix, qi: Array, ci: Array,
-                 own_row: Array | None) -> tuple[Array, Array]:
-        """Best cosine of each pair's question to any single known text of its candidate original."""
+                 own_row: Array | None) -> list[tuple[Array, Array]]:
+        """Per space (word, char): each pair's best cosine to any single known text of its candidate, and
+        its cosine to the candidate's original question (the first known text of every entry)."""
         starts, ends = self.known_ptr[ci], self.known_ptr[ci + 1]
         counts = ends - starts
         pair = np.repeat(np.arange(len(ci)), counts)
@@ -421,11 +440,12 @@ class Index:
             for s in range(0, len(krow), step):
                 sl = slice(s, s + step)
                 dots[sl] = np.asarray(q[qi[pair[sl]]].multiply(known[krow[sl]]).sum(axis=1)).ravel()
+            original = dots[offsets].copy() if len(dots) else np.zeros(0)
             if own_row is not None:
                 dots[krow == own_row[qi[pair]]] = -1.0
             best = np.maximum.reduceat(dots, offsets) if len(dots) else np.zeros(0)
-            out.append(np.maximum(best, 0.0))
-        return out[0], out[1]
+            out.append((np.maximum(best, 0.0), original))
+        return out
 
 
 def perm_inverse(perm: Array) -> Array:
