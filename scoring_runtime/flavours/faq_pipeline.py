@@ -70,8 +70,9 @@ class Counts:
     def of(cls, texts: list[str], bits: int = HASH_BITS, char: bool = True) -> Counts:
         """Hash texts; `char=False` skips the character n-grams (answers: long, used by words only)."""
         hw, hc = hashers(bits)
-        chars = _csr(hc.transform(texts)) if char else sparse.csr_matrix((len(texts), 2**bits), dtype=np.float32)
-        return cls(_csr(hw.transform(texts)), chars,
+        empty = sparse.csr_matrix((len(texts), 2**bits), dtype=np.float32)
+        chars = _csr(hc.transform(texts)) if char and texts else empty
+        return cls(_csr(hw.transform(texts)) if texts else empty.copy(), chars,
                    np.fromiter((len(t) for t in texts), dtype=np.float32, count=len(texts)))
 
     def rows(self, idx: Array) -> Counts:

@@ -221,6 +221,11 @@ def test_tiny_data_falls_back_to_the_unsupervised_scorer_and_says_so(tmp_path: P
     job = scorer.parse_score(b'{"question": "I forgot my password"}', "application/json")
     answer = scorer.render_score(scorer.predict([job])[0], job)
     assert answer["matches"][0]["id"] == 0 and len(answer["matches"]) == 3  # no threshold: min_score 0
+    # no labelled rephrasings at all: still a working (unsupervised) matcher
+    model, report = fit_matcher(FAQData([o["text"] for o in originals], [o["answer"] for o in originals], [],
+                                        np.zeros(0, dtype=np.int64)))
+    assert report.folds == 0 and not report.supervised and model.threshold is None
+    assert _top1(model, "I forgot my password")[0] == 0
 
 
 def test_the_reranker_beats_the_char_profile_baseline_on_held_out_synthetic_data() -> None:
