@@ -94,9 +94,11 @@ def idf_of(*docs: sparse.csr_matrix) -> Array:
     return (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32)
 
 
-def tfidf(counts: sparse.csr_matrix, idf: Array) -> sparse.csr_matrix:
-    """Sublinear TF (1 + ln tf) times IDF, rows scaled to unit length (empty rows stay zero)."""
-    out = counts.copy()
+def tfidf(counts: sparse.csr_matrix, idf: Array, copy: bool = True) -> sparse.csr_matrix:
+    """Sublinear TF (1 + ln tf) times IDF, rows scaled to unit length (empty rows stay zero).
+
+    `copy=False` overwrites `counts` (for a temporary matrix: one copy less of a big one)."""
+    out = counts.copy() if copy else counts
     out.data = (1.0 + np.log(np.maximum(out.data, 1.0))) * idf[out.indices]
     lengths = np.diff(out.indptr)
     norms = np.zeros(out.shape[0])
@@ -310,8 +312,8 @@ class Index:
         idf_word = idf_of(originals.word, answers.word, questions.word)
         idf_char = idf_of(originals.char, questions.char)
         order = np.argsort(owner, kind="stable")
-        known_rows = sparse.vstack([originals.word, questions.word[order]]).tocsr()
-        known_crows = sparse.vstack([originals.char, questions.char[order]]).tocsr()
+        # (built one at a time, rewritten in place: the character matrix is the biggest thing in training)
+        known_word = sparse.vstack([originals.word, questions.word[order]], format="csr")
         # rows: all originals first, then questions by owner; reorder to [orig 0, its questions, orig 1, ...]
         per = np.bincount(owner, minlength=n) if len(owner) else np.zeros(n, dtype=np.int64)
         ptr = np.concatenate([[0], np.cumsum(per + 1)])
@@ -320,8 +322,9 @@ class Index:
         q_slots = np.ones(n + len(owner), dtype=bool)
         q_slots[ptr[:-1]] = False
         perm[q_slots] = n + np.arange(len(owner))
-        known_word = tfidf(_csr(known_rows[perm]), idf_word)
-        known_char = tfidf(_csr(known_crows[perm]), idf_char)
+        known_word = tfidf(_csr(known_word[perm]), idf_word, copy=False)
+        known_char = sparse.vstack([originals.char, questions.char[order]], format="csr")
+        known_char = tfidf(_csr(known_char[perm]), idf_char, copy=False)
         # BM25 over each entry's "document": its original question and its answer
         doc = _csr(originals.word + answers.word)
         df = np.bincount(doc.indices, minlength=doc.shape[1]).astype(np.float64)

@@ -323,9 +323,11 @@ def _fit_matcher(data: FAQData, folds: int, seed: int, caps: Caps,
             test_counts, truth = questions.rows(test_q), owner[test_q]
             cand = candidates_for(ix, test_counts, per, caps.chunk, baselines=True)
             assert cand.baseline_word is not None and cand.baseline_char is not None
+            base_char: Array = cand.baseline_char
             ranks["word_original"].append(full_rank(cand.baseline_word, truth))
-            ranks["char_profile"].append(full_rank(cand.baseline_char, truth))
+            ranks["char_profile"].append(full_rank(base_char, truth))
             if not configs:
+                del ix, cand, base_char
                 continue
             x, y, _ = _training_rows(ix, questions.rows(train_q), owner[train_q], np.arange(len(train_q)), caps,
                                      per, rng)
@@ -339,12 +341,13 @@ def _fit_matcher(data: FAQData, folds: int, seed: int, caps: Caps,
             for name in configs:
                 score = scorer(name, x, y)
                 raw = score(cand.features)
-                ranks[name].append(rank_of_truth(cand.query, cand.original, raw, truth, cand.baseline_char))
+                ranks[name].append(rank_of_truth(cand.query, cand.original, raw, truth, base_char))
                 oof_raw[name].append(raw)
                 tops[name]["in"].append(_top_per_query(cand.query, raw, len(test_q)))
                 tops[name]["absent"].append(_top_per_query(absent.query, score(absent.features), len(ood)))
                 tops[name]["gibberish"].append(_top_per_query(gib.query, score(gib.features), len(ood)))
             log(f"fold {f + 1}/{k}: " + ", ".join(f"{c} top1 {np.mean(ranks[c][-1] == 1):.3f}" for c in configs))
+            del ix, cand, base_char, absent, gib, x, y  # one fold's index at a time (memory)
         pooled = {who: summarize(np.concatenate(r)) for who, r in ranks.items() if r}
         report.evaluated = sum(len(r) for r in ranks["char_profile"])
         report.configs = {c: pooled[c] for c in configs}
