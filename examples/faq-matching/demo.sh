@@ -41,10 +41,15 @@ echo "==> POST /score  {\"question\": \"$question\", \"top_k\": 3}"
 curl -fsS -X POST "$base/score" -H 'Content-Type: application/json' \
   -d "{\"question\": \"$question\", \"top_k\": 3}" | "$PYTHON" -m json.tool
 
+echo "==> POST /score  {\"question\": \"recipe for chocolate cake\"}  (nothing in the FAQ answers it)"
+curl -fsS -X POST "$base/score" -H 'Content-Type: application/json' \
+  -d '{"question": "recipe for chocolate cake"}' | "$PYTHON" -m json.tool
+
 echo "==> POST /v2/models/faq-matcher/infer (Open Inference Protocol V2), top 1"
 curl -fsS -X POST "$base/v2/models/faq-matcher/infer" -H 'Content-Type: application/json' \
   -d '{"inputs": [{"name": "question", "datatype": "BYTES", "shape": [1], "data": ["my pod keeps restarting"]}],
-       "parameters": {"top_k": 1}, "outputs": [{"name": "id"}, {"name": "question"}, {"name": "score"}]}' \
+       "parameters": {"top_k": 1},
+       "outputs": [{"name": "id"}, {"name": "question"}, {"name": "score"}, {"name": "no_match"}]}' \
   | "$PYTHON" -m json.tool
 
 echo "==> stop (server log: first lines)"

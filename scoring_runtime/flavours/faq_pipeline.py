@@ -1,205 +1,474 @@
-"""The FAQ-matching model: a scikit-learn Pipeline over (question, original FAQ question) pairs.
+"""The FAQ-matching model: sparse retrieval of candidate originals, then a learned reranker.
 
-`PairFeatures` turns each pair into a few similarity features, and a logistic regression turns
-those into P(question duplicates original). Features per pair:
+Scoring a question is two stages, both on sparse matrices built once:
 
-- cosine similarity of word (1-2 gram) and character (2-5 gram) TF-IDF vectors;
-- cosine similarity to the original's *profile*: the original plus the training questions known
-  to duplicate it, in both spaces. This is how the model learns paraphrase vocabulary ("remove
-  my profile" ~ "delete my account") from labelled duplicates. In `fit_transform` a training
-  question is left out of its own original's profile (leave-one-out), so the classifier is fitted
-  on the same kind of feature it sees at scoring time, not on an optimistic one;
-- Jaccard overlap of the word sets.
+1. **Retrieval.** The question is hashed into word (1-2 gram) and character (3-5 gram, within word
+   boundaries) TF-IDF vectors and multiplied with the matrices of every original: its *profile*
+   (the original plus every known rephrasing of it, summed), the original question, the answer,
+   and BM25 weights of "original question + answer". The best few originals of each retriever
+   form the candidate set (a union; typically 20-40 of 10,000 originals).
+2. **Reranking.** For each candidate a handful of similarities (`FEATURE_NAMES`) go into a
+   classifier (logistic regression or histogram gradient boosting, chosen by cross-validation at
+   training time) whose output, Platt-calibrated on out-of-fold data, is the probability that the
+   candidate is the question's original. A threshold on it (chosen on held-out folds, see
+   `faq_training`) says "no match".
 
-The class lives in the runtime package because skops rebuilds it by import path when loading.
-Scoring one question against every original takes a millisecond or so: call `cache_texts`
-with the originals once after loading and only the question is vectorised per request.
+Nothing per pair is ever a Python string: texts are hashed (no vocabulary to store or load) and
+all features come from sparse products and row gathers. The class lives in the runtime package
+because skops rebuilds it by import path when loading; call `prepare()` once after loading (the
+flavour does) to derive the transposed matrices the products need.
 """
 
 from __future__ import annotations
 
-import contextlib
-import re
+import math
 from dataclasses import dataclass
 from typing import Any, Self
 
 import numpy as np
 from scipy import sparse
-from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.feature_extraction.text import TfidfVectorizer, strip_accents_unicode
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.utils.validation import check_is_fitted
+from sklearn.base import BaseEstimator
+from sklearn.feature_extraction.text import HashingVectorizer
 
-_TOKEN_RE = re.compile(r"(?u)\b\w\w+\b")
+Array = np.ndarray[Any, Any]
+
+#: per (question, candidate) features the reranker sees, in column order
 FEATURE_NAMES = (
-    "word_cos", "char_cos", "profile_word_cos", "profile_char_cos", "answer_word_cos", "answer_char_cos",
-    "word_jaccard",
+    "orig_word_cos", "orig_char_cos", "profile_word_cos", "profile_char_cos", "answer_word_cos",
+    "nn_word_cos", "nn_char_cos", "bm25", "idf_overlap",
+    "profile_char_gap", "profile_word_gap", "nn_char_gap", "bm25_rel",
+    "rank_profile_char", "rank_profile_word", "rank_bm25",
+    "log_question_chars", "log_length_ratio",
 )
+N_FEATURES = len(FEATURE_NAMES)
+WORD_NGRAMS = (1, 2)
+CHAR_NGRAMS = (3, 5)
+HASH_BITS = 20
+BM25_K1, BM25_B = 1.2, 0.75
+_SPARSE = "csr_shape"
+#: candidates taken from each retriever (their union is reranked)
+CANDIDATES_PER_RETRIEVER = 10
 
 
-def _as_pairs(X: Any) -> np.ndarray[Any, Any]:
-    arr = np.asarray(X, dtype=object)
-    if arr.ndim != 2 or arr.shape[1] != 3:
-        raise ValueError(
-            f"expected rows of (question, original question, original answer), shape (n, 3); got shape {arr.shape}"
-        )
-    return arr
+def hashers(bits: int = HASH_BITS) -> tuple[HashingVectorizer, HashingVectorizer]:
+    """Stateless word and character hashers: nothing to fit, store or load."""
+    common: dict[str, Any] = {"n_features": 2**bits, "alternate_sign": False, "norm": None,
+                              "strip_accents": "unicode", "lowercase": True, "dtype": np.float32}
+    return (HashingVectorizer(analyzer="word", ngram_range=WORD_NGRAMS, **common),
+            HashingVectorizer(analyzer="char_wb", ngram_range=CHAR_NGRAMS, **common))
 
 
-def _words(text: str) -> list[str]:
-    return _TOKEN_RE.findall(strip_accents_unicode(text.lower()))
+@dataclass(slots=True)
+class Counts:
+    """Raw hashed term counts of some texts (rows), word and character, plus their lengths."""
+
+    word: sparse.csr_matrix
+    char: sparse.csr_matrix
+    chars: Array  # text length in characters
+
+    @classmethod
+    def of(cls, texts: list[str], bits: int = HASH_BITS, char: bool = True) -> Counts:
+        """Hash texts; `char=False` skips the character n-grams (answers: long, used by words only)."""
+        hw, hc = hashers(bits)
+        empty = sparse.csr_matrix((len(texts), 2**bits), dtype=np.float32)
+        chars = _csr(hc.transform(texts)) if char and texts else empty
+        return cls(_csr(hw.transform(texts)) if texts else empty.copy(), chars,
+                   np.fromiter((len(t) for t in texts), dtype=np.float32, count=len(texts)))
+
+    def rows(self, idx: Array) -> Counts:
+        return Counts(self.word[idx], self.char[idx], self.chars[idx])
 
 
-def _row_norms(m: sparse.csr_matrix) -> np.ndarray[Any, Any]:
-    return np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+def _csr(m: Any) -> sparse.csr_matrix:
+    out = sparse.csr_matrix(m, dtype=np.float32)
+    out.sort_indices()
+    return out
 
 
-class PairFeatures(TransformerMixin, BaseEstimator):
-    """(question, original) pairs -> the similarity features listed in `FEATURE_NAMES`."""
+def idf_of(*docs: sparse.csr_matrix) -> Array:
+    """Smoothed IDF over the rows of the given count matrices: ln((1 + n) / (1 + df)) + 1."""
+    n = sum(d.shape[0] for d in docs)
+    df = np.zeros(docs[0].shape[1], dtype=np.float64)
+    for d in docs:
+        df += np.bincount(d.indices, minlength=d.shape[1])
+    return (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32)
 
-    def __init__(
-        self,
-        word_ngram_range: tuple[int, int] = (1, 2),
-        char_ngram_range: tuple[int, int] = (2, 5),
-        sublinear_tf: bool = True,
-    ) -> None:
-        self.word_ngram_range = word_ngram_range
-        self.char_ngram_range = char_ngram_range
-        self.sublinear_tf = sublinear_tf
 
-    # ------------------------------------------------------------------ fitting
-    def fit(self, X: Any, y: Any = None) -> Self:
-        self._fit(_as_pairs(X), y)
-        return self
+def tfidf(counts: sparse.csr_matrix, idf: Array, copy: bool = True) -> sparse.csr_matrix:
+    """Sublinear TF (1 + ln tf) times IDF, rows scaled to unit length (empty rows stay zero).
 
-    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> np.ndarray[Any, Any]:
-        pairs = _as_pairs(X)
-        self._fit(pairs, y)
-        return self._features(pairs, leave_out=None if y is None else np.asarray(y) == 1)
+    `copy=False` overwrites `counts` (for a temporary matrix: one copy less of a big one)."""
+    out = counts.copy() if copy else counts
+    out.data = (1.0 + np.log(np.maximum(out.data, 1.0))) * idf[out.indices]
+    lengths = np.diff(out.indptr)
+    norms = np.zeros(out.shape[0])
+    nonempty = lengths > 0
+    if out.nnz:
+        starts = np.minimum(out.indptr[:-1], out.nnz - 1)  # reduceat needs in-range starts; empty rows masked
+        norms[nonempty] = np.sqrt(np.add.reduceat(out.data.astype(np.float64) ** 2, starts)[nonempty])
+    out.data /= np.repeat(np.where(norms > 0, norms, 1.0), lengths).astype(np.float32)
+    return out
 
-    def _fit(self, pairs: np.ndarray[Any, Any], y: Any) -> None:
-        texts = sorted({str(t) for t in pairs.ravel()})
-        common = {"sublinear_tf": self.sublinear_tf, "strip_accents": "unicode", "dtype": np.float64}
-        self.word_ = TfidfVectorizer(analyzer="word", ngram_range=self.word_ngram_range, **common).fit(texts)
-        self.char_ = TfidfVectorizer(analyzer="char_wb", ngram_range=self.char_ngram_range, **common).fit(texts)
-        # Profiles: each original plus its known duplicates (positive pairs), as sums of unit vectors.
-        originals = sorted({str(o) for o in pairs[:, 1]})
-        self.profile_index_ = {o: i for i, o in enumerate(originals)}
-        members: list[set[str]] = [{o} for o in originals]
-        if y is not None:
-            for (q, o, _), label in zip(pairs, np.asarray(y), strict=True):
-                if label == 1:
-                    members[self.profile_index_[str(o)]].add(str(q))
-        rows = [t for m in members for t in sorted(m)]
-        owner = np.repeat(np.arange(len(members)), [len(m) for m in members])
-        agg = sparse.csr_matrix((np.ones(len(rows)), (owner, np.arange(len(rows)))), shape=(len(members), len(rows)))
-        self.profile_word_ = sparse.csr_matrix(agg @ self.word_.transform(rows))
-        self.profile_char_ = sparse.csr_matrix(agg @ self.char_.transform(rows))
-        self.n_features_in_ = 2
 
-    # ------------------------------------------------------------------ scoring
-    def cache_texts(self, texts: list[str]) -> None:
-        """Pre-vectorise texts seen in every request (the originals); the cache is never saved."""
-        check_is_fitted(self, "word_")
-        self._cache = {"index": {t: i for i, t in enumerate(texts)}, "side": self._side(texts)}
+def _stacked_t(*blocks: sparse.csr_matrix) -> sparse.csr_matrix:
+    """[a; b; ...] transposed, as CSR (vocabulary x stacked rows): CSR stacking is a concatenation and the
+    transpose one CSR->CSC pass, far cheaper than stacking transposed blocks side by side."""
+    stacked = sparse.vstack([sparse.csr_matrix(b, dtype=np.float32) for b in blocks], format="csr")
+    return sparse.csr_matrix(stacked.tocsc().T)
+
+
+def _row_sq(m: sparse.csr_matrix) -> Array:
+    """Squared length of each row (0 for empty rows)."""
+    out = np.zeros(m.shape[0])
+    nonempty = np.diff(m.indptr) > 0
+    if m.nnz:
+        starts = np.minimum(m.indptr[:-1], m.nnz - 1)
+        out[nonempty] = np.add.reduceat(m.data.astype(np.float64) ** 2, starts)[nonempty]
+    return out
+
+
+def _binary(m: sparse.csr_matrix) -> sparse.csr_matrix:
+    out = m.copy()
+    out.data = np.ones_like(out.data)
+    return out
+
+
+def _scores(q: sparse.csr_matrix, m_t: sparse.csr_matrix) -> Array:
+    """Dense q @ m_t. One question: gather the posting rows of its terms and take one matrix-vector
+    product (about half the cost of scipy's two-pass sparse product for a single row)."""
+    if q.shape[0] == 1:
+        rows = m_t[q.indices]
+        return np.asarray(rows.T @ q.data, dtype=np.float32)[None, :]
+    return _dense(q @ m_t)
+
+
+def _dense(m: Any) -> Array:
+    return np.asarray(m.toarray(), dtype=np.float32)
+
+
+class FAQMatcher(BaseEstimator):
+    """Fitted FAQ index + reranker; built by `faq_training.fit_matcher`, served by the sklearn-faq flavour.
+
+    Fitted attributes (all numeric arrays or sparse matrices, so skops stores them as arrays):
+    ``idf_word_``, ``idf_char_``, ``bm25_idf_``, ``known_word_``/``known_char_`` (TF-IDF rows of each
+    original followed by its known rephrasings), ``known_ptr_`` (row range of each original),
+    ``orig_word_``, ``orig_char_``, ``answer_word_``, ``bm25_`` (BM25 weights of original + answer),
+    ``orig_chars_``, ``reranker_`` (a scikit-learn classifier, or None: the character-profile
+    cosine scores), ``calibrated_`` and ``platt_`` (a, b: p = sigmoid(a * logit(raw) + b)),
+    ``threshold_`` (the no-match threshold, NaN when none could be chosen).
+    """
+
+    def __init__(self, candidates: int = CANDIDATES_PER_RETRIEVER, hash_bits: int = HASH_BITS) -> None:
+        self.candidates = candidates
+        self.hash_bits = hash_bits
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_index(cls, index: Index, reranker: Any, platt: tuple[float, float] | None, threshold: float | None,
+                   candidates: int = CANDIDATES_PER_RETRIEVER) -> Self:
+        """`platt` None: uncalibrated (scores are raw cosines or reranker outputs)."""
+        m = cls(candidates=candidates, hash_bits=index.hash_bits)
+        m.idf_word_, m.idf_char_, m.bm25_idf_ = index.idf_word, index.idf_char, index.bm25_idf
+        m.known_word_, m.known_char_, m.known_ptr_ = index.known_word, index.known_char, index.known_ptr
+        m.orig_word_, m.orig_char_, m.answer_word_ = index.orig_word, index.orig_char, index.answer_word
+        m.bm25_, m.orig_chars_ = index.bm25, index.orig_chars
+        m.reranker_ = reranker
+        m.calibrated_ = platt is not None
+        m.platt_ = np.asarray(platt if platt is not None else (1.0, 0.0), dtype=np.float64)
+        m.threshold_ = float("nan") if threshold is None else float(threshold)
+        m.n_originals_ = int(index.n)
+        return m
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())
-        state.pop("_cache", None)
+        state.pop("_index", None)  # derived at load by prepare(); never saved
+        # sparse matrices as their plain arrays: skops would save them as compressed .npz, and
+        # inflating ~100 MB costs seconds at every load
+        for key, value in list(state.items()):
+            if sparse.issparse(value):
+                m = sparse.csr_matrix(value)
+                state[key] = {_SPARSE: np.asarray(m.shape, dtype=np.int64), "data": m.data, "indices": m.indices,
+                              "indptr": m.indptr}
         return state
 
-    def transform(self, X: Any) -> np.ndarray[Any, Any]:
-        check_is_fitted(self, "word_")
-        return self._features(_as_pairs(X), leave_out=None)
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        for key, value in list(state.items()):
+            if isinstance(value, dict) and _SPARSE in value:
+                state[key] = sparse.csr_matrix((value["data"], value["indices"], value["indptr"]),
+                                               shape=tuple(int(d) for d in value[_SPARSE]))
+        super().__setstate__(state)
 
-    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray[Any, Any]:
-        return np.asarray(FEATURE_NAMES, dtype=object)
+    def prepare(self) -> Index:
+        """Derive the serving index (transposed matrices, profile sums) once; idempotent."""
+        index: Index | None = getattr(self, "_index", None)
+        if index is None:
+            index = Index(self.idf_word_, self.idf_char_, self.bm25_idf_, self.known_word_, self.known_char_,
+                          self.known_ptr_, self.orig_word_, self.orig_char_, self.answer_word_, self.bm25_,
+                          self.orig_chars_, self.hash_bits)
+            self._index = index
+        return index
 
-    def _side(self, texts: list[str], profiles: bool = True) -> _Side:
-        """Vectors, profiles and token sets of texts (a profile is the text itself if unseen in training).
+    @property
+    def threshold(self) -> float | None:
+        t = float(self.threshold_)
+        return None if math.isnan(t) else t
 
-        Matrices are stored transposed (vocabulary x texts), ready to be multiplied with questions.
+    @property
+    def calibrated(self) -> bool:
+        """Scores are probabilities (Platt-calibrated out of fold), not raw cosines."""
+        return bool(getattr(self, "calibrated_", self.reranker_ is not None))
+
+    # ------------------------------------------------------------------ scoring
+    def raw_scores(self, feats: Array) -> Array:
+        """The reranker's uncalibrated P(right original) per candidate row."""
+        if self.reranker_ is None:
+            return np.clip(feats[:, FEATURE_NAMES.index("profile_char_cos")], 0.0, 1.0)
+        return np.asarray(self.reranker_.predict_proba(feats)[:, 1], dtype=np.float64)
+
+    def calibrate(self, raw: Array) -> Array:
+        if not self.calibrated:
+            return raw  # unsupervised fallback: a cosine, not a probability (the manifest says so)
+        return platt_apply(self.platt_, raw)
+
+    def rank(self, questions: list[str], k: int) -> tuple[Array, Array]:
+        """(original indices, scores), each (len(questions), k), best first."""
+        index = self.prepare()
+        k = max(1, min(k, index.n))
+        counts = Counts.of(questions, self.hash_bits)
+        top = np.zeros((len(questions), k), dtype=np.intp)
+        scores = np.zeros((len(questions), k), dtype=np.float64)
+        for start in range(0, len(questions), 32):  # bounds the dense (questions x originals) buffers
+            rows = np.arange(start, min(start + 32, len(questions)))
+            cand = index.candidates(counts.rows(rows), self.candidates, min_candidates=k)
+            prob = self.calibrate(self.raw_scores(cand.features))
+            order = np.lexsort((-prob, cand.query))  # by question, best first
+            q, c, p = cand.query[order], cand.original[order], prob[order]
+            starts = np.searchsorted(q, np.arange(len(rows)))
+            pos = np.arange(len(q)) - starts[q]
+            keep = pos < k
+            top[rows[q[keep]], pos[keep]] = c[keep]
+            scores[rows[q[keep]], pos[keep]] = p[keep]
+        return top, scores
+
+
+def platt_apply(platt: Array, raw: Array) -> Array:
+    eps = 1e-6
+    r = np.clip(raw, eps, 1 - eps)
+    z = platt[0] * np.log(r / (1 - r)) + platt[1]
+    return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
+
+
+@dataclass(slots=True)
+class Candidates:
+    """Candidate (question, original) pairs of a batch and their features."""
+
+    query: Array  # row of the question in the batch
+    original: Array  # index of the original
+    features: Array  # (pairs, N_FEATURES)
+    #: per question: its best character-profile cosine over all originals, and the full score rows
+    #: of the two baselines (only when asked for: evaluation)
+    baseline_word: Array | None = None
+    baseline_char: Array | None = None
+
+
+class Index:
+    """Everything scoring needs, as sparse matrices: the fitted state of `FAQMatcher` plus derived views."""
+
+    def __init__(self, idf_word: Array, idf_char: Array, bm25_idf: Array, known_word: sparse.csr_matrix,
+                 known_char: sparse.csr_matrix, known_ptr: Array, orig_word: sparse.csr_matrix,
+                 orig_char: sparse.csr_matrix, answer_word: sparse.csr_matrix, bm25: sparse.csr_matrix,
+                 orig_chars: Array, hash_bits: int = HASH_BITS) -> None:
+        self.idf_word, self.idf_char, self.bm25_idf = idf_word, idf_char, bm25_idf
+        self.known_word, self.known_char, self.known_ptr = known_word, known_char, np.asarray(known_ptr)
+        self.orig_word, self.orig_char, self.answer_word = orig_word, orig_char, answer_word
+        self.bm25, self.orig_chars, self.hash_bits = bm25, orig_chars, hash_bits
+        self.n = int(orig_word.shape[0])
+        #: training only: the known-text row of each indexed question (see `build`)
+        self.question_row: Array = np.zeros(0, dtype=np.intp)
+        counts = np.diff(self.known_ptr)
+        self.owner = np.repeat(np.arange(self.n), counts)
+        agg = sparse.csr_matrix((np.ones(len(self.owner), dtype=np.float32), (self.owner, np.arange(len(self.owner)))),
+                                shape=(self.n, len(self.owner)))
+        # Profiles: sums of the unit vectors of an original and its rephrasings (not normalised, so a
+        # training question can be taken out again exactly: leave-one-out).
+        prof_word, prof_char = _csr(agg @ known_word), _csr(agg @ known_char)
+        self.prof_word_sq, self.prof_char_sq = _row_sq(prof_word), _row_sq(prof_char)
+        # (vocabulary x originals) CSR, side by side per question vector: one sparse product gives a
+        # question's scores against every original for several retrievers at once
+        # (the original questions themselves are the first known text of each entry: their cosines come
+        # with the nearest-neighbour gathers, for candidates only)
+        self.word_t = _stacked_t(prof_word, answer_word)
+        self.char_t = _stacked_t(prof_char)
+        self._orig_word_t: sparse.csr_matrix | None = None  # evaluation only (the word baseline)
+        self.bin_t = _stacked_t(bm25, _binary(bm25))
+
+    # ------------------------------------------------------------------ construction from data
+    @classmethod
+    def build(cls, originals: Counts, answers: Counts, questions: Counts, owner: Array,
+              hash_bits: int = HASH_BITS) -> Index:
+        """Index the originals with the given known questions (`owner[i]`: the original of question i)."""
+        n = originals.word.shape[0]
+        idf_word = idf_of(originals.word, answers.word, questions.word)
+        idf_char = idf_of(originals.char, questions.char)
+        order = np.argsort(owner, kind="stable")
+        # (built one at a time, rewritten in place: the character matrix is the biggest thing in training)
+        known_word = sparse.vstack([originals.word, questions.word[order]], format="csr")
+        # rows: all originals first, then questions by owner; reorder to [orig 0, its questions, orig 1, ...]
+        per = np.bincount(owner, minlength=n) if len(owner) else np.zeros(n, dtype=np.int64)
+        ptr = np.concatenate([[0], np.cumsum(per + 1)])
+        perm = np.empty(n + len(owner), dtype=np.intp)
+        perm[ptr[:-1]] = np.arange(n)
+        q_slots = np.ones(n + len(owner), dtype=bool)
+        q_slots[ptr[:-1]] = False
+        perm[q_slots] = n + np.arange(len(owner))
+        known_word = tfidf(_csr(known_word[perm]), idf_word, copy=False)
+        known_char = sparse.vstack([originals.char, questions.char[order]], format="csr")
+        known_char = tfidf(_csr(known_char[perm]), idf_char, copy=False)
+        # BM25 over each entry's "document": its original question and its answer
+        doc = _csr(originals.word + answers.word)
+        df = np.bincount(doc.indices, minlength=doc.shape[1]).astype(np.float64)
+        bm25_idf = np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
+        dl = np.asarray(doc.sum(axis=1)).ravel()
+        norm = BM25_K1 * (1 - BM25_B + BM25_B * dl / max(float(dl.mean()), 1e-9))
+        bm = doc.copy()
+        lengths = np.diff(bm.indptr)
+        bm.data = (bm.data * (BM25_K1 + 1) / (bm.data + np.repeat(norm, lengths))) * bm25_idf[bm.indices]
+        ix = cls(idf_word, idf_char, bm25_idf, known_word, known_char, ptr, tfidf(originals.word, idf_word),
+                 tfidf(originals.char, idf_char), tfidf(answers.word, idf_word), _csr(bm), originals.chars, hash_bits)
+        # where each known question sits in the known rows (for leave-one-out)
+        ix.question_row = perm_inverse(perm)[n + perm_inverse(order)] if len(owner) else np.zeros(0, np.intp)
+        return ix
+
+    # ------------------------------------------------------------------ features
+    def vectors(self, counts: Counts) -> tuple[sparse.csr_matrix, sparse.csr_matrix, sparse.csr_matrix]:
+        """(word TF-IDF, char TF-IDF, IDF-weighted binary words) of question rows."""
+        qw, qc = tfidf(counts.word, self.idf_word), tfidf(counts.char, self.idf_char)
+        qb = _binary(counts.word)
+        qb.data = self.bm25_idf[qb.indices].copy()
+        return qw, qc, qb
+
+    def candidates(self, counts: Counts, per_retriever: int, min_candidates: int = 0,
+                   own: Array | None = None, own_row: Array | None = None, exclude: Array | None = None,
+                   baselines: bool = False) -> Candidates:
+        """Candidates and features for a batch of questions.
+
+        `own[i]`: the original of question i to always include (training: the positive), -1 for none;
+        `own_row[i]`: its row among the known texts, left out of profile and nearest-neighbour features
+        (leave-one-out), -1 for none; `exclude[i]`: an original to act as if absent (-1: none).
         """
-        word = sparse.csr_matrix(self.word_.transform(texts))
-        char = sparse.csr_matrix(self.char_.transform(texts))
-        tokens = [frozenset(_words(t)) for t in texts]
-        if not profiles:
-            return _Side(word.T.tocsr(), char.T.tocsr(), None, None, np.zeros(0), np.zeros(0), tokens)
-        pidx = [self.profile_index_.get(t, -1) for t in texts]
-        if all(p >= 0 for p in pidx):
-            pword, pchar = self.profile_word_[pidx], self.profile_char_[pidx]
+        b = counts.word.shape[0]
+        qw, qc, qb = self.vectors(counts)
+        n = self.n
+        words, chars, bins = _scores(qw, self.word_t), _scores(qc, self.char_t), _scores(qb, self.bin_t)
+        pw_dot, aw = words[:, :n], words[:, n:]
+        pc_dot = chars
+        bm = bins[:, :n]
+        q_idf = np.asarray(qb.sum(axis=1)).ravel()
+        ov = bins[:, n:] / np.maximum(q_idf, 1e-9)[:, None]
+        pw_sq: Array = np.maximum(self.prof_word_sq, 1e-12)  # broadcast over questions
+        pc_sq: Array = np.maximum(self.prof_char_sq, 1e-12)
+        if own_row is not None and own is not None:
+            pw_sq, pc_sq = np.broadcast_to(pw_sq, (b, self.n)).copy(), np.broadcast_to(pc_sq, (b, self.n)).copy()
+            # leave-one-out: the question is one of the unit vectors summed in its own original's profile
+            r = np.nonzero(own_row >= 0)[0]
+            o = own[r]
+            qw_sq = np.asarray(qw[r].multiply(qw[r]).sum(axis=1)).ravel()
+            qc_sq = np.asarray(qc[r].multiply(qc[r]).sum(axis=1)).ravel()
+            pw_sq[r, o] += qw_sq - 2 * pw_dot[r, o]
+            pc_sq[r, o] += qc_sq - 2 * pc_dot[r, o]
+            pw_dot[r, o] -= qw_sq
+            pc_dot[r, o] -= qc_sq
+        pw = pw_dot / np.sqrt(np.maximum(pw_sq, 1e-12), dtype=np.float32)
+        pc = pc_dot / np.sqrt(np.maximum(pc_sq, 1e-12), dtype=np.float32)
+        out = Candidates(np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros((0, N_FEATURES)))
+        if baselines:
+            if self._orig_word_t is None:
+                self._orig_word_t = _stacked_t(self.orig_word)
+            out.baseline_word, out.baseline_char = _scores(qw, self._orig_word_t), pc.copy()
+        if exclude is not None:
+            r = np.nonzero(exclude >= 0)[0]
+            for m in (pw, pc, aw, bm, ov):
+                m[r, exclude[r]] = -np.inf
+        # candidates: union of each retriever's best
+        n_take = min(self.n, max(per_retriever, 1))
+        if min_candidates <= n_take:  # one partition call for the four retrievers
+            both = _top(np.concatenate([pc, pw, aw, bm], axis=1).reshape(b * 4, self.n), n_take)
+            picks = [both.reshape(b, 4 * both.shape[1])]
         else:
-            pword = sparse.vstack([self.profile_word_[p] if p >= 0 else word[i] for i, p in enumerate(pidx)])
-            pchar = sparse.vstack([self.profile_char_[p] if p >= 0 else char[i] for i, p in enumerate(pidx)])
-        pword, pchar = sparse.csr_matrix(pword), sparse.csr_matrix(pchar)
-        return _Side(word.T.tocsr(), char.T.tocsr(), pword.T.tocsr(), pchar.T.tocsr(),
-                     _row_norms(pword) ** 2, _row_norms(pchar) ** 2, tokens)
+            picks = [_top(pc, min(min_candidates, self.n)), _top(pw, n_take), _top(aw, n_take), _top(bm, n_take)]
+        if own is not None:
+            picks.append(np.where(own >= 0, own, picks[0][:, 0])[:, None])
+        allc = np.sort(np.concatenate(picks, axis=1), axis=1)
+        keep = np.ones(allc.shape, dtype=bool)
+        keep[:, 1:] = allc[:, 1:] != allc[:, :-1]
+        if exclude is not None:
+            keep &= allc != exclude[:, None]
+        qi, _ = np.nonzero(keep)
+        ci = allc[keep]
+        f = np.empty((len(qi), N_FEATURES), dtype=np.float64)
+        col = {name: i for i, name in enumerate(FEATURE_NAMES)}
+        for name, m in (("profile_word_cos", pw),
+                        ("profile_char_cos", pc), ("answer_word_cos", aw), ("bm25", bm), ("idf_overlap", ov)):
+            f[:, col[name]] = m[qi, ci]
+        (nnw, ow), (nnc, oc) = self._nearest(qw, qc, qi, ci, own_row)
+        f[:, col["nn_word_cos"]], f[:, col["nn_char_cos"]] = nnw, nnc
+        f[:, col["orig_word_cos"]], f[:, col["orig_char_cos"]] = ow, oc
+        f[:, col["profile_char_gap"]] = f[:, col["profile_char_cos"]] - pc.max(axis=1)[qi]
+        f[:, col["profile_word_gap"]] = f[:, col["profile_word_cos"]] - pw.max(axis=1)[qi]
+        nn_best = np.full(b, -np.inf)
+        np.maximum.at(nn_best, qi, nnc)
+        f[:, col["nn_char_gap"]] = nnc - nn_best[qi]
+        f[:, col["bm25_rel"]] = f[:, col["bm25"]] / np.maximum(bm.max(axis=1), 1e-9)[qi]
+        for name, fcol in (("rank_profile_char", "profile_char_cos"), ("rank_profile_word", "profile_word_cos"),
+                           ("rank_bm25", "bm25")):
+            f[:, col[name]] = np.log1p(_rank_within(qi, f[:, col[fcol]], b))
+        f[:, col["log_question_chars"]] = np.log1p(counts.chars[qi])
+        f[:, col["log_length_ratio"]] = np.log1p(counts.chars[qi]) - np.log1p(self.orig_chars[ci])
+        out.query, out.original, out.features = qi, ci, np.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0)
+        return out
 
-    def _index(self, column: np.ndarray[Any, Any]) -> tuple[_Side, np.ndarray[Any, Any]]:
-        """The vectors of a column's texts and each row's index into them (cached texts cost nothing)."""
-        cache = getattr(self, "_cache", None)
-        if cache is not None:
-            index = cache["index"]
-            with contextlib.suppress(KeyError):
-                return cache["side"], np.fromiter((index[t] for t in column), dtype=np.intp, count=len(column))
-        uniq, inv = np.unique(column, return_inverse=True)
-        return self._side(list(uniq)), inv
-
-    def _features(self, pairs: np.ndarray[Any, Any], leave_out: np.ndarray[Any, Any] | None) -> np.ndarray[Any, Any]:
-        q_text, o_text = pairs[:, 0].astype(str), pairs[:, 1].astype(str)
-        qs, qi = np.unique(q_text, return_inverse=True)
-        q = self._side(list(qs), profiles=False)
-        o, oi = self._index(o_text)
-        a, ai = self._index(pairs[:, 2].astype(str))
-        qw, qc = q.word.T.tocsr(), q.char.T.tocsr()
-        answer_word = (qw @ a.word).toarray()[qi, ai]
-        answer_char = (qc @ a.char).toarray()[qi, ai]
-        word = (qw @ o.word).toarray()[qi, oi]
-        char = (qc @ o.char).toarray()[qi, oi]
-        pw_dot = (qw @ o.pword).toarray()[qi, oi]
-        pc_dot = (qc @ o.pchar).toarray()[qi, oi]
-        pw_sq, pc_sq = o.pword_sq[oi], o.pchar_sq[oi]
-        if leave_out is not None:
-            # A training duplicate sits inside its own original's profile s; take it out again:
-            # with |q| = 1, q.(s - q) = q.s - 1 and |s - q|^2 = |s|^2 - 2 q.s + 1.
-            out = leave_out & (q_text != o_text)
-            pw_sq = np.where(out, pw_sq - 2.0 * pw_dot + 1.0, pw_sq)
-            pc_sq = np.where(out, pc_sq - 2.0 * pc_dot + 1.0, pc_sq)
-            pw_dot = np.where(out, pw_dot - 1.0, pw_dot)
-            pc_dot = np.where(out, pc_dot - 1.0, pc_dot)
-        pword = np.where(pw_sq > 1e-9, pw_dot / np.sqrt(np.maximum(pw_sq, 1e-9)), 0.0)
-        pchar = np.where(pc_sq > 1e-9, pc_dot / np.sqrt(np.maximum(pc_sq, 1e-9)), 0.0)
-        qt, ot = q.tokens, o.tokens
-        jac = np.fromiter(
-            (len(qt[i] & ot[j]) / max(1, len(qt[i] | ot[j])) for i, j in zip(qi, oi, strict=True)),
-            dtype=np.float64,
-            count=len(pairs),
-        )
-        return np.column_stack([word, char, pword, pchar, answer_word, answer_char, jac])
-
-
-@dataclass(frozen=True, slots=True)
-class _Side:
-    """Per-text vectors of one side of the pairs, transposed: (vocabulary, texts)."""
-
-    word: Any
-    char: Any
-    pword: Any
-    pchar: Any
-    pword_sq: np.ndarray[Any, Any]
-    pchar_sq: np.ndarray[Any, Any]
-    tokens: list[frozenset[str]]
+    def _nearest(self, qw: sparse.csr_matrix, qc: sparse.csr_matrix, qi: Array, ci: Array,
+                 own_row: Array | None) -> list[tuple[Array, Array]]:
+        """Per space (word, char): each pair's best cosine to any single known text of its candidate, and
+        its cosine to the candidate's original question (the first known text of every entry)."""
+        starts, ends = self.known_ptr[ci], self.known_ptr[ci + 1]
+        counts = ends - starts
+        pair = np.repeat(np.arange(len(ci)), counts)
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        krow = np.arange(int(counts.sum())) - np.repeat(offsets, counts) + np.repeat(starts, counts)
+        out = []
+        for q, known in ((qw, self.known_word), (qc, self.known_char)):
+            dots = np.zeros(len(krow))
+            step = 200_000
+            for s in range(0, len(krow), step):
+                sl = slice(s, s + step)
+                dots[sl] = np.asarray(q[qi[pair[sl]]].multiply(known[krow[sl]]).sum(axis=1)).ravel()
+            original = dots[offsets].copy() if len(dots) else np.zeros(0)
+            if own_row is not None:
+                dots[krow == own_row[qi[pair]]] = -1.0
+            best = np.maximum.reduceat(dots, offsets) if len(dots) else np.zeros(0)
+            out.append((np.maximum(best, 0.0), original))
+        return out
 
 
+def perm_inverse(perm: Array) -> Array:
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(len(perm))
+    return inv
 
-def build_pipeline(C: float = 1.0) -> Pipeline:
-    """The untrained FAQ matcher: pair features -> scaling -> logistic regression."""
-    return Pipeline(
-        [
-            ("pairs", PairFeatures()),
-            ("scale", StandardScaler()),
-            ("clf", LogisticRegression(C=C, max_iter=1000)),
-        ]
-    )
+
+def _top(scores: Array, k: int) -> Array:
+    k = min(k, scores.shape[1])
+    if k >= scores.shape[1]:
+        return np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+    return np.argpartition(-scores, k - 1, axis=1)[:, :k]
+
+
+def _rank_within(qi: Array, values: Array, b: int) -> Array:
+    """0-based rank of each row's value among the rows of the same question (higher is better)."""
+    order = np.lexsort((-values, qi))
+    starts = np.searchsorted(qi[order], np.arange(b))
+    ranks = np.empty(len(qi), dtype=np.float64)
+    ranks[order] = np.arange(len(qi)) - starts[qi[order]]
+    return ranks

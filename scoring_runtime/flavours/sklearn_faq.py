@@ -1,20 +1,25 @@
-"""Serve the FAQ matcher: score a question against every original FAQ entry, return the top k.
+"""Serve the FAQ matcher: rank the FAQ's originals for free-text questions, best first, or say "no match".
 
-The artifact directory holds the sklearn Pipeline (skops, `flavour.file`, default
-`pipeline.skops`) and the FAQ (`flavour.faq`, default `faq.json`: a list of
-`{"id", "text", "answer"}`). The pipeline takes rows of (question, original question, original
-answer) and its `predict_proba[:, 1]` is the probability that the question duplicates the original.
+The artifact directory holds the fitted `FAQMatcher` (skops, `flavour.file`, default
+`pipeline.skops`) and the FAQ (`flavour.faq`, default `faq.json`: a list of `{"id", "text",
+"answer"}`, in the order the model was trained on). Scores are the model's calibrated probability
+that an entry is the question's original.
 
-`/score`: `{"question": "...", "top_k": 3}` -> `{"question": ..., "matches": [{id, question, answer,
-score}, ...]}`; `{"questions": [...]}` -> `{"results": [...]}`; `{"input": ...}` (the Azure
-reference's shape) is read like `question`/`questions`; a `text/plain` body is one question.
+`/score`: `{"question": "...", "top_k": 3, "min_score": 0.4}` -> `{"question": ..., "matches": [{id,
+question, answer, score}, ...], "no_match": false}`; `{"questions": [...]}` -> `{"results": [...]}`;
+`{"input": ...}` (the Azure reference's shape) is read like `question`/`questions`; a `text/plain`
+body is one question. Only matches with `score >= min_score` are returned; `min_score` defaults to
+the model's no-match threshold (chosen at training, `flavour.min_score` overrides it); when no
+entry clears it, `matches` is `[]` and `no_match` is true.
 
-V2: input `question` (BYTES, shape [n] or [n, 1]), parameter `top_k`; outputs `id`, `question`,
-`answer` (BYTES) and `score` (FP32), each of shape [n, k], best match first.
+V2: input `question` (BYTES, shape [n] or [n, 1]), parameters `top_k` and `min_score`; outputs `id`,
+`question`, `answer` (BYTES) and `score` (FP32), each of shape [n, k] (k = top_k), best match first,
+slots below `min_score` padded with id "" and score 0; and `no_match` (BOOL, shape [n]).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Self
 
@@ -22,6 +27,7 @@ import numpy as np
 import orjson
 
 from scoring_runtime.flavours.base import BadRequest, Job, ModelLoadError, Scorer, decode_json, media_type
+from scoring_runtime.flavours.faq_pipeline import FAQMatcher
 from scoring_runtime.flavours.sklearn_io import artifact_path, load_estimator
 from scoring_runtime.flavours.v2 import V2Request, V2Tensor
 from scoring_runtime.manifest import ModelManifest
@@ -29,11 +35,24 @@ from scoring_runtime.settings import RuntimeSettings
 
 MAX_QUESTIONS = 256
 MAX_QUESTION_CHARS = 4000
-OUTPUTS = ("id", "score", "question", "answer")
+OUTPUTS = ("id", "score", "question", "answer", "no_match")
+
+
+def parse_min_score(value: Any, where: str = "min_score") -> float:
+    """A number in [0, 1] (JSON number, or a numeric string from a query-like client), else a BadRequest."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise BadRequest(f"{where} must be a number from 0 to 1, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or not 0.0 <= value <= 1.0:
+        raise BadRequest(f"{where} must be a number from 0 to 1 (a probability), got {value!r}")
+    return float(value)
 
 
 class FAQScorer(Scorer):
-    """Top-k FAQ matches for free-text questions."""
+    """Top-k FAQ matches for free-text questions, with an explicit "no match"."""
 
     platform = "sklearn"
     score_media_types = ("application/json", "text/plain")
@@ -41,31 +60,40 @@ class FAQScorer(Scorer):
     # bodies over 64 KiB and results over 16 rows, so a big request cannot stall the loop)
     parse_in_thread = False
 
-    def __init__(self, manifest: ModelManifest, settings: RuntimeSettings, pipeline: Any,
+    def __init__(self, manifest: ModelManifest, settings: RuntimeSettings, model: FAQMatcher,
                  faq: list[dict[str, Any]]) -> None:
         super().__init__(manifest, settings)
-        self.pipeline = pipeline
+        if not isinstance(model, FAQMatcher):
+            raise ModelLoadError(
+                f"the FAQ model must be a {FAQMatcher.__module__}.FAQMatcher, got {type(model).__name__}; "
+                "models from before the retrieval + reranker matcher cannot be served: retrain with "
+                "examples/faq-matching/train.py"
+            )
+        if model.n_originals_ != len(faq):
+            raise ModelLoadError(f"the model was trained on {model.n_originals_} FAQ entries but the FAQ file has "
+                                 f"{len(faq)}; the two files do not belong together: re-register the model")
+        self.model = model
         self.faq = faq
         self.ids = [e["id"] for e in faq]
+        self.id_strings = np.array([str(i) for i in self.ids], dtype=object)
         self.texts = np.array([e["text"] for e in faq], dtype=object)
         self.answers = np.array([e["answer"] for e in faq], dtype=object)
         self.default_top_k = self._top_k(manifest.flavour.get("default_top_k", 3), "flavour.default_top_k")
-        classes = list(getattr(pipeline, "classes_", []))
-        if 1 not in classes:
-            raise ModelLoadError(f"the FAQ pipeline must be a classifier with class 1 (duplicate); classes: {classes}")
-        self._positive = classes.index(1)
-        steps = getattr(pipeline, "named_steps", {})
-        if "pairs" in steps and hasattr(steps["pairs"], "cache_texts"):
-            # vectorise the originals and answers once, not per request
-            steps["pairs"].cache_texts(list(self.texts) + list(self.answers))
+        configured = manifest.flavour.get("min_score")
+        if configured is not None:
+            try:
+                self.default_min_score = parse_min_score(configured, "flavour.min_score")
+            except BadRequest as e:
+                raise ModelLoadError(str(e)) from None
+        else:
+            self.default_min_score = model.threshold if model.threshold is not None else 0.0
+        model.prepare()  # transposed matrices and profiles, once, not per request
 
     @classmethod
     def load(cls, model_dir: Path, manifest: ModelManifest, settings: RuntimeSettings) -> Self:
-        pipeline = load_estimator(model_dir, manifest, settings, default_file="pipeline.skops")
-        if not hasattr(pipeline, "predict_proba"):
-            raise ModelLoadError("the FAQ model must have predict_proba (a classifier over question pairs)")
+        model = load_estimator(model_dir, manifest, settings, default_file="pipeline.skops")
         faq = read_faq(artifact_path(model_dir, str(manifest.flavour.get("faq", "faq.json")), "flavour.faq"))
-        return cls(manifest, settings, pipeline, faq)
+        return cls(manifest, settings, model, faq)
 
     # ------------------------------------------------------------------ requests
     def _top_k(self, value: Any, where: str = "top_k") -> int:
@@ -74,6 +102,9 @@ class FAQScorer(Scorer):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise BadRequest(f"{where} must be a positive integer, got {value!r}")
         return min(value, len(self.faq))
+
+    def _min_score(self, value: Any) -> float:
+        return self.default_min_score if value is None else parse_min_score(value)
 
     @staticmethod
     def _questions(value: Any, field: str) -> list[str]:
@@ -95,8 +126,8 @@ class FAQScorer(Scorer):
                 text = body.decode("utf-8")
             except UnicodeDecodeError:
                 raise BadRequest("a text/plain body must be UTF-8 text") from None
-            return Job(rows=1, data=self._questions(text, "body"), params={"top_k": self.default_top_k,
-                                                                          "single": True})
+            return Job(rows=1, data=self._questions(text, "body"),
+                       params={"top_k": self.default_top_k, "single": True, "min_score": self.default_min_score})
         doc = decode_json(body)
         if not isinstance(doc, dict):
             raise BadRequest('send a JSON object like {"question": "How do I ...?", "top_k": 3}')
@@ -105,8 +136,9 @@ class FAQScorer(Scorer):
             raise BadRequest('missing field "question": send {"question": "How do I ...?", "top_k": 3}')
         questions = self._questions(doc[field], field)
         top_k = self._top_k(doc.get("top_k", self.default_top_k))
+        min_score = self._min_score(doc.get("min_score"))
         return Job(rows=len(questions), data=questions,
-                   params={"top_k": top_k, "single": isinstance(doc[field], str)})
+                   params={"top_k": top_k, "single": isinstance(doc[field], str), "min_score": min_score})
 
     def parse_v2(self, request: V2Request) -> Job:
         tensor = request.input("question")
@@ -117,49 +149,45 @@ class FAQScorer(Scorer):
             raise BadRequest(f"input 'question' must have shape [n] or [n, 1] with n >= 1, got {shape}")
         questions = self._questions(list(tensor.data.ravel()), "question")
         raw_k = request.parameters.get("top_k", tensor.parameters.get("top_k", self.default_top_k))
-        return Job(rows=len(questions), data=questions, params={"top_k": self._top_k(raw_k)}, outputs=request.outputs)
+        raw_min = request.parameters.get("min_score", tensor.parameters.get("min_score"))
+        return Job(rows=len(questions), data=questions,
+                   params={"top_k": self._top_k(raw_k), "min_score": self._min_score(raw_min)},
+                   outputs=request.outputs)
 
     # ------------------------------------------------------------------ model
     def predict(self, jobs: list[Job]) -> list[Any]:
+        """Per job: (original indices, scores), each (questions, top_k), best first."""
         questions = [q for job in jobs for q in job.data]
-        m = len(self.texts)
-        pairs = np.empty((len(questions) * m, 3), dtype=object)
-        pairs[:, 0] = np.repeat(np.array(questions, dtype=object), m)
-        pairs[:, 1] = np.tile(self.texts, len(questions))
-        pairs[:, 2] = np.tile(self.answers, len(questions))
-        scores = self.pipeline.predict_proba(pairs)[:, self._positive].reshape(len(questions), m)
+        k = max(job.params["top_k"] for job in jobs)
+        top, scores = self.model.rank(questions, k)
         out, start = [], 0
         for job in jobs:
-            out.append(scores[start:start + job.rows])
+            kk = job.params["top_k"]
+            out.append((top[start:start + job.rows, :kk], scores[start:start + job.rows, :kk]))
             start += job.rows
         return out
 
-    def _ranked(self, scores: np.ndarray[Any, Any], k: int) -> np.ndarray[Any, Any]:
-        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
-
     def render_score(self, result: Any, job: Job) -> Any:
-        top = self._ranked(result, job.params["top_k"])
-        answers = [
-            {
-                "question": q,
-                "matches": [
-                    {"id": self.ids[i], "question": self.texts[i], "answer": self.answers[i],
-                     "score": round(float(result[r, i]), 6)}
-                    for i in top[r]
-                ],
-            }
-            for r, q in enumerate(job.data)
-        ]
+        top, scores = result
+        floor = job.params.get("min_score", self.default_min_score)
+        answers = []
+        for r, q in enumerate(job.data):
+            matches = [
+                {"id": self.ids[i], "question": self.texts[i], "answer": self.answers[i], "score": round(float(s), 6)}
+                for i, s in zip(top[r], scores[r], strict=True) if s >= floor
+            ]
+            answers.append({"question": q, "matches": matches, "no_match": not matches})
         return answers[0] if job.params.get("single") else {"results": answers}
 
     def render_v2(self, result: Any, job: Job) -> list[V2Tensor]:
-        top = self._ranked(result, job.params["top_k"])
-        ids = np.array([str(i) for i in self.ids], dtype=object)
+        top, scores = result
+        kept = scores >= job.params.get("min_score", self.default_min_score)
         return [
-            V2Tensor.of("id", ids[top], "BYTES"),
-            V2Tensor.of("score", np.take_along_axis(result, top, axis=1), "FP32"),
-            V2Tensor.of("question", self.texts[top], "BYTES"),
-            V2Tensor.of("answer", self.answers[top], "BYTES"),
+            V2Tensor.of("id", np.where(kept, self.id_strings[top], ""), "BYTES"),
+            V2Tensor.of("score", np.where(kept, scores, 0.0), "FP32"),
+            V2Tensor.of("question", np.where(kept, self.texts[top], ""), "BYTES"),
+            V2Tensor.of("answer", np.where(kept, self.answers[top], ""), "BYTES"),
+            V2Tensor.of("no_match", ~kept[:, 0], "BOOL"),
         ]
 
     def v2_metadata(self) -> dict[str, Any]:
@@ -170,8 +198,10 @@ class FAQScorer(Scorer):
                 {"name": "score", "datatype": "FP32", "shape": [-1, -1]},
                 {"name": "question", "datatype": "BYTES", "shape": [-1, -1]},
                 {"name": "answer", "datatype": "BYTES", "shape": [-1, -1]},
+                {"name": "no_match", "datatype": "BOOL", "shape": [-1]},
             ],
-            "parameters": {"top_k": self.default_top_k, "faq_entries": len(self.faq)},
+            "parameters": {"top_k": self.default_top_k, "min_score": self.default_min_score,
+                           "faq_entries": len(self.faq)},
         }
 
     def warmup(self) -> None:

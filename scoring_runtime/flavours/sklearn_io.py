@@ -28,7 +28,9 @@ log = logging.getLogger("scoring_runtime.model")
 #: Exact names the runtime trusts beyond the rules in `is_allowed_type`.
 ALLOWED_TYPES: frozenset[str] = frozenset(
     {
-        "scoring_runtime.flavours.faq_pipeline.PairFeatures",
+        "scoring_runtime.flavours.faq_pipeline.FAQMatcher",
+        # the fitted trees of HistGradientBoosting* (node arrays; not an estimator, so listed by name)
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
         "scipy.sparse._csr.csr_matrix",
         "scipy.sparse._csc.csc_matrix",
         "scipy.sparse._coo.coo_matrix",
@@ -73,14 +75,18 @@ def untrusted_types(path: Path) -> list[str]:
     return sorted(sio.get_untrusted_types(file=path))
 
 
-def dump_skops(obj: Any, path: Path) -> list[str]:
-    """Save `obj` with skops; returns the list to store as `flavour.trusted_types`."""
+def dump_skops(obj: Any, path: Path, compress: bool = True) -> list[str]:
+    """Save `obj` with skops; returns the list to store as `flavour.trusted_types`.
+
+    `compress=False` stores the arrays as they are: a bigger file that saves and loads much faster
+    (for models made of large numeric arrays, where deflate gains little and costs seconds).
+    """
     import zipfile
 
     import skops.io as sio
 
     # skops' JSON schema is verbose (a large vocabulary is megabytes) and compresses ~10x.
-    sio.dump(obj, path, compression=zipfile.ZIP_DEFLATED)
+    sio.dump(obj, path, compression=zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED)
     return untrusted_types(path)
 
 

@@ -33,7 +33,7 @@ async def test_model_metadata_and_ready(faq_app: Callable[..., Starlette]) -> No
             assert meta["versions"] == ["1"]
             assert meta["platform"] == "sklearn"
             assert meta["inputs"] == [{"name": "question", "datatype": "BYTES", "shape": [-1]}]
-            assert [o["name"] for o in meta["outputs"]] == ["id", "score", "question", "answer"]
+            assert [o["name"] for o in meta["outputs"]] == ["id", "score", "question", "answer", "no_match"]
         for path in ("/v2/models/faq-matcher/ready", "/v2/models/faq-matcher/versions/1/ready"):
             r = await c.get(path)
             assert r.status_code == 200 and r.json() == {"name": "faq-matcher", "ready": True}
@@ -41,15 +41,17 @@ async def test_model_metadata_and_ready(faq_app: Callable[..., Starlette]) -> No
 
 async def test_v2_infer_returns_ranked_tensors(faq_app: Callable[..., Starlette]) -> None:
     async with serving(faq_app()) as c:
-        body = v2_questions(PASSWORD_Q, "ssh connection times out", top_k=3) | {"id": "req-42"}
+        # min_score 0: every top_k slot filled (the default is the model's no-match threshold)
+        body = v2_questions(PASSWORD_Q, "ssh connection times out", top_k=3, min_score=0) | {"id": "req-42"}
         r = await c.post("/v2/models/faq-matcher/infer", json=body)
         assert r.status_code == 200, r.text
         out = r.json()
         assert out["id"] == "req-42"
         assert out["model_name"] == "faq-matcher" and out["model_version"] == "1"
         tensors = {t["name"]: t for t in out["outputs"]}
-        assert set(tensors) == {"id", "score", "question", "answer"}
-        for t in tensors.values():
+        assert set(tensors) == {"id", "score", "question", "answer", "no_match"}
+        assert tensors["no_match"] == {"name": "no_match", "datatype": "BOOL", "shape": [2], "data": [False, False]}
+        for t in (tensors[n] for n in ("id", "score", "question", "answer")):
             assert t["shape"] == [2, 3]
             assert len(t["data"]) == 6
         assert tensors["score"]["datatype"] == "FP32"
@@ -78,15 +80,15 @@ async def test_v2_infer_versioned_path_nested_data_and_output_selection(faq_app:
 
 async def test_score_single_list_reference_and_plain_text(faq_app: Callable[..., Starlette]) -> None:
     async with serving(faq_app()) as c:
-        single = (await c.post("/score", json={"question": PASSWORD_Q, "top_k": 2})).json()
+        single = (await c.post("/score", json={"question": PASSWORD_Q, "top_k": 2, "min_score": 0})).json()
         assert single["question"] == PASSWORD_Q
         assert len(single["matches"]) == 2
         best = single["matches"][0]
         assert best["id"] == 101 and "Forgot password" in best["answer"]
-        assert set(best) == {"id", "question", "answer", "score"}
+        assert set(best) == {"id", "question", "answer", "score"} and single["no_match"] is False
         assert 0.0 <= single["matches"][1]["score"] <= best["score"] <= 1.0
 
-        many = (await c.post("/score", json={"questions": [PASSWORD_Q, "delete my account"]})).json()
+        many = (await c.post("/score", json={"questions": [PASSWORD_Q, "delete my account"], "min_score": 0})).json()
         assert [r["matches"][0]["id"] for r in many["results"]] == [101, 103]
         assert all(len(r["matches"]) == 3 for r in many["results"])  # default top_k from the manifest
 
@@ -100,7 +102,7 @@ async def test_score_single_list_reference_and_plain_text(faq_app: Callable[...,
 
 async def test_top_k_is_capped_at_the_number_of_faq_entries(faq_app: Callable[..., Starlette]) -> None:
     async with serving(faq_app()) as c:
-        r = await c.post("/score", json={"question": PASSWORD_Q, "top_k": 1000})
+        r = await c.post("/score", json={"question": PASSWORD_Q, "top_k": 1000, "min_score": 0})
         assert r.status_code == 200
         ids = [m["id"] for m in r.json()["matches"]]
         assert len(ids) == 40 and len(set(ids)) == 40

@@ -98,15 +98,15 @@ def test_skops_type_outside_the_allow_list_is_refused(tmp_path: Path) -> None:
 
 
 def test_skops_types_not_recorded_at_registration_are_refused(tmp_path: Path, faq_dir: Path) -> None:
-    # The FAQ pipeline needs two types beyond skops' defaults (our PairFeatures, a scipy matrix);
+    # The FAQ model needs types beyond skops' defaults (our FAQMatcher, a scipy matrix);
     # a manifest that does not list them does not match its artifact.
     d = tmp_path / "faq"
     shutil.copytree(faq_dir, d)
     manifest = json.loads((d / "model.json").read_text())
-    assert "scoring_runtime.flavours.faq_pipeline.PairFeatures" in manifest["flavour"]["trusted_types"]
+    assert "scoring_runtime.flavours.faq_pipeline.FAQMatcher" in manifest["flavour"]["trusted_types"]
     manifest["flavour"]["trusted_types"] = []
     (d / "model.json").write_text(json.dumps(manifest))
-    with pytest.raises(ModelLoadError, match=r"PairFeatures.*not recorded|not recorded.*PairFeatures"):
+    with pytest.raises(ModelLoadError, match=r"FAQMatcher.*not recorded|not recorded.*FAQMatcher"):
         load_scorer(settings(d))
 
 
