@@ -33,7 +33,7 @@ from tests.operator.kubehelpers import CHART, get, wait_for
 pytestmark = [pytest.mark.node, pytest.mark.cluster, pytest.mark.slow]
 
 QUESTION = "I can't remember my console password, how do I reset it?"
-SCORE_BODY = {"question": QUESTION, "top_k": 3}
+SCORE_BODY = {"question": QUESTION, "top_k": 3, "min_score": 0}  # the ranking itself, not the no-match threshold
 REPORT: dict[str, Any] = {}
 LOAD_KEYS = ("requests", "failures", "versions", "first_seen", "last_seen", "seconds")
 
@@ -224,7 +224,7 @@ def test_scoring_model_becomes_ready_on_real_pods_and_answers_through_the_servic
     # Open Inference Protocol V2, same Service
     v2 = env.client.request(service_url(cluster, ns, "faq", f"/v2/models/{MODEL}/infer"), method="POST", headers=auth,
                             body={"inputs": [{"name": "question", "datatype": "BYTES", "shape": [1],
-                                              "data": [QUESTION]}], "parameters": {"top_k": 3}})
+                                              "data": [QUESTION]}], "parameters": {"top_k": 3, "min_score": 0}})
     assert v2["status"] == 200, v2
     ids = next(o for o in v2["body"]["outputs"] if o["name"] == "id")
     assert [str(i) for i in ids["data"]][:3] == [str(i) for i in expected_top3(env.faq)]  # BYTES tensor
