@@ -39,6 +39,7 @@ from scoring_runtime.flavours.base import Job, decode_json, media_type
 from scoring_runtime.flavours.errors import describe
 from scoring_runtime.flavours.v2 import V2Tensor, parse_request
 from scoring_runtime.manifest import ModelManifest, load_manifest
+from scoring_runtime.server import protocol
 from scoring_runtime.server.auth import ApiKeyAuth
 from scoring_runtime.server.dispatch import Dispatcher, QueueFull, make_dispatcher
 from scoring_runtime.server.errors import ApiError, ErrorHandlers, NotFound, NotReady, ScoringFailed, Unauthorized
@@ -142,6 +143,12 @@ class ScoringServer:
             secret_files=[self.settings.api_key_file] if self.settings.api_key_file else [],
             resource_attributes={"scoring.model": self.manifest.name,
                                  "scoring.model_version": str(self.manifest.version)},
+        )
+        st = self.settings
+        protocol.configure(
+            protocol.HttpLimits(max_header_bytes=st.max_header_bytes, max_headers=st.max_headers,
+                                header_timeout_s=st.header_timeout_s, body_timeout_s=st.body_timeout_s),
+            on_refusal=lambda reason: self.metrics.errors.labels(reason).inc(),
         )
         self.executor = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="scoring")
         task = asyncio.create_task(self._load(), name="load-model")

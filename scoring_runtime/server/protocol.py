@@ -1,0 +1,192 @@
+"""HTTP/1.1 connection guards below the ASGI app: header size and count, header and body timeouts.
+
+uvicorn's httptools protocol has no limit on header size (httptools buffers a header of any length
+before it reports it) and no timeout for a request that is still arriving: a client that sends
+headers a byte at a time ("slowloris") or never finishes its body holds a connection forever, and a
+64 MiB header is parsed in full. `GuardedHttpToolsProtocol` adds, per connection:
+
+- **header bytes**: the request line plus headers may take at most `max_header_bytes`; the check
+  runs on the raw bytes *before* they reach the parser, so an oversized header costs nothing → 431;
+- **header count**: at most `max_headers` header fields → 431;
+- **header timeout**: the request line and headers must arrive within `header_timeout_s` of the
+  connection opening (or of the first byte of a later request on a kept-alive connection); else
+  408 (or a silent close when nothing was sent) and the connection is closed;
+- **body timeout**: a request body must arrive within `body_timeout_s` of its headers; else 408,
+  the app sees the client as gone (499 in the metrics) and the connection is closed.
+
+Refusals are written straight to the socket (a few hundred bytes, no ASGI task), with
+`Connection: close`. The limits come from `configure()`, called once per process before serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("scoring_runtime.server")
+
+_REASONS = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large"}
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+    header_timeout_s: float = 30.0
+    body_timeout_s: float = 60.0
+
+
+_limits = HttpLimits()
+_on_refusal: Callable[[str], None] | None = None
+
+
+def configure(limits: HttpLimits, on_refusal: Callable[[str], None] | None = None) -> None:
+    """Set the limits of every connection opened from now on in this process (and a metrics hook)."""
+    global _limits, _on_refusal
+    _limits = limits
+    _on_refusal = on_refusal
+
+
+def refusal_bytes(status: int, message: str) -> bytes:
+    """A complete HTTP/1.1 response that closes the connection: `{"error": message}`."""
+    body = orjson.dumps({"error": message})
+    return (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode("ascii") + body
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback to stop parsing; the refusal is already recorded."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus the guards in the module docstring."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = _limits
+        self._timer: asyncio.TimerHandle | None = None
+        self._header_phase = True  # bytes now arriving belong to a request line or headers
+        self._header_bytes = 0
+        self._header_count = 0
+        self._tail = b""
+        self._refusal: tuple[int, str, str] | None = None
+
+    # ------------------------------------------------------------------ timers
+    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _header_timeout(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if self._header_bytes == 0:
+            self._count("idle_timeout")
+            self.transport.close()  # never sent a byte: nothing to answer
+            return
+        self._refuse(408, f"the request headers did not arrive within {self.limits.header_timeout_s:g} s; "
+                          "send the whole request line and headers at once", "header_timeout")
+
+    def _body_timeout(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            self.transport.write(refusal_bytes(
+                408, f"the request body did not arrive within {self.limits.body_timeout_s:g} s of its headers"))
+        self._count("body_timeout")
+        if cycle is not None:
+            cycle.disconnected = True  # the app's receive() now returns http.disconnect (a 499)
+            cycle.message_event.set()
+        self.transport.close()
+
+    # ------------------------------------------------------------------ refusals
+    def _count(self, reason: str) -> None:
+        if _on_refusal is not None:
+            _on_refusal(reason)
+        log.debug("connection_refused", extra={"fields": {"reason": reason}})
+
+    def _refuse(self, status: int, message: str, reason: str) -> None:
+        self._disarm()
+        if not self.transport.is_closing():
+            self._count(reason)
+            self.transport.write(refusal_bytes(status, message))
+            self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn calls this when the parser fails; a failure we caused in a callback is our refusal
+        if self._refusal is not None:
+            self._refuse(*self._refusal)
+            return
+        self._refuse(400, "invalid HTTP request", "bad_http")
+
+    # ------------------------------------------------------------------ protocol
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.limits.header_timeout_s, self._header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_phase:
+            budget = self.limits.max_header_bytes - self._header_bytes
+            # over budget: fine only if the headers end within it (the rest is body or a next request)
+            if len(data) > budget and b"\r\n\r\n" not in self._tail + data[: max(budget, 0) + 4]:
+                self._refuse(431, f"the request line and headers exceed {self.limits.max_header_bytes} bytes; "
+                                  "send fewer or smaller headers", "headers_too_large")
+                return
+            self._header_bytes += len(data)
+            self._tail = data[-3:]
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_count = 0
+        if self._timer is None:  # a later request on a kept-alive connection: its own header deadline
+            self._arm(self.limits.header_timeout_s, self._header_timeout)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.limits.max_headers:
+            self._refusal = (431, f"the request has more than {self.limits.max_headers} header fields",
+                             "headers_too_many")
+            raise _Refused
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._header_phase = False
+        self._disarm()
+        if self._has_body():
+            self._arm(self.limits.body_timeout_s, self._body_timeout)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._header_phase = True
+        self._header_bytes = 0
+        self._tail = b""
+        super().on_message_complete()
+
+    def _has_body(self) -> bool:
+        for name, value in self.headers:
+            if name == b"transfer-encoding":
+                return True
+            if name == b"content-length" and value.strip() not in (b"", b"0"):
+                return True
+        return False
