@@ -149,6 +149,7 @@ class ScoringServer:
             protocol.HttpLimits(max_header_bytes=st.max_header_bytes, max_headers=st.max_headers,
                                 header_timeout_s=st.header_timeout_s, body_timeout_s=st.body_timeout_s),
             on_refusal=lambda reason: self.metrics.errors.labels(reason).inc(),
+            admission=self._admission,
         )
         self.executor = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="scoring")
         task = asyncio.create_task(self._load(), name="load-model")
@@ -234,6 +235,28 @@ class ScoringServer:
             raise NotReady(f"the model failed to load: {self.failure}")
         raise NotReady(f"the model is {self.phase.value.replace('_', ' ')}; retry when GET /v2/health/ready "
                        "answers 200", {"Retry-After": "1"})
+
+    def _overloaded(self) -> QueueFull | None:
+        """Is the model's queue already full? Checked before a body is read (each row counts at least 1)."""
+        if self.phase is not Phase.READY:
+            return None
+        queued = getattr(self.dispatcher, "queued_rows", None)
+        if queued is not None and queued >= self.settings.max_queue_rows:
+            return QueueFull(f"request queue full ({queued} rows waiting, limit {self.settings.max_queue_rows}); "
+                             "retry later or add replicas")
+        return None
+
+    def _admission(self, method: bytes, target: bytes) -> bytes | None:
+        """Called by the connection guard once a request's headers are in: a full queue is answered
+        there, before routing, auth and reading the body, so refusing costs next to nothing."""
+        if method != b"POST" or not (target.startswith(b"/score") or b"/infer" in target):
+            return None
+        full = self._overloaded()
+        if full is None:
+            return None
+        self.metrics.errors.labels("overloaded").inc()
+        retry = self.settings.retry_after_s
+        return protocol.response_bytes(503, f"{full}; retry after {retry:g} s", {"Retry-After": str(retry)})
 
     async def _codec(self, protocol: str, fn: Callable[..., Any], *args: Any, big: bool = False) -> Any:
         """Run flavour parse/render code in the pool; inline only when the flavour says it is cheap
@@ -356,6 +379,8 @@ class ScoringServer:
         self._unknown_model(request)
         self._not_ready()
         assert self.scorer is not None
+        if (full := self._overloaded()) is not None:
+            raise full
         body = await read_body(request, self.settings.max_body_bytes)
         self.metrics.body_bytes.labels("infer").observe(len(body))
         req_id, job = await self._codec("v2", self._parse_v2, body, big=len(body) > INLINE_MAX_BODY_BYTES)
@@ -380,6 +405,8 @@ class ScoringServer:
         if media_type(ctype) not in scorer.score_media_types:
             raise UnsupportedMediaType(f"Content-Type {describe(media_type(ctype))} is not accepted by this model; "
                                        f"use one of: {', '.join(scorer.score_media_types)}")
+        if (full := self._overloaded()) is not None:
+            raise full
         body = await read_body(request, self.settings.max_body_bytes)
         self.metrics.body_bytes.labels("score").observe(len(body))
         job = await self._codec("score", scorer.parse_score, body, ctype, big=len(body) > INLINE_MAX_BODY_BYTES)

@@ -12,7 +12,10 @@ headers a byte at a time ("slowloris") or never finishes its body holds a connec
   connection opening (or of the first byte of a later request on a kept-alive connection); else
   408 (or a silent close when nothing was sent) and the connection is closed;
 - **body timeout**: a request body must arrive within `body_timeout_s` of its headers; else 408,
-  the app sees the client as gone (499 in the metrics) and the connection is closed.
+  the app sees the client as gone (499 in the metrics) and the connection is closed;
+- **admission**: once the headers are in, the server may answer at once without running the app
+  (a 503 when the model's queue is full): the canned response is written straight to the socket
+  (no ASGI task, routing or body parsing; the body is discarded as it arrives), keep-alive kept.
 
 Refusals are written straight to the socket (a few hundred bytes, no ASGI task), with
 `Connection: close`. The limits come from `configure()`, called once per process before serving.
@@ -27,11 +30,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 log = logging.getLogger("scoring_runtime.server")
 
-_REASONS = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large"}
+_REASONS = {400: "Bad Request", 408: "Request Timeout", 431: "Request Header Fields Too Large",
+            503: "Service Unavailable"}
 
 
 @dataclass(frozen=True)
@@ -42,24 +46,36 @@ class HttpLimits:
     body_timeout_s: float = 60.0
 
 
+#: admission(method, raw target) -> a complete HTTP response to send instead of running the app, or None
+Admission = Callable[[bytes, bytes], bytes | None]
 _limits = HttpLimits()
 _on_refusal: Callable[[str], None] | None = None
+_admission: Admission | None = None
 
 
-def configure(limits: HttpLimits, on_refusal: Callable[[str], None] | None = None) -> None:
-    """Set the limits of every connection opened from now on in this process (and a metrics hook)."""
-    global _limits, _on_refusal
+def configure(
+    limits: HttpLimits, on_refusal: Callable[[str], None] | None = None, admission: Admission | None = None
+) -> None:
+    """Set the limits of every connection opened from now on in this process, a metrics hook, and admission."""
+    global _limits, _on_refusal, _admission
     _limits = limits
     _on_refusal = on_refusal
+    _admission = admission
+
+
+def response_bytes(status: int, message: str, headers: dict[str, str] | None = None, close: bool = False) -> bytes:
+    """A complete HTTP/1.1 response with the body `{"error": message}`."""
+    body = orjson.dumps({"error": message})
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}", "content-type: application/json",
+             f"content-length: {len(body)}", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    if close:
+        lines.append("connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
 
 
 def refusal_bytes(status: int, message: str) -> bytes:
     """A complete HTTP/1.1 response that closes the connection: `{"error": message}`."""
-    body = orjson.dumps({"error": message})
-    return (
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-    ).encode("ascii") + body
+    return response_bytes(status, message, close=True)
 
 
 class _Refused(Exception):
@@ -174,7 +190,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         if self._has_body():
             self._arm(self.limits.body_timeout_s, self._body_timeout)
-        super().on_headers_complete()
+        canned = _admission(self.parser.get_method(), self.url) if _admission is not None else None
+        previous = self.cycle
+        if canned is None or (previous is not None and not previous.response_complete):
+            super().on_headers_complete()  # (a pipelined request waits its turn: the app refuses it)
+            return
+        self._answer_now(canned)
+
+    def _answer_now(self, response: bytes) -> None:
+        """Send `response` for the request whose headers just arrived, without running the app."""
+        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+        self.scope["method"] = self.parser.get_method().decode("ascii", "replace")
+        cycle = RequestResponseCycle(
+            scope=self.scope, transport=self.transport, flow=self.flow, logger=self.logger,
+            access_logger=self.access_logger, access_log=False, default_headers=[],
+            message_event=asyncio.Event(), expect_100_continue=False, keep_alive=keep_alive,
+            on_response=self.on_response_complete,
+        )
+        cycle.response_started = cycle.response_complete = True  # on_body now discards the body
+        self.cycle = cycle
+        self.transport.write(response)
+        if keep_alive:
+            self.on_response_complete()
+        else:
+            self.transport.close()
 
     def on_message_complete(self) -> None:
         self._disarm()

@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
-from tests.runtime.support import ServeProcess, clean_process_env, scoring_serve
+from tests.runtime.support import ServeProcess, clean_process_env, free_port, scoring_serve, serving
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 HEADER_TIMEOUT_S = 1.0
@@ -135,3 +136,62 @@ async def test_a_kept_alive_connection_gets_a_fresh_header_deadline(server: Serv
     rest = await asyncio.wait_for(reader.read(-1), 5)
     writer.close()
     assert rest.startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < HEADER_TIMEOUT_S + 1.5
+
+
+async def test_admission_answers_a_full_queue_without_running_the_app() -> None:
+    """The canned 503 is written by the connection itself; the body is discarded and keep-alive kept."""
+    import uvicorn
+    from starlette.responses import PlainTextResponse
+    from starlette.types import Receive, Scope, Send
+
+    from scoring_runtime.server import protocol
+
+    calls: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        calls.append(scope["path"])
+        await PlainTextResponse("app")(scope, receive, send)
+
+    full = protocol.response_bytes(503, "queue full", {"Retry-After": "2"})
+    protocol.configure(protocol.HttpLimits(), admission=lambda m, t: full if m == b"POST" and t == b"/score" else None)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol.GuardedHttpToolsProtocol,
+                                           lifespan="off", log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            r = await c.post("/score", content=b'{"question": "' + b"x" * 200_000 + b'"}')
+            assert r.status_code == 503 and r.headers["retry-after"] == "2"
+            assert r.json() == {"error": "queue full"}
+            r = await c.get("/score")  # same connection: the discarded body did not corrupt it
+            assert r.status_code == 200 and r.text == "app"
+        assert calls == ["/score"]
+    finally:
+        protocol.configure(protocol.HttpLimits())
+        server.should_exit = True
+        await task
+
+
+async def test_a_full_queue_is_refused_before_the_body_is_read(faq_app: Callable[..., Starlette]) -> None:
+    app = faq_app(max_batch_size=4, max_queue_rows=8)
+    async with serving(app) as c:
+        server = app.state.server
+        server.dispatcher._queued_rows = 8  # as if 8 rows were waiting for the model
+        read: list[int] = []
+
+        async def body() -> AsyncIterator[bytes]:
+            read.append(1)
+            yield b'{"question": "reset my password"}'
+
+        r = await c.post("/score", content=body(), headers={"content-type": "application/json"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and "queue full" in r.json()["error"]
+        assert read == []
+        assert server._admission(b"POST", b"/v2/models/faq-matcher/infer").startswith(b"HTTP/1.1 503")
+        assert server._admission(b"GET", b"/v2/health/ready") is None
+        server.dispatcher._queued_rows = 0
+        assert server._admission(b"POST", b"/score") is None
+        assert (await c.post("/score", json={"question": "reset my password"})).status_code == 200
