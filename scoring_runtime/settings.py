@@ -47,6 +47,14 @@ class RuntimeSettings(BaseSettings):
     max_batch_delay_ms: float = Field(2.0, ge=0, le=10_000, description="longest wait to fill a batch")
     max_queue_rows: int = Field(1024, ge=1, description="rows waiting for the model before 503 Retry-After")
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with a 503 when overloaded")
+    # Per-request cost bounds (scoring_runtime.server.app): large requests are scored alone, in chunks.
+    max_request_rows: int = Field(4096, ge=1, description="rows (questions, records, images) per request (413)")
+    large_request_bytes: int = Field(64 * 1024, ge=1024,
+                                     description="bodies above this are large: scored in chunks, one at a time")
+    chunk_bytes: int = Field(16 * 1024, ge=256, description="a large request is scored in chunks of about "
+                             "this many body bytes (bounds its peak memory)")
+    max_large_requests: int = Field(4, ge=1, description="large requests admitted at once (one is scored, "
+                                    "the others wait); 503 above")
     # Connection guards (scoring_runtime.server.protocol): checked on raw bytes, before any parsing.
     max_header_bytes: int = Field(32 * 1024, ge=1024, le=1024 * 1024,
                                   description="request line + headers, in bytes (431 above)")

@@ -41,6 +41,7 @@ class FAQScorer(Scorer):
     # a few short strings: cheaper on the loop than a thread hop (the server still uses its pool for
     # bodies over 64 KiB and results over 16 rows, so a big request cannot stall the loop)
     parse_in_thread = False
+    splittable = True  # data: a list of questions; predict: an array with a row per question
 
     def __init__(self, manifest: ModelManifest, settings: RuntimeSettings, pipeline: Any,
                  faq: list[dict[str, Any]]) -> None:

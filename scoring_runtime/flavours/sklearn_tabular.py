@@ -31,6 +31,7 @@ class TabularScorer(Scorer):
     """Any fitted estimator with `predict` over a 2-D numeric array."""
 
     platform = "sklearn"
+    splittable = True  # data: a [rows, features] array; predict: (predictions, probabilities or None)
 
     def __init__(self, manifest: ModelManifest, settings: RuntimeSettings, estimator: Any) -> None:
         super().__init__(manifest, settings)

@@ -43,7 +43,7 @@ from scoring_runtime.server import protocol
 from scoring_runtime.server.auth import ApiKeyAuth
 from scoring_runtime.server.dispatch import Dispatcher, QueueFull, make_dispatcher
 from scoring_runtime.server.errors import ApiError, ErrorHandlers, NotFound, NotReady, ScoringFailed, Unauthorized
-from scoring_runtime.server.http import JSON, read_body
+from scoring_runtime.server.http import JSON, RequestTooLarge, read_body
 from scoring_runtime.server.logs import event
 from scoring_runtime.server.metrics import Metrics
 from scoring_runtime.settings import RuntimeSettings
@@ -129,6 +129,9 @@ class ScoringServer:
         self.scorer: Scorer | None = None
         self.dispatcher: Dispatcher | None = None
         self.executor: ThreadPoolExecutor | None = None
+        self._large_admitted = 0
+        self._large_lock: asyncio.Lock | None = None
+        self._large_executor: ThreadPoolExecutor | None = None
         self.load_seconds: float | None = None
         self.warmup_seconds: float | None = None
         ready_dir = os.environ.get(READY_DIR_ENV)
@@ -152,6 +155,8 @@ class ScoringServer:
             admission=self._admission,
         )
         self.executor = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="scoring")
+        self._large_executor = ThreadPoolExecutor(1, thread_name_prefix="scoring-large")
+        self._large_lock = asyncio.Lock()  # FIFO: large requests are scored in arrival order
         task = asyncio.create_task(self._load(), name="load-model")
         try:
             yield
@@ -166,6 +171,7 @@ class ScoringServer:
             if self.dispatcher is not None:
                 await self.dispatcher.stop()
             self.executor.shutdown(wait=False, cancel_futures=True)
+            self._large_executor.shutdown(wait=False, cancel_futures=True)
             self.metrics.process_exit()
             telemetry.shutdown_telemetry()
 
@@ -236,22 +242,32 @@ class ScoringServer:
         raise NotReady(f"the model is {self.phase.value.replace('_', ' ')}; retry when GET /v2/health/ready "
                        "answers 200", {"Retry-After": "1"})
 
-    def _overloaded(self) -> QueueFull | None:
-        """Is the model's queue already full? Checked before a body is read (each row counts at least 1)."""
+    def _overloaded(self, content_length: int = -1) -> QueueFull | None:
+        """Is the model's queue (or, for a large body, the large-request lane) already full? Checked
+        before a body is read (each request counts at least one row)."""
         if self.phase is not Phase.READY:
             return None
         queued = getattr(self.dispatcher, "queued_rows", None)
         if queued is not None and queued >= self.settings.max_queue_rows:
             return QueueFull(f"request queue full ({queued} rows waiting, limit {self.settings.max_queue_rows}); "
                              "retry later or add replicas")
+        if content_length > self.settings.large_request_bytes:
+            return self._large_full()
         return None
 
-    def _admission(self, method: bytes, target: bytes) -> bytes | None:
+    def _large_full(self) -> QueueFull | None:
+        limit = self.settings.max_large_requests
+        if self._large_admitted < limit:
+            return None
+        return QueueFull(f"{self._large_admitted} large requests are already in progress (limit {limit}); "
+                         "retry later, send smaller requests or add replicas")
+
+    def _admission(self, method: bytes, target: bytes, content_length: int) -> bytes | None:
         """Called by the connection guard once a request's headers are in: a full queue is answered
         there, before routing, auth and reading the body, so refusing costs next to nothing."""
         if method != b"POST" or not (target.startswith(b"/score") or b"/infer" in target):
             return None
-        full = self._overloaded()
+        full = self._overloaded(content_length)
         if full is None:
             return None
         self.metrics.errors.labels("overloaded").inc()
@@ -275,11 +291,20 @@ class ScoringServer:
         except Exception as e:
             raise ScoringFailed(protocol, e) from e
 
-    async def _predict(self, job: Job, protocol: str) -> Any:
+    def _declared_length(self, request: Request) -> int:
+        value = request.headers.get("content-length", "")
+        return int(value) if value.isdigit() else -1
+
+    async def _predict(self, job: Job, protocol: str, body_bytes: int) -> Any:
         assert self.dispatcher is not None
+        if job.rows > self.settings.max_request_rows:
+            raise RequestTooLarge(f"the request has {job.rows} rows; the limit is {self.settings.max_request_rows} "
+                                  "(server setting SCORING_MAX_REQUEST_ROWS): split it")
         self.metrics.rows.labels(protocol).observe(job.rows)
         t0 = time.perf_counter()
         try:
+            if body_bytes > self.settings.large_request_bytes:
+                return await self._predict_large(job, body_bytes)
             return await self.dispatcher.submit(job)
         except _EXPECTED:
             raise
@@ -287,6 +312,32 @@ class ScoringServer:
             raise ScoringFailed(protocol, e) from e
         finally:
             self.metrics.model_seconds.labels(protocol).observe(time.perf_counter() - t0)
+
+    async def _predict_large(self, job: Job, body_bytes: int) -> Any:
+        """A large request: scored alone on its own thread, in chunks of about `chunk_bytes` of body, one
+        large request at a time. Small requests keep flowing through the dispatcher meanwhile, and the
+        chunks bound the memory the model needs for it."""
+        assert self.scorer is not None and self._large_lock is not None
+        st = self.settings
+        if (full := self._large_full()) is not None:  # (a request without Content-Length gets here)
+            raise full
+        self._large_admitted += 1
+        try:
+            async with self._large_lock:
+                rows = max(1, job.rows * st.chunk_bytes // max(body_bytes, 1))
+                parts = self.scorer.split(job, rows) if self.scorer.splittable and job.rows > rows else [job]
+                loop = asyncio.get_running_loop()
+                results = [await loop.run_in_executor(self._large_executor, self._predict_one, part) for part in parts]
+            return results[0] if len(parts) == 1 else self.scorer.join(job, results)
+        finally:
+            self._large_admitted -= 1
+
+    def _predict_one(self, job: Job) -> Any:
+        assert self.scorer is not None
+        results = self.scorer.predict([job])
+        if len(results) != 1:
+            raise RuntimeError(f"{type(self.scorer).__name__}.predict returned {len(results)} results for 1 job")
+        return results[0]
 
     # ------------------------------------------------------------------ health and metadata
     def _workers_ready(self) -> int:
@@ -379,12 +430,12 @@ class ScoringServer:
         self._unknown_model(request)
         self._not_ready()
         assert self.scorer is not None
-        if (full := self._overloaded()) is not None:
+        if (full := self._overloaded(self._declared_length(request))) is not None:
             raise full
         body = await read_body(request, self.settings.max_body_bytes)
         self.metrics.body_bytes.labels("infer").observe(len(body))
         req_id, job = await self._codec("v2", self._parse_v2, body, big=len(body) > INLINE_MAX_BODY_BYTES)
-        result = await self._predict(job, "v2")
+        result = await self._predict(job, "v2", len(body))
         tensors = await self._codec("v2", self.scorer.render_v2, result, job, big=job.rows > INLINE_MAX_ROWS)
         outputs = self._select(tensors, job.outputs)
         out: dict[str, Any] = {
@@ -405,12 +456,12 @@ class ScoringServer:
         if media_type(ctype) not in scorer.score_media_types:
             raise UnsupportedMediaType(f"Content-Type {describe(media_type(ctype))} is not accepted by this model; "
                                        f"use one of: {', '.join(scorer.score_media_types)}")
-        if (full := self._overloaded()) is not None:
+        if (full := self._overloaded(self._declared_length(request))) is not None:
             raise full
         body = await read_body(request, self.settings.max_body_bytes)
         self.metrics.body_bytes.labels("score").observe(len(body))
         job = await self._codec("score", scorer.parse_score, body, ctype, big=len(body) > INLINE_MAX_BODY_BYTES)
-        result = await self._predict(job, "score")
+        result = await self._predict(job, "score", len(body))
         out = await self._codec("score", scorer.render_score, result, job, big=job.rows > INLINE_MAX_ROWS)
         return JSON(out)
 

@@ -45,6 +45,12 @@ class BodyTooLarge(BadRequest):
     status = 413
 
 
+class RequestTooLarge(BadRequest):
+    """More rows than the server scores in one request."""
+
+    status = 413
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """Read the body, failing with 413 as soon as it passes `limit` (never buffering more than that)."""
     hint = f"the limit is {limit} bytes (server setting --max-body-bytes / SCORING_MAX_BODY_BYTES)"

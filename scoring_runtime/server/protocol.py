@@ -46,8 +46,9 @@ class HttpLimits:
     body_timeout_s: float = 60.0
 
 
-#: admission(method, raw target) -> a complete HTTP response to send instead of running the app, or None
-Admission = Callable[[bytes, bytes], bytes | None]
+#: admission(method, raw target, Content-Length or -1) -> a complete HTTP response to send instead of
+#: running the app, or None
+Admission = Callable[[bytes, bytes, int], bytes | None]
 _limits = HttpLimits()
 _on_refusal: Callable[[str], None] | None = None
 _admission: Admission | None = None
@@ -190,7 +191,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         if self._has_body():
             self._arm(self.limits.body_timeout_s, self._body_timeout)
-        canned = _admission(self.parser.get_method(), self.url) if _admission is not None else None
+        canned = (_admission(self.parser.get_method(), self.url, self._content_length())
+                  if _admission is not None else None)
         previous = self.cycle
         if canned is None or (previous is not None and not previous.response_complete):
             super().on_headers_complete()  # (a pipelined request waits its turn: the app refuses it)
@@ -221,6 +223,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._tail = b""
         super().on_message_complete()
+
+    def _content_length(self) -> int:
+        for name, value in self.headers:
+            if name == b"content-length":
+                return int(value) if value.isdigit() else -1
+        return -1
 
     def _has_body(self) -> bool:
         for name, value in self.headers:

@@ -155,7 +155,8 @@ async def test_admission_answers_a_full_queue_without_running_the_app() -> None:
         await PlainTextResponse("app")(scope, receive, send)
 
     full = protocol.response_bytes(503, "queue full", {"Retry-After": "2"})
-    protocol.configure(protocol.HttpLimits(), admission=lambda m, t: full if m == b"POST" and t == b"/score" else None)
+    protocol.configure(protocol.HttpLimits(),
+                       admission=lambda m, t, n: full if m == b"POST" and t == b"/score" else None)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol.GuardedHttpToolsProtocol,
                                            lifespan="off", log_level="warning"))
@@ -190,8 +191,8 @@ async def test_a_full_queue_is_refused_before_the_body_is_read(faq_app: Callable
         r = await c.post("/score", content=body(), headers={"content-type": "application/json"})
         assert r.status_code == 503 and r.headers["retry-after"] == "1" and "queue full" in r.json()["error"]
         assert read == []
-        assert server._admission(b"POST", b"/v2/models/faq-matcher/infer").startswith(b"HTTP/1.1 503")
-        assert server._admission(b"GET", b"/v2/health/ready") is None
+        assert server._admission(b"POST", b"/v2/models/faq-matcher/infer", 10).startswith(b"HTTP/1.1 503")
+        assert server._admission(b"GET", b"/v2/health/ready", -1) is None
         server.dispatcher._queued_rows = 0
-        assert server._admission(b"POST", b"/score") is None
+        assert server._admission(b"POST", b"/score", 10) is None
         assert (await c.post("/score", json={"question": "reset my password"})).status_code == 200
