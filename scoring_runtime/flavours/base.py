@@ -85,6 +85,8 @@ class Scorer(abc.ABC):
     score_media_types: ClassVar[tuple[str, ...]] = ("application/json",)
     #: False: parse_* and render_* run on the event loop (only for codecs far cheaper than a thread hop)
     parse_in_thread: ClassVar[bool] = True
+    #: JSON Schema of the `/score` JSON body, for the OpenAPI document (None: any JSON object)
+    score_request_schema: ClassVar[dict[str, Any] | None] = None
     #: True: `Job.data` is sliceable by row and `predict` results are arrays (or tuples of arrays/None)
     #: of one row per job row, so the server may score a large request in chunks (see `split`, `join`)
     splittable: ClassVar[bool] = False

@@ -42,6 +42,14 @@ class FAQScorer(Scorer):
     # bodies over 64 KiB and results over 16 rows, so a big request cannot stall the loop)
     parse_in_thread = False
     splittable = True  # data: a list of questions; predict: an array with a row per question
+    score_request_schema = {
+        "type": "object",
+        "properties": {
+            "question": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+            "questions": {"type": "array", "items": {"type": "string"}},
+            "top_k": {"type": "integer", "minimum": 1},
+        },
+    }
 
     def __init__(self, manifest: ModelManifest, settings: RuntimeSettings, pipeline: Any,
                  faq: list[dict[str, Any]]) -> None:

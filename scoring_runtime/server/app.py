@@ -46,6 +46,7 @@ from scoring_runtime.server.errors import ApiError, ErrorHandlers, NotFound, Not
 from scoring_runtime.server.http import JSON, RequestTooLarge, read_body
 from scoring_runtime.server.logs import event
 from scoring_runtime.server.metrics import Metrics
+from scoring_runtime.server.openapi import openapi_document
 from scoring_runtime.settings import RuntimeSettings
 
 log = logging.getLogger("scoring_runtime.server")
@@ -129,6 +130,7 @@ class ScoringServer:
         self.scorer: Scorer | None = None
         self.dispatcher: Dispatcher | None = None
         self.executor: ThreadPoolExecutor | None = None
+        self._openapi: tuple[Scorer | None, Response] | None = None
         self._large_admitted = 0
         self._large_lock: asyncio.Lock | None = None
         self._large_executor: ThreadPoolExecutor | None = None
@@ -402,6 +404,13 @@ class ScoringServer:
             **self.scorer.v2_metadata(),
         })
 
+    async def openapi(self, request: Request) -> Response:
+        """The OpenAPI document of these routes for the served model (keyed like the model metadata)."""
+        self._deny(request)
+        if self._openapi is None or (self._openapi[0] is None and self.scorer is not None):
+            self._openapi = (self.scorer, JSON(openapi_document(self.manifest, self.scorer, self.settings)))
+        return self._openapi[1]
+
     async def metrics_text(self, request: Request) -> Response:
         body, ctype = self.metrics.render()
         return Response(body, media_type=ctype)
@@ -473,6 +482,7 @@ class ScoringServer:
             Route("/", self.root, methods=["GET"]),
             Route("/score", self.score, methods=["POST"]),
             Route("/metrics", self.metrics_text, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
             Route("/v2", self.server_metadata, methods=["GET"]),
             Route("/v2/health/live", self.live, methods=["GET"]),
             Route("/v2/health/ready", self.ready, methods=["GET"]),
