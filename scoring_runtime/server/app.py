@@ -498,6 +498,8 @@ class ScoringServer:
             lifespan=self.lifespan,
             exception_handlers=ErrorHandlers(self.metrics, self.settings.retry_after_s).mapping(),
         )
+        # Starlette's own slash redirect builds an absolute Location from the Host header; ours is relative
+        app.router.redirect_slashes = False
         app.add_middleware(RequestMetrics, metrics=self.metrics, access_log=self.settings.access_log)
         app.add_middleware(telemetry.TelemetryMiddleware)  # a span per request while telemetry is on
         app.state.server = self

@@ -27,6 +27,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import Match
 
 from scoring_runtime.batching import BatcherClosed
 from scoring_runtime.flavours.errors import BadRequest
@@ -78,6 +79,25 @@ class ScoringFailed(Exception):
         super().__init__(f"{type(cause).__name__}: {cause}")
         self.protocol = protocol
         self.cause = cause
+
+
+def _slash_redirect(request: Request) -> str | None:
+    """`/score/` -> `/score` (and back), as a *relative* Location: never built from the Host header,
+    which the client controls. None when the other spelling matches no route either."""
+    raw = request.scope.get("raw_path") or request.scope["path"].encode()
+    path = raw.decode("latin-1")
+    if path == "/" or len(path) > 2048:
+        return None
+    other = path.rstrip("/") if path.endswith("/") else path + "/"
+    if not other.startswith("/") or other.startswith("//") or "\\" in other:
+        return None  # a protocol-relative "//host" would leave the site
+    scope = {**request.scope, "path": request.scope["path"].rstrip("/") if path.endswith("/")
+             else request.scope["path"] + "/"}
+    if not any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes):
+        return None
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    location = other + (f"?{query}" if query else "")
+    return location if all(32 < ord(c) < 127 for c in location) else None
 
 
 class ErrorHandlers:
@@ -133,6 +153,8 @@ class ErrorHandlers:
     async def http_exception(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         headers = dict(exc.headers or {})
+        if exc.status_code == 404 and (location := _slash_redirect(request)) is not None:
+            return Response(status_code=307, headers={"Location": location})
         if exc.status_code == 404:
             return error(404, f"no endpoint at {request.url.path}; see docs/runtime.md for the endpoints "
                               "(/score, /v2/models/{name}/infer, /v2/health/ready, /metrics ...)")
