@@ -48,7 +48,9 @@ class RuntimeSettings(BaseSettings):
     max_queue_rows: int = Field(1024, ge=1, description="rows waiting for the model before 503 Retry-After")
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with a 503 when overloaded")
     # Per-request cost bounds (scoring_runtime.server.app): large requests are scored alone, in chunks.
-    max_request_rows: int = Field(4096, ge=1, description="rows (questions, records, images) per request (413)")
+    max_request_rows: int = Field(10_000, ge=1, description="rows (questions, records, images) per request (413)")
+    max_request_elements: int = Field(2**21, ge=1, description="values in one V2 input tensor, prod(shape) (413); "
+                                      "checked on the raw body before it is decoded")
     large_request_bytes: int = Field(64 * 1024, ge=1024,
                                      description="bodies above this are large: scored in chunks, one at a time")
     chunk_bytes: int = Field(16 * 1024, ge=256, description="a large request is scored in chunks of about "

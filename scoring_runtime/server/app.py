@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +59,8 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 #: bodies and results above these sizes are parsed/rendered in the pool even for `parse_in_thread = False`
 INLINE_MAX_BODY_BYTES = 64 * 1024
 INLINE_MAX_ROWS = 16
+#: a V2 tensor's "shape": [d0, d1, ...] in a raw body (bounded: a shape has at most 8 small integers)
+_SHAPE_RE = re.compile(rb'"shape"\s*:\s*\[([0-9,\s]{0,200})\]')
 #: exceptions the error handlers map by type; anything else from the request path is a ScoringFailed (500)
 _EXPECTED = (BadRequest, ApiError, QueueFull, BatcherClosed, ClientDisconnect, ScoringFailed)
 
@@ -416,8 +420,26 @@ class ScoringServer:
         return Response(body, media_type=ctype)
 
     # ------------------------------------------------------------------ scoring
+    def _prescan_v2(self, body: bytes) -> None:
+        """Refuse a V2 body whose declared tensor shapes are over the limits *before* decoding it: a
+        near-limit body of millions of values costs seconds and hundreds of MiB to decode. The pattern
+        cannot match inside a JSON string (a quote there is escaped); the decoder checks the rest."""
+        st = self.settings
+        for m in _SHAPE_RE.finditer(body):
+            try:
+                dims = [int(d) for d in m.group(1).split(b",") if d.strip()]
+            except ValueError:
+                continue  # not a list of integers: the decoder says what is wrong
+            if dims and dims[0] > st.max_request_rows:
+                raise RequestTooLarge(f"an input has shape {dims[:8]}: {dims[0]} rows; the limit is "
+                                      f"{st.max_request_rows} (SCORING_MAX_REQUEST_ROWS): split the request")
+            if dims and math.prod(dims) > st.max_request_elements:
+                raise RequestTooLarge(f"an input has shape {dims[:8]}: {math.prod(dims)} values; the limit is "
+                                      f"{st.max_request_elements} (SCORING_MAX_REQUEST_ELEMENTS): split the request")
+
     def _parse_v2(self, body: bytes) -> tuple[str | None, Job]:
         assert self.scorer is not None
+        self._prescan_v2(body)
         req = parse_request(decode_json(body))
         job = self.scorer.parse_v2(req)
         job.outputs = req.outputs  # here, not in each flavour, so every flavour honours `outputs`

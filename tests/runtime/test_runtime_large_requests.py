@@ -93,3 +93,33 @@ def test_split_and_join_round_trip(faq_scorer: Scorer) -> None:
     np.testing.assert_allclose(joined, whole)
     pair = faq_scorer.join(job, [(np.arange(2), None), (np.arange(3), None)])
     assert pair[0].tolist() == [0, 1, 0, 1, 2] and pair[1] is None
+
+
+async def test_v2_bodies_over_the_limits_are_refused_before_decoding(
+    faq_app: Callable[..., Starlette], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scoring_runtime.server.app as app_module
+
+    decoded: list[int] = []
+    real = app_module.decode_json
+
+    def counting(body: bytes) -> Any:
+        decoded.append(len(body))
+        return real(body)
+
+    monkeypatch.setattr(app_module, "decode_json", counting)
+    infer = "/v2/models/faq-matcher/infer"
+    many = b'{"inputs": [{"name": "question", "datatype": "BYTES", "shape": [2000000], "data": [' \
+        + b'"a",' * 1_999_999 + b'"a"]}]}'
+    wide = b'{"inputs": [{"name": "question", "datatype": "INT64", "shape" : [ 1, 3000000 ], "data": [1]}]}'
+    async with serving(faq_app(max_body_bytes=20_000_000, max_request_elements=1_000_000)) as c:
+        r = await c.post(infer, content=many, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "SCORING_MAX_REQUEST_ROWS" in r.json()["error"]
+        r = await c.post(infer, content=wide, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "3000000 values" in r.json()["error"]
+        assert decoded == []
+        # "shape" inside a string value is not a shape
+        quoted = v2_questions('"shape": [99999999]')
+        r = await c.post(infer, json=quoted)
+        assert r.status_code == 200, r.text
+        assert len(decoded) == 1
