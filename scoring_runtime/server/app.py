@@ -110,6 +110,28 @@ class RequestMetrics:
                       duration_ms=round(elapsed * 1000, 3))
 
 
+class _Ticket:
+    """One admitted scoring request's place, counted in `ScoringServer._admitted` until released."""
+
+    __slots__ = ("released", "server")
+
+    def __init__(self, server: ScoringServer) -> None:
+        self.server = server
+        self.released = False
+        server._admitted += 1
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.server._admitted -= 1
+
+    def __enter__(self) -> _Ticket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class ScoringServer:
     """One model behind HTTP. `build()` returns the Starlette app; state lives here."""
 
@@ -135,6 +157,7 @@ class ScoringServer:
         self.dispatcher: Dispatcher | None = None
         self.executor: ThreadPoolExecutor | None = None
         self._openapi: tuple[Scorer | None, Response] | None = None
+        self._admitted = 0  # scoring requests admitted whose job is not queued yet (see _Ticket)
         self._large_admitted = 0
         self._large_lock: asyncio.Lock | None = None
         self._large_executor: ThreadPoolExecutor | None = None
@@ -254,9 +277,11 @@ class ScoringServer:
         if self.phase is not Phase.READY:
             return None
         queued = getattr(self.dispatcher, "queued_rows", None)
-        if queued is not None and queued >= self.settings.max_queue_rows:
-            return QueueFull(f"request queue full ({queued} rows waiting, limit {self.settings.max_queue_rows}); "
-                             "retry later or add replicas")
+        # requests admitted but not queued yet count too: else, with the queue momentarily empty, every
+        # client whose headers arrive at that moment would be let in, parse, and only then be refused
+        if queued is not None and queued + self._admitted >= self.settings.max_queue_rows:
+            return QueueFull(f"request queue full ({queued} rows waiting, {self._admitted} requests on their way, "
+                             f"limit {self.settings.max_queue_rows}); retry later or add replicas")
         if content_length > self.settings.large_request_bytes:
             return self._large_full()
         return None
@@ -297,11 +322,18 @@ class ScoringServer:
         except Exception as e:
             raise ScoringFailed(protocol, e) from e
 
+    def _admit(self, request: Request) -> _Ticket:
+        """Admit a scoring request (or raise QueueFull) before its body is read; it holds a place in the
+        queue until its job is queued (`_predict`) or it fails."""
+        if (full := self._overloaded(self._declared_length(request))) is not None:
+            raise full
+        return _Ticket(self)
+
     def _declared_length(self, request: Request) -> int:
         value = request.headers.get("content-length", "")
         return int(value) if value.isdigit() else -1
 
-    async def _predict(self, job: Job, protocol: str, body_bytes: int) -> Any:
+    async def _predict(self, job: Job, protocol: str, body_bytes: int, ticket: _Ticket) -> Any:
         assert self.dispatcher is not None
         if job.rows > self.settings.max_request_rows:
             raise RequestTooLarge(f"the request has {job.rows} rows; the limit is {self.settings.max_request_rows} "
@@ -310,7 +342,9 @@ class ScoringServer:
         t0 = time.perf_counter()
         try:
             if body_bytes > self.settings.large_request_bytes:
+                ticket.release()
                 return await self._predict_large(job, body_bytes)
+            ticket.release()  # submit queues the job before it first yields: the place passes to it
             return await self.dispatcher.submit(job)
         except _EXPECTED:
             raise
@@ -461,12 +495,11 @@ class ScoringServer:
         self._unknown_model(request)
         self._not_ready()
         assert self.scorer is not None
-        if (full := self._overloaded(self._declared_length(request))) is not None:
-            raise full
-        body = await read_body(request, self.settings.max_body_bytes)
-        self.metrics.body_bytes.labels("infer").observe(len(body))
-        req_id, job = await self._codec("v2", self._parse_v2, body, big=len(body) > INLINE_MAX_BODY_BYTES)
-        result = await self._predict(job, "v2", len(body))
+        with self._admit(request) as ticket:
+            body = await read_body(request, self.settings.max_body_bytes)
+            self.metrics.body_bytes.labels("infer").observe(len(body))
+            req_id, job = await self._codec("v2", self._parse_v2, body, big=len(body) > INLINE_MAX_BODY_BYTES)
+            result = await self._predict(job, "v2", len(body), ticket)
         tensors = await self._codec("v2", self.scorer.render_v2, result, job, big=job.rows > INLINE_MAX_ROWS)
         outputs = self._select(tensors, job.outputs)
         out: dict[str, Any] = {
@@ -487,12 +520,11 @@ class ScoringServer:
         if media_type(ctype) not in scorer.score_media_types:
             raise UnsupportedMediaType(f"Content-Type {describe(media_type(ctype))} is not accepted by this model; "
                                        f"use one of: {', '.join(scorer.score_media_types)}")
-        if (full := self._overloaded(self._declared_length(request))) is not None:
-            raise full
-        body = await read_body(request, self.settings.max_body_bytes)
-        self.metrics.body_bytes.labels("score").observe(len(body))
-        job = await self._codec("score", scorer.parse_score, body, ctype, big=len(body) > INLINE_MAX_BODY_BYTES)
-        result = await self._predict(job, "score", len(body))
+        with self._admit(request) as ticket:
+            body = await read_body(request, self.settings.max_body_bytes)
+            self.metrics.body_bytes.labels("score").observe(len(body))
+            job = await self._codec("score", scorer.parse_score, body, ctype, big=len(body) > INLINE_MAX_BODY_BYTES)
+            result = await self._predict(job, "score", len(body), ticket)
         out = await self._codec("score", scorer.render_score, result, job, big=job.rows > INLINE_MAX_ROWS)
         return JSON(out)
 
