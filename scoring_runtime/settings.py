@@ -47,6 +47,10 @@ class RuntimeSettings(BaseSettings):
     max_batch_delay_ms: float = Field(2.0, ge=0, le=10_000, description="longest wait to fill a batch")
     max_queue_rows: int = Field(1024, ge=1, description="rows waiting for the model before 503 Retry-After")
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with a 503 when overloaded")
+    overload_refusal_delay_ms: float = Field(
+        25.0, ge=0, le=1000,
+        description="hold an overload 503 this long before sending it: clients retrying at once are slowed down, "
+                    "so refusing them cannot eat the CPU the accepted requests need")
     # Per-request cost bounds (scoring_runtime.server.app): large requests are scored alone, in chunks.
     max_request_rows: int = Field(10_000, ge=1, description="rows (questions, records, images) per request (413)")
     max_request_elements: int = Field(2**21, ge=1, description="values in one V2 input tensor, prod(shape) (413); "

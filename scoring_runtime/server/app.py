@@ -158,6 +158,10 @@ class ScoringServer:
         self.executor: ThreadPoolExecutor | None = None
         self._openapi: tuple[Scorer | None, Response] | None = None
         self._admitted = 0  # scoring requests admitted whose job is not queued yet (see _Ticket)
+        self._in_flight = 0  # scoring requests admitted by the connection guard, not answered yet
+        self._canned: dict[str, bytes] = {}
+        self._overload_count = self.metrics.errors.labels("overloaded")
+        self._capacity: int | None = None  # requests the queue and one running batch hold (batching only)
         self._large_admitted = 0
         self._large_lock: asyncio.Lock | None = None
         self._large_executor: ThreadPoolExecutor | None = None
@@ -179,7 +183,8 @@ class ScoringServer:
         st = self.settings
         protocol.configure(
             protocol.HttpLimits(max_header_bytes=st.max_header_bytes, max_headers=st.max_headers,
-                                header_timeout_s=st.header_timeout_s, body_timeout_s=st.body_timeout_s),
+                                header_timeout_s=st.header_timeout_s, body_timeout_s=st.body_timeout_s,
+                                refusal_delay_s=st.overload_refusal_delay_ms / 1000),
             on_refusal=lambda reason: self.metrics.errors.labels(reason).inc(),
             admission=self._admission,
         )
@@ -222,6 +227,9 @@ class ScoringServer:
             self.metrics.warmup_seconds.set(self.warmup_seconds)
             dispatcher = make_dispatcher(scorer, self.settings, self.executor, self.metrics.registry)
             await dispatcher.start()
+            if hasattr(dispatcher, "queued_rows"):
+                batch = getattr(getattr(dispatcher, "config", None), "max_batch_rows", 0) or 0
+                self._capacity = self.settings.max_queue_rows + int(batch)
             self.scorer, self.dispatcher = scorer, dispatcher
             self.phase = Phase.READY
             self.metrics.ready.set(1)
@@ -290,20 +298,42 @@ class ScoringServer:
         limit = self.settings.max_large_requests
         if self._large_admitted < limit:
             return None
-        return QueueFull(f"{self._large_admitted} large requests are already in progress (limit {limit}); "
+        return QueueFull(f"too many large requests in progress ({self._large_admitted}, limit {limit}); "
                          "retry later, send smaller requests or add replicas")
 
-    def _admission(self, method: bytes, target: bytes, content_length: int) -> bytes | None:
-        """Called by the connection guard once a request's headers are in: a full queue is answered
-        there, before routing, auth and reading the body, so refusing costs next to nothing."""
+    def _admission(self, method: bytes, target: bytes, content_length: int) -> bytes | Callable[[], None] | None:
+        """Called by the connection guard once a request's headers are in. A scoring request finding the
+        model saturated is answered there, before routing, auth and reading the body, so refusing costs
+        next to nothing. Saturated: as many scoring requests in flight (from their headers to their
+        answer) as the queue plus one running batch hold, which no in-app count can see in time: many
+        requests' headers are taken in one turn of the event loop, before any of them runs."""
         if method != b"POST" or not (target.startswith(b"/score") or b"/infer" in target):
             return None
         full = self._overloaded(content_length)
-        if full is None:
+        if full is None and self._capacity is not None and self._in_flight >= self._capacity:
+            full = QueueFull(f"requests in flight fill the model's queue and running batch ({self._in_flight}); "
+                             "retry later or add replicas")
+        if full is not None:
+            self._overload_count.inc()
+            return self._refusal_503(str(full))
+        if self._capacity is None:
             return None
-        self.metrics.errors.labels("overloaded").inc()
-        retry = self.settings.retry_after_s
-        return protocol.response_bytes(503, f"{full}; retry after {retry:g} s", {"Retry-After": str(retry)})
+        self._in_flight += 1
+        return self._release_in_flight
+
+    def _refusal_503(self, why: str) -> bytes:
+        """The canned overload answer; its text names the limit, not live counts, so it is built once per reason."""
+        reason = why.split("(", 1)[0].strip()
+        cached = self._canned.get(reason)
+        if cached is None:
+            retry = self.settings.retry_after_s
+            cached = protocol.response_bytes(503, f"{reason}: the model is saturated; retry after {retry:g} s or "
+                                                  "on another replica", {"Retry-After": str(retry)})
+            self._canned[reason] = cached
+        return cached
+
+    def _release_in_flight(self) -> None:
+        self._in_flight -= 1
 
     async def _codec(self, protocol: str, fn: Callable[..., Any], *args: Any, big: bool = False) -> Any:
         """Run flavour parse/render code in the pool; inline only when the flavour says it is cheap

@@ -44,11 +44,16 @@ class HttpLimits:
     max_headers: int = 100
     header_timeout_s: float = 30.0
     body_timeout_s: float = 60.0
+    #: how long an admission refusal (503) is held before it is sent: clients that retry at once are
+    #: slowed to at most one refusal per connection per this delay, so refusing cannot eat the CPU
+    #: the accepted requests need
+    refusal_delay_s: float = 0.0
 
 
 #: admission(method, raw target, Content-Length or -1) -> a complete HTTP response to send instead of
-#: running the app, or None
-Admission = Callable[[bytes, bytes, int], bytes | None]
+#: running the app; or a callback to call once the admitted request is answered (or its connection
+#: lost): the request holds a place until then; or None
+Admission = Callable[[bytes, bytes, int], "bytes | Callable[[], None] | None"]
 _limits = HttpLimits()
 _on_refusal: Callable[[str], None] | None = None
 _admission: Admission | None = None
@@ -95,6 +100,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._tail = b""
         self._refusal: tuple[int, str, str] | None = None
+        self._releases: list[Callable[[], None]] = []  # admitted requests' places, oldest first
 
     # ------------------------------------------------------------------ timers
     def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
@@ -158,6 +164,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        while self._releases:
+            self._releases.pop(0)()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -194,10 +202,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         canned = (_admission(self.parser.get_method(), self.url, self._content_length())
                   if _admission is not None else None)
         previous = self.cycle
+        if callable(canned):  # admitted, holding a place until answered
+            self._releases.append(canned)
+            canned = None
         if canned is None or (previous is not None and not previous.response_complete):
             super().on_headers_complete()  # (a pipelined request waits its turn: the app refuses it)
             return
         self._answer_now(canned)
+
+    def on_response_complete(self) -> None:
+        if self._releases:
+            self._releases.pop(0)()
+        super().on_response_complete()
 
     def _answer_now(self, response: bytes) -> None:
         """Send `response` for the request whose headers just arrived, without running the app."""
@@ -211,9 +227,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         )
         cycle.response_started = cycle.response_complete = True  # on_body now discards the body
         self.cycle = cycle
+        delay = self.limits.refusal_delay_s
+        if delay > 0:
+            self.flow.pause_reading()  # nothing more from this client until it has its answer
+            self.loop.call_later(delay, self._send_answer, response, keep_alive)
+        else:
+            self._send_answer(response, keep_alive)
+
+    def _send_answer(self, response: bytes, keep_alive: bool) -> None:
+        if self.transport.is_closing():
+            return
         self.transport.write(response)
         if keep_alive:
-            self.on_response_complete()
+            self.on_response_complete()  # resumes reading, arms the keep-alive timeout
         else:
             self.transport.close()
 

@@ -196,3 +196,53 @@ async def test_a_full_queue_is_refused_before_the_body_is_read(faq_app: Callable
         server.dispatcher._queued_rows = 0
         assert server._admission(b"POST", b"/score", 10) is None
         assert (await c.post("/score", json={"question": "reset my password"})).status_code == 200
+
+
+async def test_admission_counts_requests_in_flight_up_to_queue_plus_one_batch(
+    faq_app: Callable[..., Starlette]
+) -> None:
+    app = faq_app(max_batch_size=4, max_queue_rows=8)
+    async with serving(app):
+        server = app.state.server
+        places = [server._admission(b"POST", b"/score", 40) for _ in range(12)]  # 8 queued + a batch of 4
+        assert all(callable(p) for p in places)
+        refused = server._admission(b"POST", b"/v2/models/faq-matcher/infer", 40)
+        assert isinstance(refused, bytes) and refused.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in \
+            refused.lower()
+        assert server._admission(b"GET", b"/v2/health/ready", -1) is None  # probes are never refused
+        places[0]()  # one answered
+        assert callable(server._admission(b"POST", b"/score", 40))
+
+
+async def test_overload_refusals_are_held_for_the_refusal_delay() -> None:
+    import uvicorn
+    from starlette.responses import PlainTextResponse
+    from starlette.types import Receive, Scope, Send
+
+    from scoring_runtime.server import protocol
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await PlainTextResponse("app")(scope, receive, send)
+
+    full = protocol.response_bytes(503, "busy", {"Retry-After": "1"})
+    protocol.configure(protocol.HttpLimits(refusal_delay_s=0.2),
+                       admission=lambda m, t, n: full if m == b"POST" else None)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol.GuardedHttpToolsProtocol,
+                                           lifespan="off", log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            t0 = time.monotonic()
+            r = await c.post("/score", content=b"{}")
+            held = time.monotonic() - t0
+            assert r.status_code == 503 and 0.19 < held < 2
+            t0 = time.monotonic()
+            assert (await c.get("/")).text == "app" and time.monotonic() - t0 < 0.19  # only refusals wait
+    finally:
+        protocol.configure(protocol.HttpLimits())
+        server.should_exit = True
+        await task
