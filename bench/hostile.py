@@ -313,22 +313,48 @@ def wrk(url: str, body: Path, connections: int, seconds: int) -> dict[str, Any]:
             "latency_all_ms": {k: round(v / 1000, 1) for k, v in latency.items()}}
 
 
-async def probe(url: str, seconds: float, rate: float, path: str, body: bytes | None,
-                warmup: float = 0.0) -> dict[str, list[float]]:
-    """A light client: one request every 1/rate s (or back to back when slower); latency by status."""
-    out: dict[str, list[float]] = {}
-    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
-        await asyncio.sleep(warmup)
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            t0 = time.monotonic()
-            if body is None:
-                r = await c.get(path)
-            else:
-                r = await c.post(path, content=body, headers={"content-type": "application/json"})
-            out.setdefault(str(r.status_code), []).append((time.monotonic() - t0) * 1000)
-            await asyncio.sleep(max(0.0, 1 / rate - (time.monotonic() - t0)))
-    return out
+_PROBE = r"""
+import json, socket, sys, time
+port, seconds, rate, method, path, body = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], \
+    sys.argv[5], sys.argv[6].encode()
+req = (f"{method} {path} HTTP/1.1\r\nHost: probe\r\nContent-Type: application/json\r\n"
+       f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+out, sock, end = {}, None, time.monotonic() + seconds
+while time.monotonic() < end:
+    t0 = time.perf_counter()
+    if sock is None:
+        sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(req)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += sock.recv(65536)
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    length = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0].split(b":")[1])
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    code = head.split(b" ")[1].decode()
+    out.setdefault(code, []).append((time.perf_counter() - t0) * 1000)
+    if b"connection: close" in head.lower():
+        sock.close()
+        sock = None
+    time.sleep(max(0.0, 1 / rate - (time.perf_counter() - t0)))
+print(json.dumps(out))
+"""
+
+
+def probe_process(port: int, seconds: float, rate: float, method: str, path: str, body: bytes = b"",
+                  cpu: str | None = "1") -> subprocess.Popen[str]:
+    """A light client in its own process (blocking socket, keep-alive): latency by status, printed as JSON.
+    Its own process, so the bench's other clients cannot delay it."""
+    cmd = [sys.executable, "-c", _PROBE, str(port), str(seconds), str(rate), method, path, body.decode()]
+    if cpu is not None and shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+        cmd = ["taskset", "-c", cpu, *cmd]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+
+def probe_result(proc: subprocess.Popen[str]) -> dict[str, list[float]]:
+    out, _ = proc.communicate(timeout=600)
+    return json.loads(out)
 
 
 def summarise(lat: dict[str, list[float]]) -> dict[str, Any]:
@@ -350,7 +376,8 @@ def part_overload(model: Path, work: Path, seconds: int) -> dict[str, Any]:
 
         t = threading.Thread(target=run_wrk)
         t.start()
-        lat = asyncio.run(probe(server.url, seconds - 2, 50, "/score", body.read_bytes(), warmup=1))
+        time.sleep(1)
+        lat = probe_result(probe_process(server.port, seconds - 2, 50, "POST", "/score", body.read_bytes()))
         t.join()
         over = result["overload"]
         ratio = over["ok_per_s"] / unsaturated["ok_per_s"] if unsaturated["ok_per_s"] else 0.0
@@ -395,8 +422,9 @@ def part_large(model: Path, work: Path, seconds: float) -> dict[str, Any]:
 
                 heavies = [asyncio.create_task(heavy()) for _ in range(4)]
                 await asyncio.sleep(0.3)
-                lat = await probe(server.url, seconds, 20, "/score", light)
+                prober = probe_process(server.port, seconds, 20, "POST", "/score", light)
                 done = await asyncio.gather(*heavies)
+                lat = await asyncio.to_thread(probe_result, prober)
             return lat, [d[0] for d in done], [d[1] for d in done]
 
         lat, heavy_s, heavy_codes = asyncio.run(four_and_light())
@@ -434,12 +462,12 @@ async def slow_client(port: int, deadline_s: float) -> float:
 def part_slowloris(model: Path, work: Path, header_timeout: float) -> dict[str, Any]:
     server = Server(model, work, {"SCORING_HEADER_TIMEOUT_S": str(header_timeout)})
     try:
-        async def run() -> tuple[list[float], dict[str, list[float]]]:
-            clients = asyncio.gather(*(slow_client(server.port, header_timeout + 15) for _ in range(100)))
-            lat = await probe(server.url, header_timeout + 1, 20, "/v2/health/ready", None, warmup=0.2)
-            return list(await clients), lat
+        async def run() -> list[float]:
+            return list(await asyncio.gather(*(slow_client(server.port, header_timeout + 15) for _ in range(100))))
 
-        closed, lat = asyncio.run(run())
+        prober = probe_process(server.port, header_timeout + 1, 20, "GET", "/v2/health/ready", cpu=None)
+        closed = asyncio.run(run())
+        lat = probe_result(prober)
         ok = lat.get("200", [])
         return {
             "header_timeout_s": header_timeout, "clients": len(closed),
