@@ -104,9 +104,19 @@ def models(registry: str, name: str | None, as_json: bool) -> None:
     reg = _open(registry)
     try:
         names = [name] if name else reg.list_models()
-        rows = [v for n in names for v in reg.list_versions(n)]
     except RegistryError as e:
         fail(str(e))
+    rows = []
+    for n in names:
+        try:
+            rows.extend(reg.list_versions(n))
+        except RegistryError as e:
+            if name:  # the one model asked for
+                fail(str(e))
+            click.echo(f"warning: model {n!r} cannot be listed: {e}", err=True)
+    for r in rows:
+        if r.error:  # listed below all the same, so one broken version never hides the good ones
+            click.echo(f"warning: {r.name} version {r.version} is unusable: {r.error}", err=True)
     if as_json:
         click.echo(json.dumps([r.__dict__ for r in rows], indent=2, default=list))
         return
@@ -115,8 +125,9 @@ def models(registry: str, name: str | None, as_json: bool) -> None:
         return
     click.echo(f"{'NAME':<24} {'VERSION':>7}  {'FRAMEWORK':<9} {'TASK':<22} {'CREATED':<26} LABELS")
     for r in rows:
+        created = "INVALID (see warning)" if r.error else r.created[:26]
         click.echo(
-            f"{r.name:<24} {r.version:>7}  {r.framework:<9} {r.task:<22} {r.created[:26]:<26} {','.join(r.labels)}"
+            f"{r.name:<24} {r.version:>7}  {r.framework:<9} {r.task:<22} {created:<26} {','.join(r.labels)}"
         )
 
 
@@ -152,6 +163,15 @@ def _already_fetched(dest: Path, name: str, version: int) -> ModelManifest | Non
     return manifest
 
 
+def _refuse_dest_in_registry(dest: Path, root: Path, clean: bool) -> None:
+    """A fetch writes (and --clean empties) DEST: never the registry, a directory inside it, or one holding it."""
+    d, r = dest.expanduser().resolve(), root.expanduser().resolve()
+    if d == r or d.is_relative_to(r) or (clean and r.is_relative_to(d)):
+        where = "is the registry root" if d == r else ("is inside" if d.is_relative_to(r) else "contains")
+        fail(f"refusing to fetch into {dest}: it {where} {'' if d == r else 'the registry '}{root}"
+             f"{' and --clean would delete registered models' if clean else ''}; give a directory outside it")
+
+
 @main.command()
 @_registry_cmd
 @click.option("--name", required=True)
@@ -175,6 +195,8 @@ def fetch(registry: str, name: str, version: int | None, label: str | None, dest
         click.echo(f"{dest} already holds {name} version {version}: {len(done.files)} files verified", err=True)
         return
     reg = _open(registry)
+    if isinstance(reg, LocalFileRegistry):
+        _refuse_dest_in_registry(dest, reg.root, clean)
     progress = _Progress(f"fetch {name}")
     try:
         resolved = reg.resolve(name, version=version, label=label)

@@ -18,16 +18,26 @@ MANIFEST_FILE = "model.json"
 SCHEMA_VERSION = 1
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 _HASH_CHUNK = 1 << 20
+#: label names: what a ScoringModel's spec.model.label accepts (and a Kubernetes label value)
+_LABEL_RE = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
 
 
 def validate_model_name(name: str) -> str:
     """Model names double as directory names and Kubernetes label values: keep them to that alphabet."""
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise ValueError(
             f"invalid model name {name!r}: use 1-63 lowercase letters, digits, '.', '_' or '-', "
             "starting and ending with a letter or digit"
         )
     return name
+
+
+def validate_label_name(label: str) -> str:
+    """Label names are short ASCII tokens: they appear in labels.json, CLI output and ScoringModel specs."""
+    if not isinstance(label, str) or not _LABEL_RE.fullmatch(label):
+        shown = label if isinstance(label, str) and len(label) <= 80 else f"{str(label)[:80]}..."
+        raise ValueError(f"invalid label {shown!r}: use 1-63 ASCII letters, digits, '.', '_' or '-'")
+    return label
 
 
 class FileEntry(BaseModel):

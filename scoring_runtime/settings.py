@@ -47,6 +47,28 @@ class RuntimeSettings(BaseSettings):
     max_batch_delay_ms: float = Field(2.0, ge=0, le=10_000, description="longest wait to fill a batch")
     max_queue_rows: int = Field(1024, ge=1, description="rows waiting for the model before 503 Retry-After")
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with a 503 when overloaded")
+    overload_refusal_delay_ms: float = Field(
+        25.0, ge=0, le=1000,
+        description="hold an overload 503 this long before sending it: clients retrying at once are slowed down, "
+                    "so refusing them cannot eat the CPU the accepted requests need")
+    # Per-request cost bounds (scoring_runtime.server.app): large requests are scored alone, in chunks.
+    max_request_rows: int = Field(10_000, ge=1, description="rows (questions, records, images) per request (413)")
+    max_request_elements: int = Field(2**21, ge=1, description="values in one V2 input tensor, prod(shape) (413); "
+                                      "checked on the raw body before it is decoded")
+    large_request_bytes: int = Field(64 * 1024, ge=1024,
+                                     description="bodies above this are large: scored in chunks, one at a time")
+    chunk_bytes: int = Field(16 * 1024, ge=256, description="a large request is scored in chunks of about "
+                             "this many body bytes (bounds its peak memory)")
+    max_large_requests: int = Field(4, ge=1, description="large requests admitted at once (one is scored, "
+                                    "the others wait); 503 above")
+    # Connection guards (scoring_runtime.server.protocol): checked on raw bytes, before any parsing.
+    max_header_bytes: int = Field(32 * 1024, ge=1024, le=1024 * 1024,
+                                  description="request line + headers, in bytes (431 above)")
+    max_headers: int = Field(100, ge=8, le=10_000, description="header fields per request (431 above)")
+    header_timeout_s: float = Field(30.0, gt=0, le=3600,
+                                    description="time to receive the request line and headers (408, then closed)")
+    body_timeout_s: float = Field(60.0, gt=0, le=3600,
+                                  description="time to receive a request body once its headers are in (408)")
     # PyTorch models only (see scoring_runtime.flavours.torch_model); scikit-learn models ignore these.
     device: str = Field("auto", description="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps")
     half_precision: bool = Field(False, description="fp16 on a GPU; ignored with a warning on CPU")

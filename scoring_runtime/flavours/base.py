@@ -85,6 +85,11 @@ class Scorer(abc.ABC):
     score_media_types: ClassVar[tuple[str, ...]] = ("application/json",)
     #: False: parse_* and render_* run on the event loop (only for codecs far cheaper than a thread hop)
     parse_in_thread: ClassVar[bool] = True
+    #: JSON Schema of the `/score` JSON body, for the OpenAPI document (None: any JSON object)
+    score_request_schema: ClassVar[dict[str, Any] | None] = None
+    #: True: `Job.data` is sliceable by row and `predict` results are arrays (or tuples of arrays/None)
+    #: of one row per job row, so the server may score a large request in chunks (see `split`, `join`)
+    splittable: ClassVar[bool] = False
 
     def __init__(self, manifest: ModelManifest, settings: RuntimeSettings) -> None:
         self.manifest = manifest
@@ -126,6 +131,24 @@ class Scorer(abc.ABC):
     @abc.abstractmethod
     def render_v2(self, result: Any, job: Job) -> list[V2Tensor]:
         """The V2 output tensors for one job's result (the server applies `outputs` selection)."""
+
+    def split(self, job: Job, rows: int) -> list[Job]:
+        """Cut a large job into jobs of at most `rows` rows (for `splittable` flavours), to score a large
+        request in bounded pieces; override when `Job.data` is not sliceable by row."""
+        return [
+            Job(rows=len(job.data[i:i + rows]), data=job.data[i:i + rows], params=job.params, outputs=job.outputs)
+            for i in range(0, job.rows, rows)
+        ]
+
+    def join(self, job: Job, results: list[Any]) -> Any:
+        """The result of `job` from the results of its `split` parts, in order."""
+        import numpy as np
+
+        first = results[0]
+        if isinstance(first, tuple):
+            return tuple(None if first[k] is None else np.concatenate([r[k] for r in results])
+                         for k in range(len(first)))
+        return np.concatenate(results)
 
     def warmup(self) -> None:
         """Run a representative request once so the first real one is not slow (caches, JIT)."""

@@ -27,6 +27,7 @@ import numpy as np
 import orjson
 
 from scoring_runtime.flavours.base import BadRequest, Job, ModelLoadError, Scorer, decode_json, media_type
+from scoring_runtime.flavours.errors import describe
 from scoring_runtime.flavours.faq_pipeline import FAQMatcher
 from scoring_runtime.flavours.sklearn_io import artifact_path, load_estimator
 from scoring_runtime.flavours.v2 import V2Request, V2Tensor
@@ -44,10 +45,10 @@ def parse_min_score(value: Any, where: str = "min_score") -> float:
         try:
             value = float(value)
         except ValueError:
-            raise BadRequest(f"{where} must be a number from 0 to 1, got {value!r}") from None
+            raise BadRequest(f"{where} must be a number from 0 to 1, got {describe(value)}") from None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
             or not 0.0 <= value <= 1.0:
-        raise BadRequest(f"{where} must be a number from 0 to 1 (a probability), got {value!r}")
+        raise BadRequest(f"{where} must be a number from 0 to 1 (a probability), got {describe(value)}")
     return float(value)
 
 
@@ -59,6 +60,16 @@ class FAQScorer(Scorer):
     # a few short strings: cheaper on the loop than a thread hop (the server still uses its pool for
     # bodies over 64 KiB and results over 16 rows, so a big request cannot stall the loop)
     parse_in_thread = False
+    splittable = True  # data: a list of questions; predict: an array with a row per question
+    score_request_schema = {
+        "type": "object",
+        "properties": {
+            "question": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+            "questions": {"type": "array", "items": {"type": "string"}},
+            "top_k": {"type": "integer", "minimum": 1},
+            "min_score": {"type": "number", "minimum": 0, "maximum": 1},
+        },
+    }
 
     def __init__(self, manifest: ModelManifest, settings: RuntimeSettings, model: FAQMatcher,
                  faq: list[dict[str, Any]]) -> None:
@@ -100,7 +111,7 @@ class FAQScorer(Scorer):
         if isinstance(value, str) and value.isascii() and value.isdigit():  # not int("²"): a ValueError
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise BadRequest(f"{where} must be a positive integer, got {value!r}")
+            raise BadRequest(f"{where} must be a positive integer, got {describe(value)}")
         return min(value, len(self.faq))
 
     def _min_score(self, value: Any) -> float:
@@ -115,7 +126,7 @@ class FAQScorer(Scorer):
             raise BadRequest(f"at most {MAX_QUESTIONS} questions per request, got {len(items)}; split the request")
         for q in items:
             if not isinstance(q, str) or not q.strip():
-                raise BadRequest(f"every question in {field!r} must be a non-empty string, got {q!r}")
+                raise BadRequest(f"every question in {field!r} must be a non-empty string, got {describe(q)}")
             if len(q) > MAX_QUESTION_CHARS:
                 raise BadRequest(f"a question is {len(q)} characters long; the limit is {MAX_QUESTION_CHARS}")
         return items

@@ -31,6 +31,11 @@ class TabularScorer(Scorer):
     """Any fitted estimator with `predict` over a 2-D numeric array."""
 
     platform = "sklearn"
+    splittable = True  # data: a [rows, features] array; predict: (predictions, probabilities or None)
+    score_request_schema = {
+        "type": "object",
+        "properties": {"data": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}},
+    }
 
     def __init__(self, manifest: ModelManifest, settings: RuntimeSettings, estimator: Any) -> None:
         super().__init__(manifest, settings)

@@ -21,6 +21,9 @@ class ModelVersionInfo:
     created: str
     framework: str
     task: str
+    #: why this version cannot be used (e.g. an invalid model.json); listed anyway so one bad
+    #: version never hides the good ones
+    error: str | None = None
 
 
 @dataclass(frozen=True)

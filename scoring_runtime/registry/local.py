@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ from scoring_runtime.manifest import (
     ModelSource,
     artifact_files,
     sha256_file,
+    validate_label_name,
     validate_model_name,
 )
 from scoring_runtime.registry.base import ModelRegistry, ModelVersionInfo, Progress
@@ -45,6 +47,8 @@ from scoring_runtime.registry.errors import (
 
 log = logging.getLogger(__name__)
 LABELS_FILE = "labels.json"
+#: a staging directory untouched for this long and not locked by a live registration is removed
+STAGING_GRACE_S = 600.0
 _COPY_CHUNK = 1 << 20
 
 
@@ -160,12 +164,18 @@ class LocalFileRegistry(ModelRegistry):
         labels = self._read_labels(d)
         out = []
         for v in self._versions_in(d):
-            m = self.get_manifest(name, v)
+            tags = tuple(sorted(k for k, lv in labels.items() if lv == v))
+            try:
+                m = self.get_manifest(name, v)
+            except (RegistryCorrupt, ModelNotFound) as e:
+                out.append(ModelVersionInfo(name=name, version=v, labels=tags, created="", framework="?", task="?",
+                                            error=str(e)))
+                continue
             out.append(
                 ModelVersionInfo(
                     name=name,
                     version=v,
-                    labels=tuple(sorted(k for k, lv in labels.items() if lv == v)),
+                    labels=tags,
                     created=m.created.isoformat(),
                     framework=m.framework,
                     task=m.task,
@@ -187,6 +197,11 @@ class LocalFileRegistry(ModelRegistry):
             return ModelManifest.model_validate_json(path.read_bytes())
         except FileNotFoundError:
             raise ModelNotFound(f"model {name!r} version {version} not found in registry {self.uri}") from None
+        except ValueError as e:  # not JSON, or not a manifest (pydantic's ValidationError is a ValueError)
+            first = str(e).splitlines()
+            detail = "; ".join(line.strip() for line in first[:3])[:300]
+            raise RegistryCorrupt(f"{path} is not a valid model manifest ({detail}); restore it, or remove "
+                                  f"version {version} of {name!r} from the registry") from None
 
     # ---------------------------------------------------------------- writes
     def register(
@@ -212,8 +227,12 @@ class LocalFileRegistry(ModelRegistry):
         self.root.mkdir(parents=True, exist_ok=True)
         d = self._model_dir(name)
         d.mkdir(exist_ok=True)
+        self.clean_stale_staging(name)
         staging = d / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
+        # Held until the staging directory is renamed or removed: proof that this registration is alive.
+        staging_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(staging_fd, fcntl.LOCK_EX)
         try:
             total = sum(f.stat().st_size for f in files)
             done = 0
@@ -251,11 +270,46 @@ class LocalFileRegistry(ModelRegistry):
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+            os.close(staging_fd)  # releases the lock
+
+    def clean_stale_staging(self, name: str, grace_s: float = STAGING_GRACE_S) -> list[Path]:
+        """Remove the staging directories of `name` left by killed registrations; returns what was removed.
+
+        Only provably abandoned ones: a live registration holds an exclusive flock on its staging
+        directory from just after creating it until it is renamed into place, so a directory whose
+        lock can be taken, and that nothing has touched for `grace_s` (which covers the instant
+        between mkdir and flock), belongs to nobody.
+        """
+        d = self._model_dir(name)
+        removed: list[Path] = []
+        if not d.is_dir():
+            return removed
+        now = time.time()
+        for staging in d.glob(".staging-*"):
+            try:
+                if not staging.is_dir() or staging.is_symlink() or now - staging.stat().st_mtime < grace_s:
+                    continue
+                fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                continue  # gone meanwhile
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # a registration in progress holds it
+                shutil.rmtree(staging, ignore_errors=True)
+                removed.append(staging)
+                log.warning("removed %s, left by a registration that did not finish", staging)
+            finally:
+                os.close(fd)
+        return removed
 
     def set_label(self, name: str, label: str, version: int) -> None:
         """Point `label` at `version` (moving `latest` back is how a rollback is done)."""
-        if not label or not all(c.isalnum() or c in "-_." for c in label):
-            raise InvalidReference(f"invalid label {label!r}: use letters, digits, '-', '_' or '.'")
+        try:
+            validate_label_name(label)
+        except ValueError as e:
+            raise InvalidReference(str(e)) from None
         self.get_manifest(name, version)
         with self._locked(name) as d:
             labels = self._read_labels(d, repair=True)

@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import gc
 import logging
+import math
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -28,15 +30,26 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scoring_runtime import __version__, telemetry
 from scoring_runtime.batching import BatcherClosed
-from scoring_runtime.flavours import BadRequest, ModelLoadError, Scorer, flavour_kind, load_scorer
+from scoring_runtime.flavours import (
+    BadRequest,
+    ModelLoadError,
+    Scorer,
+    UnsupportedMediaType,
+    flavour_kind,
+    load_scorer,
+)
 from scoring_runtime.flavours.base import Job, decode_json, media_type
+from scoring_runtime.flavours.errors import describe
 from scoring_runtime.flavours.v2 import V2Tensor, parse_request
 from scoring_runtime.manifest import ModelManifest, load_manifest
+from scoring_runtime.server import protocol
 from scoring_runtime.server.auth import ApiKeyAuth
 from scoring_runtime.server.dispatch import Dispatcher, QueueFull, make_dispatcher
-from scoring_runtime.server.http import JSON, error, read_body
+from scoring_runtime.server.errors import ApiError, ErrorHandlers, NotFound, NotReady, ScoringFailed, Unauthorized
+from scoring_runtime.server.http import JSON, RequestTooLarge, read_body
 from scoring_runtime.server.logs import event
 from scoring_runtime.server.metrics import Metrics
+from scoring_runtime.server.openapi import openapi_document
 from scoring_runtime.server.served_by import ServedBy
 from scoring_runtime.settings import RuntimeSettings
 
@@ -48,6 +61,10 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 #: bodies and results above these sizes are parsed/rendered in the pool even for `parse_in_thread = False`
 INLINE_MAX_BODY_BYTES = 64 * 1024
 INLINE_MAX_ROWS = 16
+#: a V2 tensor's "shape": [d0, d1, ...] in a raw body (bounded: a shape has at most 8 small integers)
+_SHAPE_RE = re.compile(rb'"shape"\s*:\s*\[([0-9,\s]{0,200})\]')
+#: exceptions the error handlers map by type; anything else from the request path is a ScoringFailed (500)
+_EXPECTED = (BadRequest, ApiError, QueueFull, BatcherClosed, ClientDisconnect, ScoringFailed)
 
 
 class Phase(enum.StrEnum):
@@ -95,6 +112,28 @@ class RequestMetrics:
                       duration_ms=round(elapsed * 1000, 3))
 
 
+class _Ticket:
+    """One admitted scoring request's place, counted in `ScoringServer._admitted` until released."""
+
+    __slots__ = ("released", "server")
+
+    def __init__(self, server: ScoringServer) -> None:
+        self.server = server
+        self.released = False
+        server._admitted += 1
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.server._admitted -= 1
+
+    def __enter__(self) -> _Ticket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class ScoringServer:
     """One model behind HTTP. `build()` returns the Starlette app; state lives here."""
 
@@ -119,6 +158,15 @@ class ScoringServer:
         self.scorer: Scorer | None = None
         self.dispatcher: Dispatcher | None = None
         self.executor: ThreadPoolExecutor | None = None
+        self._openapi: tuple[Scorer | None, Response] | None = None
+        self._admitted = 0  # scoring requests admitted whose job is not queued yet (see _Ticket)
+        self._in_flight = 0  # scoring requests admitted by the connection guard, not answered yet
+        self._canned: dict[str, bytes] = {}
+        self._overload_count = self.metrics.errors.labels("overloaded")
+        self._capacity: int | None = None  # requests the queue and one running batch hold (batching only)
+        self._large_admitted = 0
+        self._large_lock: asyncio.Lock | None = None
+        self._large_executor: ThreadPoolExecutor | None = None
         self.load_seconds: float | None = None
         self.warmup_seconds: float | None = None
         ready_dir = os.environ.get(READY_DIR_ENV)
@@ -134,7 +182,17 @@ class ScoringServer:
             resource_attributes={"scoring.model": self.manifest.name,
                                  "scoring.model_version": str(self.manifest.version)},
         )
+        st = self.settings
+        protocol.configure(
+            protocol.HttpLimits(max_header_bytes=st.max_header_bytes, max_headers=st.max_headers,
+                                header_timeout_s=st.header_timeout_s, body_timeout_s=st.body_timeout_s,
+                                refusal_delay_s=st.overload_refusal_delay_ms / 1000),
+            on_refusal=lambda reason: self.metrics.errors.labels(reason).inc(),
+            admission=self._admission,
+        )
         self.executor = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="scoring")
+        self._large_executor = ThreadPoolExecutor(1, thread_name_prefix="scoring-large")
+        self._large_lock = asyncio.Lock()  # FIFO: large requests are scored in arrival order
         task = asyncio.create_task(self._load(), name="load-model")
         try:
             yield
@@ -149,6 +207,7 @@ class ScoringServer:
             if self.dispatcher is not None:
                 await self.dispatcher.stop()
             self.executor.shutdown(wait=False, cancel_futures=True)
+            self._large_executor.shutdown(wait=False, cancel_futures=True)
             self.metrics.process_exit()
             telemetry.shutdown_telemetry()
 
@@ -168,8 +227,16 @@ class ScoringServer:
                 await loop.run_in_executor(self.executor, scorer.warmup)
             self.warmup_seconds = time.perf_counter() - t1
             self.metrics.warmup_seconds.set(self.warmup_seconds)
+            # What is alive now (libraries, the model) lives as long as the process: keep it out of every
+            # later garbage collection, which would otherwise walk ~300k objects (a >100 ms pause on the
+            # loop) whenever allocation-heavy traffic (a flood of refusals) triggers a full collection
+            gc.collect()
+            gc.freeze()
             dispatcher = make_dispatcher(scorer, self.settings, self.executor, self.metrics.registry)
             await dispatcher.start()
+            if hasattr(dispatcher, "queued_rows"):
+                batch = getattr(getattr(dispatcher, "config", None), "max_batch_rows", 0) or 0
+                self._capacity = self.settings.max_queue_rows + int(batch)
             self.scorer, self.dispatcher = scorer, dispatcher
             self.phase = Phase.READY
             self.metrics.ready.set(1)
@@ -189,78 +256,165 @@ class ScoringServer:
             if self.on_fatal is not None:
                 self.on_fatal(self.failure)
 
-    # ------------------------------------------------------------------ guards
-    def _deny(self, request: Request) -> Response | None:
+    # ------------------------------------------------------------------ guards (raise; see server/errors.py)
+    def _deny(self, request: Request) -> None:
         if self.auth is None:
-            return None
+            return
         why = self.auth.check(request.headers.get("authorization"))
         if why is None:
-            return None
-        self.metrics.errors.labels("unauthorized").inc()
+            return
         if why == "missing":
-            return error(401, "missing API key: send the header 'Authorization: Bearer <key>'",
-                         {"WWW-Authenticate": 'Bearer realm="scoring"'})
-        return error(401, "invalid API key: send a current key as 'Authorization: Bearer <key>'",
-                     {"WWW-Authenticate": 'Bearer realm="scoring", error="invalid_token"'})
+            raise Unauthorized("missing API key: send the header 'Authorization: Bearer <key>'",
+                               {"WWW-Authenticate": 'Bearer realm="scoring"'})
+        raise Unauthorized("invalid API key: send a current key as 'Authorization: Bearer <key>'",
+                           {"WWW-Authenticate": 'Bearer realm="scoring", error="invalid_token"'})
 
-    def _unknown_model(self, request: Request) -> Response | None:
+    def _unknown_model(self, request: Request) -> None:
         name = request.path_params.get("name")
         version = request.path_params.get("version")
         if name != self.manifest.name:
-            return error(404, f"model {name!r} not found; this server serves {self.manifest.name!r}")
+            raise NotFound(f"model {describe(name)} not found; this server serves {self.manifest.name!r}")
         if version is not None and version != str(self.manifest.version):
-            return error(404, f"model {name!r} has no version {version!r} here; it serves version "
-                              f"{self.manifest.version}")
+            raise NotFound(f"model {describe(name)} has no version {describe(version)} here; it serves version "
+                           f"{self.manifest.version}")
+
+    def _not_ready(self) -> None:
+        if self.phase is Phase.READY:
+            return
+        if self.phase is Phase.FAILED:
+            raise NotReady(f"the model failed to load: {self.failure}")
+        raise NotReady(f"the model is {self.phase.value.replace('_', ' ')}; retry when GET /v2/health/ready "
+                       "answers 200", {"Retry-After": "1"})
+
+    def _overloaded(self, content_length: int = -1) -> QueueFull | None:
+        """Is the model's queue (or, for a large body, the large-request lane) already full? Checked
+        before a body is read (each request counts at least one row)."""
+        if self.phase is not Phase.READY:
+            return None
+        queued = getattr(self.dispatcher, "queued_rows", None)
+        # requests admitted but not queued yet count too: else, with the queue momentarily empty, every
+        # client whose headers arrive at that moment would be let in, parse, and only then be refused
+        if queued is not None and queued + self._admitted >= self.settings.max_queue_rows:
+            return QueueFull(f"request queue full ({queued} rows waiting, {self._admitted} requests on their way, "
+                             f"limit {self.settings.max_queue_rows}); retry later or add replicas")
+        if content_length > self.settings.large_request_bytes:
+            return self._large_full()
         return None
 
-    def _not_ready(self) -> Response | None:
-        if self.phase is Phase.READY:
+    def _large_full(self) -> QueueFull | None:
+        limit = self.settings.max_large_requests
+        if self._large_admitted < limit:
             return None
-        if self.phase is Phase.FAILED:
-            return error(503, f"the model failed to load: {self.failure}")
-        return error(503, f"the model is {self.phase.value.replace('_', ' ')}; retry when GET /v2/health/ready "
-                          "answers 200", {"Retry-After": "1"})
+        return QueueFull(f"too many large requests in progress ({self._large_admitted}, limit {limit}); "
+                         "retry later, send smaller requests or add replicas")
 
-    async def _codec(self, fn: Callable[..., Any], *args: Any, big: bool = False) -> Any:
+    def _admission(self, method: bytes, target: bytes, content_length: int) -> bytes | Callable[[], None] | None:
+        """Called by the connection guard once a request's headers are in. A scoring request finding the
+        model saturated is answered there, before routing, auth and reading the body, so refusing costs
+        next to nothing. Saturated: as many scoring requests in flight (from their headers to their
+        answer) as the queue plus one running batch hold, which no in-app count can see in time: many
+        requests' headers are taken in one turn of the event loop, before any of them runs."""
+        if method != b"POST" or not (target.startswith(b"/score") or b"/infer" in target):
+            return None
+        full = self._overloaded(content_length)
+        if full is None and self._capacity is not None and self._in_flight >= self._capacity:
+            full = QueueFull(f"requests in flight fill the model's queue and running batch ({self._in_flight}); "
+                             "retry later or add replicas")
+        if full is not None:
+            self._overload_count.inc()
+            return self._refusal_503(str(full))
+        if self._capacity is None:
+            return None
+        self._in_flight += 1
+        return self._release_in_flight
+
+    def _refusal_503(self, why: str) -> bytes:
+        """The canned overload answer; its text names the limit, not live counts, so it is built once per reason."""
+        reason = why.split("(", 1)[0].strip()
+        cached = self._canned.get(reason)
+        if cached is None:
+            retry = self.settings.retry_after_s
+            cached = protocol.response_bytes(503, f"{reason}: the model is saturated; retry after {retry:g} s or "
+                                                  "on another replica", {"Retry-After": str(retry)})
+            self._canned[reason] = cached
+        return cached
+
+    def _release_in_flight(self) -> None:
+        self._in_flight -= 1
+
+    async def _codec(self, protocol: str, fn: Callable[..., Any], *args: Any, big: bool = False) -> Any:
         """Run flavour parse/render code in the pool; inline only when the flavour says it is cheap
         and the input is small (a multi-megabyte body parsed on the loop would stall every request)."""
         assert self.scorer is not None
-        if self.scorer.parse_in_thread or big:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-        return fn(*args)
+        try:
+            if self.scorer.parse_in_thread or big:
+                return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+            return fn(*args)
+        except _EXPECTED:
+            raise
+        except RecursionError:
+            # orjson accepts JSON nested up to 1,024 levels; code that recurses over such a value is
+            # answered as the client's problem, not a crash
+            raise BadRequest("the request nests JSON arrays/objects too deeply; send flat values") from None
+        except Exception as e:
+            raise ScoringFailed(protocol, e) from e
 
-    async def _predict(self, job: Job, protocol: str) -> Any:
+    def _admit(self, request: Request) -> _Ticket:
+        """Admit a scoring request (or raise QueueFull) before its body is read; it holds a place in the
+        queue until its job is queued (`_predict`) or it fails."""
+        if (full := self._overloaded(self._declared_length(request))) is not None:
+            raise full
+        return _Ticket(self)
+
+    def _declared_length(self, request: Request) -> int:
+        value = request.headers.get("content-length", "")
+        return int(value) if value.isdigit() else -1
+
+    async def _predict(self, job: Job, protocol: str, body_bytes: int, ticket: _Ticket) -> Any:
         assert self.dispatcher is not None
+        if job.rows > self.settings.max_request_rows:
+            raise RequestTooLarge(f"the request has {job.rows} rows; the limit is {self.settings.max_request_rows} "
+                                  "(server setting SCORING_MAX_REQUEST_ROWS): split it")
         self.metrics.rows.labels(protocol).observe(job.rows)
         t0 = time.perf_counter()
         try:
+            if body_bytes > self.settings.large_request_bytes:
+                ticket.release()
+                return await self._predict_large(job, body_bytes)
+            ticket.release()  # submit queues the job before it first yields: the place passes to it
             return await self.dispatcher.submit(job)
+        except _EXPECTED:
+            raise
+        except Exception as e:
+            raise ScoringFailed(protocol, e) from e
         finally:
             self.metrics.model_seconds.labels(protocol).observe(time.perf_counter() - t0)
 
-    def _failed(self, e: Exception, protocol: str) -> Response:
-        """Map an exception from parsing/predicting to a JSON error (never a traceback in the body)."""
-        if isinstance(e, BadRequest):
-            reason = {413: "too_large", 415: "unsupported_media_type"}.get(e.status, "bad_request")
-            self.metrics.errors.labels(reason).inc()
-            return error(e.status, str(e))
-        if isinstance(e, ClientDisconnect):
-            # the client hung up mid-upload: nothing is wrong here and nobody reads the answer; 499
-            # (nginx's "client closed request") keeps it apart from real errors in the metrics
-            self.metrics.errors.labels("client_disconnect").inc()
-            log.debug("client_disconnect", extra={"fields": {"protocol": protocol}})
-            return error(499, "the client closed the connection before sending the whole request")
-        if isinstance(e, QueueFull):
-            self.metrics.errors.labels("overloaded").inc()
-            retry = e.retry_after_s if e.retry_after_s is not None else self.settings.retry_after_s
-            return error(503, f"{e}; retry after {retry:g} s", {"Retry-After": str(max(0, round(retry)))})
-        if isinstance(e, BatcherClosed):
-            self.metrics.errors.labels("shutting_down").inc()
-            return error(503, str(e), {"Retry-After": "1"})
-        self.metrics.errors.labels("internal").inc()
-        log.error("predict_failed", extra={"fields": {"protocol": protocol, "error": f"{type(e).__name__}: {e}"}},
-                  exc_info=e)
-        return error(500, "internal error while scoring; the details are in the server log")
+    async def _predict_large(self, job: Job, body_bytes: int) -> Any:
+        """A large request: scored alone on its own thread, in chunks of about `chunk_bytes` of body, one
+        large request at a time. Small requests keep flowing through the dispatcher meanwhile, and the
+        chunks bound the memory the model needs for it."""
+        assert self.scorer is not None and self._large_lock is not None
+        st = self.settings
+        if (full := self._large_full()) is not None:  # (a request without Content-Length gets here)
+            raise full
+        self._large_admitted += 1
+        try:
+            async with self._large_lock:
+                rows = max(1, job.rows * st.chunk_bytes // max(body_bytes, 1))
+                parts = self.scorer.split(job, rows) if self.scorer.splittable and job.rows > rows else [job]
+                loop = asyncio.get_running_loop()
+                results = [await loop.run_in_executor(self._large_executor, self._predict_one, part) for part in parts]
+            return results[0] if len(parts) == 1 else self.scorer.join(job, results)
+        finally:
+            self._large_admitted -= 1
+
+    def _predict_one(self, job: Job) -> Any:
+        assert self.scorer is not None
+        results = self.scorer.predict([job])
+        if len(results) != 1:
+            raise RuntimeError(f"{type(self.scorer).__name__}.predict returned {len(results)} results for 1 job")
+        return results[0]
 
     # ------------------------------------------------------------------ health and metadata
     def _workers_ready(self) -> int:
@@ -279,18 +433,15 @@ class ScoringServer:
             ready += 1
         return ready
 
-    def _pod_not_ready(self) -> Response | None:
+    def _pod_not_ready(self) -> None:
         """Readiness of the whole server: with N workers, a probe may reach any one of them, so
         the server is ready only when all N are (else some requests would still get 503)."""
-        if (r := self._not_ready()) is not None:
-            return r
+        self._not_ready()
         if (n := self._workers_ready()) < self.settings.workers:
-            return error(503, f"{n} of {self.settings.workers} workers are ready", {"Retry-After": "1"})
-        return None
+            raise NotReady(f"{n} of {self.settings.workers} workers are ready", {"Retry-After": "1"})
 
     async def root(self, request: Request) -> Response:
-        if (r := self._pod_not_ready()) is not None:
-            return r
+        self._pod_not_ready()
         return JSON({"status": "ready", "model": self.manifest.name, "version": self.manifest.version})
 
     async def live(self, request: Request) -> Response:
@@ -311,14 +462,15 @@ class ScoringServer:
         return JSON({"name": "scoring-runtime", "version": __version__, "extensions": []})
 
     async def model_ready(self, request: Request) -> Response:
-        if (r := self._deny(request) or self._unknown_model(request)) is not None:
-            return r
+        self._deny(request)
+        self._unknown_model(request)
         ok = self.phase is Phase.READY
         return JSON({"name": self.manifest.name, "ready": ok}, status_code=200 if ok else 503)
 
     async def model_metadata(self, request: Request) -> Response:
-        if (r := self._deny(request) or self._unknown_model(request) or self._not_ready()) is not None:
-            return r
+        self._deny(request)
+        self._unknown_model(request)
+        self._not_ready()
         assert self.scorer is not None
         return JSON({
             "name": self.manifest.name,
@@ -327,13 +479,38 @@ class ScoringServer:
             **self.scorer.v2_metadata(),
         })
 
+    async def openapi(self, request: Request) -> Response:
+        """The OpenAPI document of these routes for the served model (keyed like the model metadata)."""
+        self._deny(request)
+        if self._openapi is None or (self._openapi[0] is None and self.scorer is not None):
+            self._openapi = (self.scorer, JSON(openapi_document(self.manifest, self.scorer, self.settings)))
+        return self._openapi[1]
+
     async def metrics_text(self, request: Request) -> Response:
         body, ctype = self.metrics.render()
         return Response(body, media_type=ctype)
 
     # ------------------------------------------------------------------ scoring
+    def _prescan_v2(self, body: bytes) -> None:
+        """Refuse a V2 body whose declared tensor shapes are over the limits *before* decoding it: a
+        near-limit body of millions of values costs seconds and hundreds of MiB to decode. The pattern
+        cannot match inside a JSON string (a quote there is escaped); the decoder checks the rest."""
+        st = self.settings
+        for m in _SHAPE_RE.finditer(body):
+            try:
+                dims = [int(d) for d in m.group(1).split(b",") if d.strip()]
+            except ValueError:
+                continue  # not a list of integers: the decoder says what is wrong
+            if dims and dims[0] > st.max_request_rows:
+                raise RequestTooLarge(f"an input has shape {dims[:8]}: {dims[0]} rows; the limit is "
+                                      f"{st.max_request_rows} (SCORING_MAX_REQUEST_ROWS): split the request")
+            if dims and math.prod(dims) > st.max_request_elements:
+                raise RequestTooLarge(f"an input has shape {dims[:8]}: {math.prod(dims)} values; the limit is "
+                                      f"{st.max_request_elements} (SCORING_MAX_REQUEST_ELEMENTS): split the request")
+
     def _parse_v2(self, body: bytes) -> tuple[str | None, Job]:
         assert self.scorer is not None
+        self._prescan_v2(body)
         req = parse_request(decode_json(body))
         job = self.scorer.parse_v2(req)
         job.outputs = req.outputs  # here, not in each flavour, so every flavour honours `outputs`
@@ -346,23 +523,22 @@ class ScoringServer:
         by_name = {t.name: t for t in tensors}
         unknown = [w for w in wanted if w not in by_name]
         if unknown:
-            raise BadRequest(f"unknown output(s) {', '.join(map(repr, unknown))}; this model has: "
+            raise BadRequest(f"unknown output(s) {', '.join(map(describe, unknown[:8]))}; this model has: "
                              f"{', '.join(by_name)}")
         return [by_name[w] for w in wanted]
 
     async def infer(self, request: Request) -> Response:
-        if (r := self._deny(request) or self._unknown_model(request) or self._not_ready()) is not None:
-            return r
+        self._deny(request)
+        self._unknown_model(request)
+        self._not_ready()
         assert self.scorer is not None
-        try:
+        with self._admit(request) as ticket:
             body = await read_body(request, self.settings.max_body_bytes)
             self.metrics.body_bytes.labels("infer").observe(len(body))
-            req_id, job = await self._codec(self._parse_v2, body, big=len(body) > INLINE_MAX_BODY_BYTES)
-            result = await self._predict(job, "v2")
-            tensors = await self._codec(self.scorer.render_v2, result, job, big=job.rows > INLINE_MAX_ROWS)
-            outputs = self._select(tensors, job.outputs)
-        except Exception as e:
-            return self._failed(e, "v2")
+            req_id, job = await self._codec("v2", self._parse_v2, body, big=len(body) > INLINE_MAX_BODY_BYTES)
+            result = await self._predict(job, "v2", len(body), ticket)
+        tensors = await self._codec("v2", self.scorer.render_v2, result, job, big=job.rows > INLINE_MAX_ROWS)
+        outputs = self._select(tensors, job.outputs)
         out: dict[str, Any] = {
             "model_name": self.manifest.name,
             "model_version": str(self.manifest.version),
@@ -373,41 +549,23 @@ class ScoringServer:
         return JSON(out)
 
     async def score(self, request: Request) -> Response:
-        if (r := self._deny(request) or self._not_ready()) is not None:
-            return r
+        self._deny(request)
+        self._not_ready()
         scorer = self.scorer
         assert scorer is not None
         ctype = request.headers.get("content-type") or "application/json"
         if media_type(ctype) not in scorer.score_media_types:
-            self.metrics.errors.labels("unsupported_media_type").inc()
-            return error(415, f"Content-Type {media_type(ctype)!r} is not accepted by this model; use one of: "
-                              f"{', '.join(scorer.score_media_types)}")
-        try:
+            raise UnsupportedMediaType(f"Content-Type {describe(media_type(ctype))} is not accepted by this model; "
+                                       f"use one of: {', '.join(scorer.score_media_types)}")
+        with self._admit(request) as ticket:
             body = await read_body(request, self.settings.max_body_bytes)
             self.metrics.body_bytes.labels("score").observe(len(body))
-            job = await self._codec(scorer.parse_score, body, ctype, big=len(body) > INLINE_MAX_BODY_BYTES)
-            result = await self._predict(job, "score")
-            out = await self._codec(scorer.render_score, result, job, big=job.rows > INLINE_MAX_ROWS)
-        except Exception as e:
-            return self._failed(e, "score")
+            job = await self._codec("score", scorer.parse_score, body, ctype, big=len(body) > INLINE_MAX_BODY_BYTES)
+            result = await self._predict(job, "score", len(body), ticket)
+        out = await self._codec("score", scorer.render_score, result, job, big=job.rows > INLINE_MAX_ROWS)
         return JSON(out)
 
     # ------------------------------------------------------------------ app
-    async def _http_error(self, request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        if exc.status_code == 404:
-            return error(404, f"no endpoint at {request.url.path}; see docs/runtime.md for the endpoints "
-                              "(/score, /v2/models/{name}/infer, /v2/health/ready, /metrics ...)")
-        if exc.status_code == 405:
-            allowed = (exc.headers or {}).get("Allow", "")
-            return error(405, f"method {request.method} is not allowed on {request.url.path}; use {allowed}",
-                         dict(exc.headers or {}))
-        return error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
-
-    async def _crash(self, request: Request, exc: Exception) -> Response:
-        log.error("unhandled_error", extra={"fields": {"path": request.url.path}}, exc_info=exc)
-        return error(500, "internal server error; the details are in the server log")
-
     def build(self) -> Starlette:
         models = "/v2/models/{name}"
         versions = "/v2/models/{name}/versions/{version}"
@@ -415,6 +573,7 @@ class ScoringServer:
             Route("/", self.root, methods=["GET"]),
             Route("/score", self.score, methods=["POST"]),
             Route("/metrics", self.metrics_text, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
             Route("/v2", self.server_metadata, methods=["GET"]),
             Route("/v2/health/live", self.live, methods=["GET"]),
             Route("/v2/health/ready", self.ready, methods=["GET"]),
@@ -428,8 +587,10 @@ class ScoringServer:
         app = Starlette(
             routes=routes,
             lifespan=self.lifespan,
-            exception_handlers={HTTPException: self._http_error, Exception: self._crash},
+            exception_handlers=ErrorHandlers(self.metrics, self.settings.retry_after_s).mapping(),
         )
+        # Starlette's own slash redirect builds an absolute Location from the Host header; ours is relative
+        app.router.redirect_slashes = False
         app.add_middleware(RequestMetrics, metrics=self.metrics, access_log=self.settings.access_log)
         app.add_middleware(telemetry.TelemetryMiddleware)  # a span per request while telemetry is on
         app.add_middleware(ServedBy, model=self.manifest.name, version=str(self.manifest.version))

@@ -32,6 +32,9 @@ def read_api_keys(path: Path) -> tuple[bytes, ...]:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ApiKeyError(f"cannot read API key file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ApiKeyError(f"API key file {path} is not UTF-8 text (byte {e.start} is invalid); "
+                          "write one key per line as plain text") from None
     keys = tuple(
         line.strip().encode() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
     )
@@ -68,7 +71,8 @@ class ApiKeyAuth:
                 event(log, logging.INFO, "api_keys_reloaded", count=len(self._keys))
         except (OSError, ApiKeyError) as e:
             # Keep the old keys: a half-updated Secret must not lock everyone out (or open the door).
-            event(log, logging.WARNING, "api_keys_reload_failed", error=str(e))
+            event(log, logging.WARNING, "api_keys_reload_failed", error=str(e),
+                  action=f"keeping the {len(self._keys)} keys read before; fix the file")
 
     def check(self, authorization: str | None) -> str | None:
         """None when the header carries a valid key, else why not (for the 401 body)."""

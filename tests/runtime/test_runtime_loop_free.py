@@ -20,7 +20,8 @@ async def test_large_v2_body_is_parsed_off_the_event_loop(faq_app: Callable[...,
     # takes hundreds of ms; on the loop that is how long every other request would wait.
     n = 1_000_000
     body = orjson.dumps({"inputs": [{"name": "question", "datatype": "INT64", "shape": [n], "data": [7] * n}]})
-    async with serving(faq_app()) as c:
+    # (the limits would refuse this shape before decoding it: raised here to test the decoding itself)
+    async with serving(faq_app(max_request_rows=n, max_request_elements=n)) as c:
         lags: list[float] = []
         done = asyncio.Event()
 
