@@ -33,11 +33,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
-
-from scoring_runtime.server.dispatch import QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +58,18 @@ R = TypeVar("R")
 
 class BatcherClosed(RuntimeError):
     """The batcher is shutting down; the request was not scored."""
+
+
+class QueueFull(Exception):
+    """Too many rows are waiting for the model; the server answers 503 with Retry-After.
+
+    It lives here, below the server, because the batcher raises it; the server's dispatchers
+    (scoring_runtime.server.dispatch) re-export it for their callers.
+    """
+
+    def __init__(self, message: str = "the model's queue is full", retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -227,8 +237,11 @@ class AdaptiveBatcher(Generic[J, R]):
         self._overlap = 0.5 * self._overlap + (0.5 if busy else 0.0)
         self._last_event = now
 
-    def _more_expected(self, now: float, remaining: float) -> bool:
-        """Wait for company only under concurrent load: a lone client is never held back."""
+    def _more_expected(self) -> bool:
+        """Wait for company only under concurrent load: a lone client is never held back.
+
+        The judgement is made once per arrival (`_note_arrival`), where the evidence is.
+        """
         return self._wait_ok
 
     @staticmethod
@@ -250,7 +263,7 @@ class AdaptiveBatcher(Generic[J, R]):
             while self._queue and self._queued_rows < cfg.max_batch_rows and not self._closed:
                 now = loop.time()
                 remaining = self._queue[0].enqueued + cfg.max_delay_s - now
-                if remaining <= 0 or not self._more_expected(now, remaining):
+                if remaining <= 0 or not self._more_expected():
                     break
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
@@ -331,11 +344,3 @@ class AdaptiveBatcher(Generic[J, R]):
         if not item.future.done():
             item.future.set_result(result)
 
-
-def describe(config: BatchingConfig) -> dict[str, Any]:
-    """The batching settings as reported in /v2 metadata and logs."""
-    return {
-        "max_batch_size": config.max_batch_rows,
-        "max_batch_delay_ms": round(config.max_delay_s * 1000, 3),
-        "max_queue_rows": config.max_queue_rows,
-    }

@@ -17,16 +17,11 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
+from scoring_runtime.batching import QueueFull
 from scoring_runtime.flavours.base import Job, Scorer
 from scoring_runtime.settings import RuntimeSettings
 
-
-class QueueFull(Exception):
-    """Too many rows are waiting for the model; the server answers 503 with Retry-After."""
-
-    def __init__(self, message: str = "the model's queue is full", retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+__all__ = ["DirectDispatcher", "Dispatcher", "QueueFull", "make_dispatcher"]
 
 
 class Dispatcher(Protocol):

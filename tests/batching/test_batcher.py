@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from scoring_runtime.batching import AdaptiveBatcher, BatcherClosed, BatchingConfig, BatchingMetrics
+from scoring_runtime.batching import AdaptiveBatcher, BatcherClosed, BatchingConfig, BatchingMetrics, QueueFull
 from scoring_runtime.flavours.base import Job
-from scoring_runtime.server.dispatch import QueueFull
 
 pytestmark = pytest.mark.timeout(30)
 
