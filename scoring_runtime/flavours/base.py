@@ -36,6 +36,7 @@ from scoring_runtime.settings import RuntimeSettings
 
 __all__ = [
     "BadRequest",
+    "Batching",
     "Job",
     "ModelLoadError",
     "Scorer",
@@ -44,6 +45,14 @@ __all__ = [
     "V2Tensor",
     "decode_json",
 ]
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Adaptive batching limits: rows per model call (1: off) and the longest wait to fill a batch."""
+
+    max_batch_size: int
+    max_batch_delay_ms: float
 
 
 @dataclass(slots=True)
@@ -126,6 +135,11 @@ class Scorer(abc.ABC):
     @abc.abstractmethod
     def render_v2(self, result: Any, job: Job) -> list[V2Tensor]:
         """The V2 output tensors for one job's result (the server applies `outputs` selection)."""
+
+    def batching_defaults(self) -> Batching | None:
+        """The batching this model gets when the settings leave it unset; None: the flavour table decides
+        (scoring_runtime.flavours.DEFAULT_BATCHING). Override when it depends on the loaded model (device)."""
+        return None
 
     def warmup(self) -> None:
         """Run a representative request once so the first real one is not slow (caches, JIT)."""
