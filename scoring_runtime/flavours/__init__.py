@@ -63,7 +63,8 @@ DEFAULT_BATCH_DELAY_MS = 2.0
 
 def batching_for(scorer: Scorer, settings: RuntimeSettings) -> Batching:
     """The batching a server uses for `scorer`: the settings where set, else the flavour's default."""
-    default = scorer.batching_defaults()
+    own = getattr(scorer, "batching_defaults", None)  # duck-typed scorers (tests, plugins) may lack it
+    default = own() if callable(own) else None
     if default is None:
         cls = type(scorer)
         kind = next((k for k, v in BUILTIN.items() if v == f"{cls.__module__}:{cls.__qualname__}"), None)
