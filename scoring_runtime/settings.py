@@ -52,6 +52,14 @@ class RuntimeSettings(BaseSettings):
     )
     max_queue_rows: int = Field(1024, ge=1, description="rows waiting for the model before 503 Retry-After")
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with a 503 when overloaded")
+    # Connection guards (scoring_runtime.server.protocol): checked on raw bytes, before any parsing.
+    max_header_bytes: int = Field(32 * 1024, ge=1024, le=1024 * 1024,
+                                  description="request line + headers, in bytes (431 above)")
+    max_headers: int = Field(100, ge=8, le=10_000, description="header fields per request (431 above)")
+    header_timeout_s: float = Field(30.0, gt=0, le=3600,
+                                    description="time to receive the request line and headers (408, then closed)")
+    body_timeout_s: float = Field(60.0, gt=0, le=3600,
+                                  description="time to receive a request body once its headers are in (408)")
     # PyTorch models only (see scoring_runtime.flavours.torch_model); scikit-learn models ignore these.
     device: str = Field("auto", description="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps")
     half_precision: bool = Field(False, description="fp16 on a GPU; ignored with a warning on CPU")

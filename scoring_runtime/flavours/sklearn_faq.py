@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 
 from scoring_runtime.flavours.base import BadRequest, Job, ModelLoadError, Scorer, decode_json, media_type
+from scoring_runtime.flavours.errors import describe
 from scoring_runtime.flavours.sklearn_io import artifact_path, load_estimator
 from scoring_runtime.flavours.v2 import V2Request, V2Tensor
 from scoring_runtime.manifest import ModelManifest
@@ -72,7 +73,7 @@ class FAQScorer(Scorer):
         if isinstance(value, str) and value.isascii() and value.isdigit():  # not int("²"): a ValueError
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise BadRequest(f"{where} must be a positive integer, got {value!r}")
+            raise BadRequest(f"{where} must be a positive integer, got {describe(value)}")
         return min(value, len(self.faq))
 
     @staticmethod
@@ -84,7 +85,7 @@ class FAQScorer(Scorer):
             raise BadRequest(f"at most {MAX_QUESTIONS} questions per request, got {len(items)}; split the request")
         for q in items:
             if not isinstance(q, str) or not q.strip():
-                raise BadRequest(f"every question in {field!r} must be a non-empty string, got {q!r}")
+                raise BadRequest(f"every question in {field!r} must be a non-empty string, got {describe(q)}")
             if len(q) > MAX_QUESTION_CHARS:
                 raise BadRequest(f"a question is {len(q)} characters long; the limit is {MAX_QUESTION_CHARS}")
         return items

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from scoring_runtime.flavours.base import BadRequest, Batching, Job, ModelLoadError, Scorer, decode_json, media_type
+from scoring_runtime.flavours.errors import describe
 from scoring_runtime.flavours.sklearn_io import artifact_path
 from scoring_runtime.flavours.torch_model import (
     TorchOptions,
@@ -141,7 +142,7 @@ class ImageClassifier(Scorer):
     def _check_top_k(self, value: Any, where: str) -> int:
         n = len(self.labels)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= n:
-            raise BadRequest(f"{where} must be an integer from 1 to {n} (the number of classes), got {value!r}")
+            raise BadRequest(f"{where} must be an integer from 1 to {n} (the number of classes), got {describe(value)}")
         return value
 
     def _images(self, encoded: list[bytes], top_k: int) -> Job:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from scoring_runtime.flavours.errors import BadRequest
+from scoring_runtime.flavours.errors import BadRequest, describe
 
 #: V2 datatype -> numpy dtype. BYTES tensors hold Python `str` objects (JSON cannot carry raw bytes).
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -94,8 +94,8 @@ class V2Request:
         for t in self.inputs:
             if t.name == name:
                 return t
-        sent = ", ".join(repr(t.name) for t in self.inputs) or "none"
-        raise BadRequest(f"missing input tensor {name!r} (inputs sent: {sent})")
+        sent = ", ".join(describe(t.name) for t in self.inputs[:8]) or "none"
+        raise BadRequest(f"missing input tensor {describe(name)} (inputs sent: {sent})")
 
 
 def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -130,19 +130,19 @@ def parse_tensor(obj: Any, index: int) -> V2Tensor:
     if not isinstance(obj, dict):
         raise BadRequest(f"inputs[{index}] must be an object with name, shape, datatype and data")
     name = _require(obj, "name", str, f"inputs[{index}]")
-    where = f"input {name!r}"
+    where = f"input {describe(name)}"
     datatype = _require(obj, "datatype", str, where)
     shape = _require(obj, "shape", list, where)
     if "data" not in obj:
         raise BadRequest(f"{where}: missing field 'data'")
     if datatype not in DTYPES:
-        raise BadRequest(f"{where}: unknown datatype {datatype!r}; use one of {', '.join(DTYPES)}")
+        raise BadRequest(f"{where}: unknown datatype {describe(datatype)}; use one of {', '.join(DTYPES)}")
     if len(shape) > MAX_DIMS or not all(
         isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM_SIZE for d in shape
     ):
         raise BadRequest(
             f"{where}: shape must be a list of at most {MAX_DIMS} non-negative integers "
-            f"(each at most {MAX_DIM_SIZE}), got {shape}"
+            f"(each at most {MAX_DIM_SIZE}), got {describe(shape)}"
         )
     flat = _flatten(obj["data"])
     expected = math.prod(shape)
@@ -176,7 +176,7 @@ def _numeric(flat: list[Any], datatype: str, where: str) -> np.ndarray[Any, Any]
             else isinstance(v, int | float) and not isinstance(v, bool) and (kind == "f" or float(v).is_integer())
         )
         if not ok:
-            raise BadRequest(f"{where}: value {v!r} is not a valid {datatype}")
+            raise BadRequest(f"{where}: value {describe(v)} is not a valid {datatype}")
     try:
         with np.errstate(over="raise", invalid="raise"):
             arr = np.asarray(flat, dtype=DTYPES[datatype])

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -28,13 +27,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scoring_runtime import __version__, telemetry
 from scoring_runtime.batching import BatcherClosed
-from scoring_runtime.flavours import BadRequest, ModelLoadError, Scorer, flavour_kind, load_scorer
+from scoring_runtime.flavours import (
+    BadRequest,
+    ModelLoadError,
+    Scorer,
+    UnsupportedMediaType,
+    flavour_kind,
+    load_scorer,
+)
 from scoring_runtime.flavours.base import Job, decode_json, media_type
+from scoring_runtime.flavours.errors import describe
 from scoring_runtime.flavours.v2 import V2Tensor, parse_request
 from scoring_runtime.manifest import ModelManifest, load_manifest
+from scoring_runtime.server import protocol
 from scoring_runtime.server.auth import ApiKeyAuth
 from scoring_runtime.server.dispatch import Dispatcher, QueueFull, make_dispatcher
-from scoring_runtime.server.http import JSON, error, read_body
+from scoring_runtime.server.errors import ApiError, ErrorHandlers, NotFound, NotReady, ScoringFailed, Unauthorized
+from scoring_runtime.server.http import JSON, read_body
 from scoring_runtime.server.logs import event
 from scoring_runtime.server.metrics import Metrics
 from scoring_runtime.settings import RuntimeSettings
@@ -47,6 +56,8 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 #: bodies and results above these sizes are parsed/rendered in the pool even for `parse_in_thread = False`
 INLINE_MAX_BODY_BYTES = 64 * 1024
 INLINE_MAX_ROWS = 16
+#: exceptions the error handlers map by type; anything else from the request path is a ScoringFailed (500)
+_EXPECTED = (BadRequest, ApiError, QueueFull, BatcherClosed, ClientDisconnect, ScoringFailed)
 
 
 class Phase(enum.StrEnum):
@@ -133,6 +144,13 @@ class ScoringServer:
             resource_attributes={"scoring.model": self.manifest.name,
                                  "scoring.model_version": str(self.manifest.version)},
         )
+        st = self.settings
+        protocol.configure(
+            protocol.HttpLimits(max_header_bytes=st.max_header_bytes, max_headers=st.max_headers,
+                                header_timeout_s=st.header_timeout_s, body_timeout_s=st.body_timeout_s),
+            on_refusal=lambda reason: self.metrics.errors.labels(reason).inc(),
+            admission=self._admission,
+        )
         self.executor = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="scoring")
         task = asyncio.create_task(self._load(), name="load-model")
         try:
@@ -188,45 +206,74 @@ class ScoringServer:
             if self.on_fatal is not None:
                 self.on_fatal(self.failure)
 
-    # ------------------------------------------------------------------ guards
-    def _deny(self, request: Request) -> Response | None:
+    # ------------------------------------------------------------------ guards (raise; see server/errors.py)
+    def _deny(self, request: Request) -> None:
         if self.auth is None:
-            return None
+            return
         why = self.auth.check(request.headers.get("authorization"))
         if why is None:
-            return None
-        self.metrics.errors.labels("unauthorized").inc()
+            return
         if why == "missing":
-            return error(401, "missing API key: send the header 'Authorization: Bearer <key>'",
-                         {"WWW-Authenticate": 'Bearer realm="scoring"'})
-        return error(401, "invalid API key: send a current key as 'Authorization: Bearer <key>'",
-                     {"WWW-Authenticate": 'Bearer realm="scoring", error="invalid_token"'})
+            raise Unauthorized("missing API key: send the header 'Authorization: Bearer <key>'",
+                               {"WWW-Authenticate": 'Bearer realm="scoring"'})
+        raise Unauthorized("invalid API key: send a current key as 'Authorization: Bearer <key>'",
+                           {"WWW-Authenticate": 'Bearer realm="scoring", error="invalid_token"'})
 
-    def _unknown_model(self, request: Request) -> Response | None:
+    def _unknown_model(self, request: Request) -> None:
         name = request.path_params.get("name")
         version = request.path_params.get("version")
         if name != self.manifest.name:
-            return error(404, f"model {name!r} not found; this server serves {self.manifest.name!r}")
+            raise NotFound(f"model {describe(name)} not found; this server serves {self.manifest.name!r}")
         if version is not None and version != str(self.manifest.version):
-            return error(404, f"model {name!r} has no version {version!r} here; it serves version "
-                              f"{self.manifest.version}")
+            raise NotFound(f"model {describe(name)} has no version {describe(version)} here; it serves version "
+                           f"{self.manifest.version}")
+
+    def _not_ready(self) -> None:
+        if self.phase is Phase.READY:
+            return
+        if self.phase is Phase.FAILED:
+            raise NotReady(f"the model failed to load: {self.failure}")
+        raise NotReady(f"the model is {self.phase.value.replace('_', ' ')}; retry when GET /v2/health/ready "
+                       "answers 200", {"Retry-After": "1"})
+
+    def _overloaded(self) -> QueueFull | None:
+        """Is the model's queue already full? Checked before a body is read (each row counts at least 1)."""
+        if self.phase is not Phase.READY:
+            return None
+        queued = getattr(self.dispatcher, "queued_rows", None)
+        if queued is not None and queued >= self.settings.max_queue_rows:
+            return QueueFull(f"request queue full ({queued} rows waiting, limit {self.settings.max_queue_rows}); "
+                             "retry later or add replicas")
         return None
 
-    def _not_ready(self) -> Response | None:
-        if self.phase is Phase.READY:
+    def _admission(self, method: bytes, target: bytes) -> bytes | None:
+        """Called by the connection guard once a request's headers are in: a full queue is answered
+        there, before routing, auth and reading the body, so refusing costs next to nothing."""
+        if method != b"POST" or not (target.startswith(b"/score") or b"/infer" in target):
             return None
-        if self.phase is Phase.FAILED:
-            return error(503, f"the model failed to load: {self.failure}")
-        return error(503, f"the model is {self.phase.value.replace('_', ' ')}; retry when GET /v2/health/ready "
-                          "answers 200", {"Retry-After": "1"})
+        full = self._overloaded()
+        if full is None:
+            return None
+        self.metrics.errors.labels("overloaded").inc()
+        retry = self.settings.retry_after_s
+        return protocol.response_bytes(503, f"{full}; retry after {retry:g} s", {"Retry-After": str(retry)})
 
-    async def _codec(self, fn: Callable[..., Any], *args: Any, big: bool = False) -> Any:
+    async def _codec(self, protocol: str, fn: Callable[..., Any], *args: Any, big: bool = False) -> Any:
         """Run flavour parse/render code in the pool; inline only when the flavour says it is cheap
         and the input is small (a multi-megabyte body parsed on the loop would stall every request)."""
         assert self.scorer is not None
-        if self.scorer.parse_in_thread or big:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-        return fn(*args)
+        try:
+            if self.scorer.parse_in_thread or big:
+                return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+            return fn(*args)
+        except _EXPECTED:
+            raise
+        except RecursionError:
+            # orjson accepts JSON nested up to 1,024 levels; code that recurses over such a value is
+            # answered as the client's problem, not a crash
+            raise BadRequest("the request nests JSON arrays/objects too deeply; send flat values") from None
+        except Exception as e:
+            raise ScoringFailed(protocol, e) from e
 
     async def _predict(self, job: Job, protocol: str) -> Any:
         assert self.dispatcher is not None
@@ -234,32 +281,12 @@ class ScoringServer:
         t0 = time.perf_counter()
         try:
             return await self.dispatcher.submit(job)
+        except _EXPECTED:
+            raise
+        except Exception as e:
+            raise ScoringFailed(protocol, e) from e
         finally:
             self.metrics.model_seconds.labels(protocol).observe(time.perf_counter() - t0)
-
-    def _failed(self, e: Exception, protocol: str) -> Response:
-        """Map an exception from parsing/predicting to a JSON error (never a traceback in the body)."""
-        if isinstance(e, BadRequest):
-            reason = {413: "too_large", 415: "unsupported_media_type"}.get(e.status, "bad_request")
-            self.metrics.errors.labels(reason).inc()
-            return error(e.status, str(e))
-        if isinstance(e, ClientDisconnect):
-            # the client hung up mid-upload: nothing is wrong here and nobody reads the answer; 499
-            # (nginx's "client closed request") keeps it apart from real errors in the metrics
-            self.metrics.errors.labels("client_disconnect").inc()
-            log.debug("client_disconnect", extra={"fields": {"protocol": protocol}})
-            return error(499, "the client closed the connection before sending the whole request")
-        if isinstance(e, QueueFull):
-            self.metrics.errors.labels("overloaded").inc()
-            retry = e.retry_after_s if e.retry_after_s is not None else self.settings.retry_after_s
-            return error(503, f"{e}; retry after {retry:g} s", {"Retry-After": str(max(0, round(retry)))})
-        if isinstance(e, BatcherClosed):
-            self.metrics.errors.labels("shutting_down").inc()
-            return error(503, str(e), {"Retry-After": "1"})
-        self.metrics.errors.labels("internal").inc()
-        log.error("predict_failed", extra={"fields": {"protocol": protocol, "error": f"{type(e).__name__}: {e}"}},
-                  exc_info=e)
-        return error(500, "internal error while scoring; the details are in the server log")
 
     # ------------------------------------------------------------------ health and metadata
     def _workers_ready(self) -> int:
@@ -278,18 +305,15 @@ class ScoringServer:
             ready += 1
         return ready
 
-    def _pod_not_ready(self) -> Response | None:
+    def _pod_not_ready(self) -> None:
         """Readiness of the whole server: with N workers, a probe may reach any one of them, so
         the server is ready only when all N are (else some requests would still get 503)."""
-        if (r := self._not_ready()) is not None:
-            return r
+        self._not_ready()
         if (n := self._workers_ready()) < self.settings.workers:
-            return error(503, f"{n} of {self.settings.workers} workers are ready", {"Retry-After": "1"})
-        return None
+            raise NotReady(f"{n} of {self.settings.workers} workers are ready", {"Retry-After": "1"})
 
     async def root(self, request: Request) -> Response:
-        if (r := self._pod_not_ready()) is not None:
-            return r
+        self._pod_not_ready()
         return JSON({"status": "ready", "model": self.manifest.name, "version": self.manifest.version})
 
     async def live(self, request: Request) -> Response:
@@ -310,14 +334,15 @@ class ScoringServer:
         return JSON({"name": "scoring-runtime", "version": __version__, "extensions": []})
 
     async def model_ready(self, request: Request) -> Response:
-        if (r := self._deny(request) or self._unknown_model(request)) is not None:
-            return r
+        self._deny(request)
+        self._unknown_model(request)
         ok = self.phase is Phase.READY
         return JSON({"name": self.manifest.name, "ready": ok}, status_code=200 if ok else 503)
 
     async def model_metadata(self, request: Request) -> Response:
-        if (r := self._deny(request) or self._unknown_model(request) or self._not_ready()) is not None:
-            return r
+        self._deny(request)
+        self._unknown_model(request)
+        self._not_ready()
         assert self.scorer is not None
         return JSON({
             "name": self.manifest.name,
@@ -345,23 +370,23 @@ class ScoringServer:
         by_name = {t.name: t for t in tensors}
         unknown = [w for w in wanted if w not in by_name]
         if unknown:
-            raise BadRequest(f"unknown output(s) {', '.join(map(repr, unknown))}; this model has: "
+            raise BadRequest(f"unknown output(s) {', '.join(map(describe, unknown[:8]))}; this model has: "
                              f"{', '.join(by_name)}")
         return [by_name[w] for w in wanted]
 
     async def infer(self, request: Request) -> Response:
-        if (r := self._deny(request) or self._unknown_model(request) or self._not_ready()) is not None:
-            return r
+        self._deny(request)
+        self._unknown_model(request)
+        self._not_ready()
         assert self.scorer is not None
-        try:
-            body = await read_body(request, self.settings.max_body_bytes)
-            self.metrics.body_bytes.labels("infer").observe(len(body))
-            req_id, job = await self._codec(self._parse_v2, body, big=len(body) > INLINE_MAX_BODY_BYTES)
-            result = await self._predict(job, "v2")
-            tensors = await self._codec(self.scorer.render_v2, result, job, big=job.rows > INLINE_MAX_ROWS)
-            outputs = self._select(tensors, job.outputs)
-        except Exception as e:
-            return self._failed(e, "v2")
+        if (full := self._overloaded()) is not None:
+            raise full
+        body = await read_body(request, self.settings.max_body_bytes)
+        self.metrics.body_bytes.labels("infer").observe(len(body))
+        req_id, job = await self._codec("v2", self._parse_v2, body, big=len(body) > INLINE_MAX_BODY_BYTES)
+        result = await self._predict(job, "v2")
+        tensors = await self._codec("v2", self.scorer.render_v2, result, job, big=job.rows > INLINE_MAX_ROWS)
+        outputs = self._select(tensors, job.outputs)
         out: dict[str, Any] = {
             "model_name": self.manifest.name,
             "model_version": str(self.manifest.version),
@@ -372,41 +397,24 @@ class ScoringServer:
         return JSON(out)
 
     async def score(self, request: Request) -> Response:
-        if (r := self._deny(request) or self._not_ready()) is not None:
-            return r
+        self._deny(request)
+        self._not_ready()
         scorer = self.scorer
         assert scorer is not None
         ctype = request.headers.get("content-type") or "application/json"
         if media_type(ctype) not in scorer.score_media_types:
-            self.metrics.errors.labels("unsupported_media_type").inc()
-            return error(415, f"Content-Type {media_type(ctype)!r} is not accepted by this model; use one of: "
-                              f"{', '.join(scorer.score_media_types)}")
-        try:
-            body = await read_body(request, self.settings.max_body_bytes)
-            self.metrics.body_bytes.labels("score").observe(len(body))
-            job = await self._codec(scorer.parse_score, body, ctype, big=len(body) > INLINE_MAX_BODY_BYTES)
-            result = await self._predict(job, "score")
-            out = await self._codec(scorer.render_score, result, job, big=job.rows > INLINE_MAX_ROWS)
-        except Exception as e:
-            return self._failed(e, "score")
+            raise UnsupportedMediaType(f"Content-Type {describe(media_type(ctype))} is not accepted by this model; "
+                                       f"use one of: {', '.join(scorer.score_media_types)}")
+        if (full := self._overloaded()) is not None:
+            raise full
+        body = await read_body(request, self.settings.max_body_bytes)
+        self.metrics.body_bytes.labels("score").observe(len(body))
+        job = await self._codec("score", scorer.parse_score, body, ctype, big=len(body) > INLINE_MAX_BODY_BYTES)
+        result = await self._predict(job, "score")
+        out = await self._codec("score", scorer.render_score, result, job, big=job.rows > INLINE_MAX_ROWS)
         return JSON(out)
 
     # ------------------------------------------------------------------ app
-    async def _http_error(self, request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        if exc.status_code == 404:
-            return error(404, f"no endpoint at {request.url.path}; see docs/runtime.md for the endpoints "
-                              "(/score, /v2/models/{name}/infer, /v2/health/ready, /metrics ...)")
-        if exc.status_code == 405:
-            allowed = (exc.headers or {}).get("Allow", "")
-            return error(405, f"method {request.method} is not allowed on {request.url.path}; use {allowed}",
-                         dict(exc.headers or {}))
-        return error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
-
-    async def _crash(self, request: Request, exc: Exception) -> Response:
-        log.error("unhandled_error", extra={"fields": {"path": request.url.path}}, exc_info=exc)
-        return error(500, "internal server error; the details are in the server log")
-
     def build(self) -> Starlette:
         models = "/v2/models/{name}"
         versions = "/v2/models/{name}/versions/{version}"
@@ -427,7 +435,7 @@ class ScoringServer:
         app = Starlette(
             routes=routes,
             lifespan=self.lifespan,
-            exception_handlers={HTTPException: self._http_error, Exception: self._crash},
+            exception_handlers=ErrorHandlers(self.metrics, self.settings.retry_after_s).mapping(),
         )
         app.add_middleware(RequestMetrics, metrics=self.metrics, access_log=self.settings.access_log)
         app.add_middleware(telemetry.TelemetryMiddleware)  # a span per request while telemetry is on

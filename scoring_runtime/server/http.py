@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -20,9 +21,24 @@ class JSON(Response):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSON:
-    """The one error shape of every endpoint (also the V2 protocol's): `{"error": "..."}`."""
-    return JSON({"error": message}, status_code=status, headers=headers)
+#: longest error message sent (messages quote client input through `describe`, this is the last bound)
+MAX_ERROR_CHARS = 2000
+
+
+def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    """The one error shape of every endpoint (also the V2 protocol's): `{"error": "..."}`.
+
+    Bounded in size, and safe for any text (lone surrogates, control characters): rendering an
+    error can never fail or turn into a 500 of its own.
+    """
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[: MAX_ERROR_CHARS - 3] + "..."
+    try:
+        body = orjson.dumps({"error": message})
+    except TypeError:  # orjson refuses lone surrogates
+        body = orjson.dumps({"error": message.encode("utf-8", "replace").decode("utf-8")})
+    return Response(body, status_code=status, headers=dict(headers) if headers else None,
+                    media_type="application/json")
 
 
 class BodyTooLarge(BadRequest):

@@ -26,6 +26,7 @@ from scoring_runtime.server.app import READY_DIR_ENV
 from scoring_runtime.server.auth import read_api_keys
 from scoring_runtime.server.logs import log_config
 from scoring_runtime.server.metrics import MULTIPROC_ENV
+from scoring_runtime.server.protocol import GuardedHttpToolsProtocol
 from scoring_runtime.settings import RuntimeSettings
 
 SETTINGS_ENV = "_SCORING_SERVE_SETTINGS"  # the parent's validated settings, for worker processes
@@ -101,6 +102,8 @@ def serve(settings: RuntimeSettings) -> None:
         "server_header": False,
         "timeout_graceful_shutdown": GRACEFUL_S,
         "lifespan": "on",
+        # httptools plus header size/count limits and header/body timeouts (see server/protocol.py)
+        "http": GuardedHttpToolsProtocol,
     }
     # uvicorn re-raises the SIGTERM/SIGINT that stopped it once it has shut down gracefully; with
     # the default handlers that would kill us (exit -15). A stop by signal is a clean exit here.

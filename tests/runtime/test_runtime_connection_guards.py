@@ -1,0 +1,197 @@
+"""Connection guards of a real `scoring serve`: header size/count limits, header and body timeouts.
+
+Regression for issue 11: a 64 MiB header was accepted (and stalled everyone for seconds), and
+connections sending partial headers were never closed (slowloris).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from tests.runtime.support import ServeProcess, clean_process_env, free_port, scoring_serve, serving
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
+HEADER_TIMEOUT_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def server(faq_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    env = clean_process_env() | {"SCORING_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S), "SCORING_BODY_TIMEOUT_S": "1",
+                                 "SCORING_MAX_HEADER_BYTES": "8192", "SCORING_MAX_HEADERS": "50"}
+    with scoring_serve(faq_dir, log=tmp_path_factory.mktemp("guards") / "serve.log", env=env) as s:
+        yield s
+
+
+def _port(server: ServeProcess) -> int:
+    return int(server.url.rsplit(":", 1)[1])
+
+
+async def _exchange(server: ServeProcess, data: bytes, wait_s: float = 5.0) -> tuple[bytes, float]:
+    """Send `data`, read until the server closes; (everything read, seconds until the close)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", _port(server))
+    t0 = time.monotonic()
+    writer.write(data)
+    await writer.drain()
+    got = await asyncio.wait_for(reader.read(-1), wait_s)
+    writer.close()
+    return got, time.monotonic() - t0
+
+
+async def test_oversized_headers_are_refused_with_431_before_parsing(server: ServeProcess) -> None:
+    huge = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4 * 1024 * 1024 + b"\r\n\r\n"
+
+    def send_huge() -> bytes:
+        with socket.create_connection(("127.0.0.1", _port(server))) as sock:
+            with contextlib.suppress(OSError):  # the server closes while we are still sending
+                sock.sendall(huge)
+            try:
+                return sock.recv(65536)
+            except OSError:
+                return b""
+
+    t0 = time.monotonic()
+    got = await asyncio.to_thread(send_huge)
+    assert time.monotonic() - t0 < 3
+    if got:  # the 431 may be lost to a reset, as the client was still sending
+        assert got.startswith(b"HTTP/1.1 431"), got[:100]
+    got, _ = await _exchange(server, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 431") and b"exceed 8192 bytes" in got
+    many = b"".join(b"X-H%d: 1\r\n" % i for i in range(60))
+    got, _ = await _exchange(server, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+    assert got.startswith(b"HTTP/1.1 431") and b"more than 50 header fields" in got
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+
+
+async def _slow_client(server: ServeProcess, trickle: bool) -> tuple[bytes, float]:
+    """A slowloris client: partial headers, then a byte every 0.1 s (or nothing at all); what it got and when."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", _port(server))
+    t0 = time.monotonic()
+    if trickle:
+        writer.write(b"POST /score HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    read = asyncio.create_task(reader.read(-1))
+    while not read.done() and time.monotonic() - t0 < HEADER_TIMEOUT_S + 5:
+        if trickle:
+            with contextlib.suppress(OSError):  # the server may have closed it already
+                writer.write(b"a")
+        await asyncio.wait({read}, timeout=0.1)
+    took = time.monotonic() - t0
+    try:
+        got = read.result() if read.done() else b"<still open>"
+    except OSError:
+        got = b"<reset>"  # closed while we were still writing
+    writer.close()
+    return got, took
+
+
+async def test_slow_header_clients_are_dropped_while_probes_stay_fast(server: ServeProcess) -> None:
+    t0 = time.monotonic()
+    clients = asyncio.gather(*(_slow_client(server, trickle=i < 40) for i in range(50)))
+
+    async def probes() -> list[float]:
+        lat = []
+        async with httpx.AsyncClient() as client:
+            while time.monotonic() - t0 < HEADER_TIMEOUT_S + 1:
+                s = time.monotonic()
+                assert (await client.get(f"{server.url}/v2/health/live")).status_code == 200
+                lat.append(time.monotonic() - s)
+                await asyncio.sleep(0.02)
+        return lat
+
+    latencies = await probes()
+    results = await clients
+    slow, idle = results[:40], results[40:]
+    assert all(took < HEADER_TIMEOUT_S + 1.5 for _, took in results), [t for _, t in results]
+    assert all(got.startswith(b"HTTP/1.1 408") or got == b"<reset>" for got, _ in slow), slow[0]
+    assert sum(got.startswith(b"HTTP/1.1 408") for got, _ in slow) >= 20
+    assert all(got == b"" for got, _ in idle)  # idle connections are closed without an answer
+    assert max(latencies) < 1.0, latencies  # probes never waited for the slow clients
+
+
+async def test_a_body_that_never_completes_gets_408(server: ServeProcess) -> None:
+    got, took = await _exchange(server, b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                        b"Content-Length: 100\r\n\r\n{\"question\": ")
+    assert got.startswith(b"HTTP/1.1 408") and b"request body did not arrive" in got
+    assert 0.8 < took < 3
+
+
+async def test_a_kept_alive_connection_gets_a_fresh_header_deadline(server: ServeProcess) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", _port(server))
+    writer.write(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    first = await asyncio.wait_for(reader.readuntil(b'{"live":true}'), 3)
+    assert first.startswith(b"HTTP/1.1 200")
+    await asyncio.sleep(HEADER_TIMEOUT_S * 1.5)  # longer than the first deadline: keep-alive idle is fine
+    writer.write(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")  # but this one never finishes
+    await writer.drain()
+    t0 = time.monotonic()
+    rest = await asyncio.wait_for(reader.read(-1), 5)
+    writer.close()
+    assert rest.startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < HEADER_TIMEOUT_S + 1.5
+
+
+async def test_admission_answers_a_full_queue_without_running_the_app() -> None:
+    """The canned 503 is written by the connection itself; the body is discarded and keep-alive kept."""
+    import uvicorn
+    from starlette.responses import PlainTextResponse
+    from starlette.types import Receive, Scope, Send
+
+    from scoring_runtime.server import protocol
+
+    calls: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        calls.append(scope["path"])
+        await PlainTextResponse("app")(scope, receive, send)
+
+    full = protocol.response_bytes(503, "queue full", {"Retry-After": "2"})
+    protocol.configure(protocol.HttpLimits(), admission=lambda m, t: full if m == b"POST" and t == b"/score" else None)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol.GuardedHttpToolsProtocol,
+                                           lifespan="off", log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            r = await c.post("/score", content=b'{"question": "' + b"x" * 200_000 + b'"}')
+            assert r.status_code == 503 and r.headers["retry-after"] == "2"
+            assert r.json() == {"error": "queue full"}
+            r = await c.get("/score")  # same connection: the discarded body did not corrupt it
+            assert r.status_code == 200 and r.text == "app"
+        assert calls == ["/score"]
+    finally:
+        protocol.configure(protocol.HttpLimits())
+        server.should_exit = True
+        await task
+
+
+async def test_a_full_queue_is_refused_before_the_body_is_read(faq_app: Callable[..., Starlette]) -> None:
+    app = faq_app(max_batch_size=4, max_queue_rows=8)
+    async with serving(app) as c:
+        server = app.state.server
+        server.dispatcher._queued_rows = 8  # as if 8 rows were waiting for the model
+        read: list[int] = []
+
+        async def body() -> AsyncIterator[bytes]:
+            read.append(1)
+            yield b'{"question": "reset my password"}'
+
+        r = await c.post("/score", content=body(), headers={"content-type": "application/json"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and "queue full" in r.json()["error"]
+        assert read == []
+        assert server._admission(b"POST", b"/v2/models/faq-matcher/infer").startswith(b"HTTP/1.1 503")
+        assert server._admission(b"GET", b"/v2/health/ready") is None
+        server.dispatcher._queued_rows = 0
+        assert server._admission(b"POST", b"/score") is None
+        assert (await c.post("/score", json={"question": "reset my password"})).status_code == 200
