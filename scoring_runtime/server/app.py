@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import gc
 import logging
 import os
 import time
@@ -98,8 +99,8 @@ class RequestMetrics:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            self.metrics.requests.labels(endpoint, method, str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(elapsed)
+            self.metrics.labelled(self.metrics.requests, endpoint, method, str(status)).inc()
+            self.metrics.labelled(self.metrics.latency, endpoint).observe(elapsed)
             if self.access_log:
                 event(log, logging.INFO, "request", method=method, path=scope["path"], status=status,
                       duration_ms=round(elapsed * 1000, 3))
@@ -184,6 +185,10 @@ class ScoringServer:
             if self.settings.warmup:
                 await loop.run_in_executor(self.executor, scorer.warmup)
             self.warmup_seconds = time.perf_counter() - t1
+            # The model's objects live as long as the process: move them out of the collector's reach,
+            # so later collections (triggered by per-request garbage) do not walk them (shorter pauses).
+            gc.collect()
+            gc.freeze()
             self.metrics.warmup_seconds.set(self.warmup_seconds)
             dispatcher = make_dispatcher(scorer, self.settings, self.executor, self.metrics.registry)
             await dispatcher.start()
@@ -277,7 +282,7 @@ class ScoringServer:
 
     async def _predict(self, job: Job, protocol: str) -> Any:
         assert self.dispatcher is not None
-        self.metrics.rows.labels(protocol).observe(job.rows)
+        self.metrics.labelled(self.metrics.rows, protocol).observe(job.rows)
         t0 = time.perf_counter()
         try:
             return await self.dispatcher.submit(job)
@@ -286,7 +291,7 @@ class ScoringServer:
         except Exception as e:
             raise ScoringFailed(protocol, e) from e
         finally:
-            self.metrics.model_seconds.labels(protocol).observe(time.perf_counter() - t0)
+            self.metrics.labelled(self.metrics.model_seconds, protocol).observe(time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ health and metadata
     def _workers_ready(self) -> int:
@@ -382,7 +387,7 @@ class ScoringServer:
         if (full := self._overloaded()) is not None:
             raise full
         body = await read_body(request, self.settings.max_body_bytes)
-        self.metrics.body_bytes.labels("infer").observe(len(body))
+        self.metrics.labelled(self.metrics.body_bytes, "infer").observe(len(body))
         req_id, job = await self._codec("v2", self._parse_v2, body, big=len(body) > INLINE_MAX_BODY_BYTES)
         result = await self._predict(job, "v2")
         tensors = await self._codec("v2", self.scorer.render_v2, result, job, big=job.rows > INLINE_MAX_ROWS)
@@ -408,7 +413,7 @@ class ScoringServer:
         if (full := self._overloaded()) is not None:
             raise full
         body = await read_body(request, self.settings.max_body_bytes)
-        self.metrics.body_bytes.labels("score").observe(len(body))
+        self.metrics.labelled(self.metrics.body_bytes, "score").observe(len(body))
         job = await self._codec("score", scorer.parse_score, body, ctype, big=len(body) > INLINE_MAX_BODY_BYTES)
         result = await self._predict(job, "score")
         out = await self._codec("score", scorer.render_score, result, job, big=job.rows > INLINE_MAX_ROWS)
