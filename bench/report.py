@@ -83,12 +83,12 @@ def _faq_md(sec: dict[str, Any]) -> list[str]:
                f"({_fmt(r['peer_rps'], 0)}/s) | **{r['throughput_ratio']:.2f}** | {r['p50_ratio']:.2f} | "
                f"{r['p99_ratio']:.2f} |" for r in ratios]
         md.append("")
-    md += ["### Closed loop (wrk)", ""] + _results_table(sec, _closed(sec), "clients") + [""]
+    md += ["### Closed loop (wrk)", "", *_results_table(sec, _closed(sec), "clients"), ""]
     if _open(sec):
         md += ["### Open loop (vegeta, fixed arrival rate)", "",
                "Requests start on schedule whether or not earlier ones were answered: a server slower than the "
                "rate falls behind and its latency grows (up to vegeta's 10 s timeout, counted as errors).", ""]
-        md += _results_table(sec, _open(sec), "rate/s") + [""]
+        md += [*_results_table(sec, _open(sec), "rate/s"), ""]
     if an.get("overhead"):
         md += ["### Where the time goes (this runtime vs the floor and the model)", "",
                "Per request: wall = 1 / throughput; model = in-process parse + predict + render cost per row at "
@@ -101,7 +101,8 @@ def _faq_md(sec: dict[str, Any]) -> list[str]:
                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         md += [f"| {r['target']} | {r['concurrency']} | {r['mean_batch']} | {_fmt(r['wall_us_per_req'], 0)} | "
                f"{_fmt(r['model_us_per_row'], 0)} | {_fmt(r['overhead_us'], 0)} | {_fmt(r['floor_us_per_req'], 0)} | "
-               f"{r['overhead_vs_floor']:.2f} | {_fmt(r.get('cpu_us_per_req'), 0)} | {_fmt(r.get('model_cpu_us_per_row'), 0)} | "
+               f"{r['overhead_vs_floor']:.2f} | {_fmt(r.get('cpu_us_per_req'), 0)} | "
+               f"{_fmt(r.get('model_cpu_us_per_row'), 0)} | "
                f"{_fmt(r.get('cpu_overhead_us'), 0)} | {_fmt(r.get('floor_cpu_us_per_req'), 0)} | "
                f"{_fmt(r.get('cpu_overhead_vs_floor'), 2)} |" for r in an["overhead"]]
         md.append("")
@@ -114,7 +115,7 @@ def _faq_md(sec: dict[str, Any]) -> list[str]:
 
 def _resnet_md(sec: dict[str, Any]) -> list[str]:
     md = [f"## {sec['title']}", "", sec["setup"], ""]
-    md += _results_table(sec, _closed(sec), "clients") + [""]
+    md += [*_results_table(sec, _closed(sec), "clients"), ""]
     lim = sec["limit"]
     md += [f"In-process limit ({lim['description']}), images/s by batch size: "
            + ", ".join(f"{k}: {_fmt(v, 2)}" for k, v in lim["by_batch"].items()) + ".", "",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
 from scoring_runtime.flavours import Job, load_scorer
 from scoring_runtime.settings import RuntimeSettings
 
