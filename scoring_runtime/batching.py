@@ -13,7 +13,11 @@ times the cost of one. `AdaptiveBatcher` queues requests and hands them to the m
 - requests are taken in arrival order (a big request is never overtaken forever by small ones);
 - the queue is bounded (`max_queue_rows`): when full, `submit` raises `QueueFull` at once, so the
   server can answer 503 fast instead of letting latency pile up;
-- the model runs on one dedicated thread (one model call at a time, never on the event loop);
+- the model runs on one dedicated thread (one model call at a time), except that a lone request of
+  at most `inline_max_rows` rows (no concurrent load in sight, nothing queued) may run on the event
+  loop itself: for a cheap model the two thread hand-offs (to the inference thread and back) cost
+  a lone client more than the model call, above all on a busy node where each wake-up waits for a
+  core; under load the thread keeps the loop free to take in the requests that form the next batch;
 - an exception in the model fails the requests of that batch only, and when the batch held
   several requests each is retried alone, so only the request that causes it fails;
 - `stop()` fails queued requests with `BatcherClosed` and lets the running batch finish (one
@@ -77,6 +81,8 @@ class BatchingConfig:
     max_batch_rows: int
     max_delay_s: float
     max_queue_rows: int
+    #: a lone request up to this many rows runs on the event loop (0: never; see the module docstring)
+    inline_max_rows: int = 0
 
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
@@ -334,10 +340,20 @@ class AdaptiveBatcher(Generic[J, R]):
     async def _call(self, batch: list[_Queued[J, R]], loop: asyncio.AbstractEventLoop) -> Sequence[R]:
         """One model call on the inference thread; one result per job or an error."""
         assert self._executor is not None
-        results = await loop.run_in_executor(self._executor, self._predict, [i.job for i in batch])
+        jobs = [i.job for i in batch]
+        if self._inline_ok(batch):
+            results = self._predict(jobs)
+        else:
+            results = await loop.run_in_executor(self._executor, self._predict, jobs)
         if len(results) != len(batch):
             raise RuntimeError(f"the model returned {len(results)} results for a batch of {len(batch)} requests")
         return results
+
+    def _inline_ok(self, batch: list[_Queued[J, R]]) -> bool:
+        """Run this batch on the loop? Only one small request, alone: nothing queued behind it and
+        no sign of concurrent clients (whose requests the loop must keep reading meanwhile)."""
+        limit = self.config.inline_max_rows
+        return bool(limit) and len(batch) == 1 and batch[0].rows <= limit and not self._queue and not self._wait_ok
 
     @staticmethod
     def _succeed(item: _Queued[J, R], result: R) -> None:

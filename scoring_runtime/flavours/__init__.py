@@ -55,7 +55,8 @@ DEFAULT_KIND: dict[tuple[str, str], str] = {
 #: client is never held (the batcher waits only under concurrent load), and 2 ms is below one
 #: batch's model time.
 DEFAULT_BATCHING: dict[str, Batching] = {
-    "sklearn-faq": Batching(max_batch_size=32, max_batch_delay_ms=2.0),
+    # one question costs ~2 ms: a lone one is scored on the event loop, without thread hand-offs
+    "sklearn-faq": Batching(max_batch_size=32, max_batch_delay_ms=2.0, inline_max_rows=1),
 }
 #: the delay used when only the batch size is set
 DEFAULT_BATCH_DELAY_MS = 2.0
@@ -73,7 +74,8 @@ def batching_for(scorer: Scorer, settings: RuntimeSettings) -> Batching:
         default.max_batch_size if default else 1)
     delay = settings.max_batch_delay_ms if settings.max_batch_delay_ms is not None else (
         default.max_batch_delay_ms if default else DEFAULT_BATCH_DELAY_MS)
-    return Batching(max_batch_size=min(size, settings.max_queue_rows), max_batch_delay_ms=delay)
+    return Batching(max_batch_size=min(size, settings.max_queue_rows), max_batch_delay_ms=delay,
+                    inline_max_rows=default.inline_max_rows if default else 0)
 
 
 def flavour_kind(manifest: ModelManifest) -> str:

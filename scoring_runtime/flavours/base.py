@@ -49,10 +49,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Batching:
-    """Adaptive batching limits: rows per model call (1: off) and the longest wait to fill a batch."""
+    """Adaptive batching limits: rows per model call (1: off), the longest wait to fill a batch, and
+    how many rows a lone request may have to be scored on the event loop (0: never; for models whose
+    call costs about as much as the two thread hand-offs it saves, see scoring_runtime.batching)."""
 
     max_batch_size: int
     max_batch_delay_ms: float
+    inline_max_rows: int = 0
 
 
 @dataclass(slots=True)

@@ -80,6 +80,7 @@ def make_dispatcher(
         config = BatchingConfig(
             max_batch_rows=batching.max_batch_size,
             max_delay_s=batching.max_batch_delay_ms / 1000.0,
+            inline_max_rows=batching.inline_max_rows,
             max_queue_rows=settings.max_queue_rows,
         )
         metrics = BatchingMetrics(registry=registry) if registry is not None else None

@@ -26,10 +26,10 @@ def test_faq_matcher_batches_by_default(faq_dir: Path, faq_scorer: Scorer) -> No
 
 
 @pytest.mark.parametrize(("overrides", "want"), [
-    ({"max_batch_size": 1}, Batching(1, 2.0)),  # explicit off wins over the flavour default
-    ({"max_batch_size": 8}, Batching(8, 2.0)),  # size alone: the default delay
-    ({"max_batch_delay_ms": 7.5}, Batching(DEFAULT_BATCHING["sklearn-faq"].max_batch_size, 7.5)),
-    ({"max_batch_size": 64, "max_queue_rows": 64}, Batching(64, 2.0)),
+    ({"max_batch_size": 1}, Batching(1, 2.0, 1)),  # explicit off wins over the flavour default
+    ({"max_batch_size": 8}, Batching(8, 2.0, 1)),  # size alone: the default delay
+    ({"max_batch_delay_ms": 7.5}, Batching(DEFAULT_BATCHING["sklearn-faq"].max_batch_size, 7.5, 1)),
+    ({"max_batch_size": 64, "max_queue_rows": 64}, Batching(64, 2.0, 1)),
 ])
 def test_settings_override_the_flavour_default(faq_dir: Path, faq_scorer: Scorer, overrides: dict[str, Any],
                                                want: Batching) -> None:
