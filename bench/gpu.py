@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     with run.bench_lock():
         for prec in precisions:
             env = {"SCORING_DEVICE": args.device, "SCORING_HALF_PRECISION": "1" if prec == "fp16" else "0"}
-            limit = run.in_fresh_process("gpu_limit_entry", None, env, model_dir=str(model_dir), sizes=sizes,
+            limit = run.in_fresh_process("gpu:gpu_limit", None, env, model_dir=str(model_dir), sizes=sizes,
                                          seconds=seconds / 2)
             srv = peers.start_ours(f"gpu-{prec}", model_dir, None, {
                 **env, "SCORING_WORKERS": "1", "SCORING_MAX_BATCH_SIZE": str(args.batch),

@@ -29,18 +29,19 @@ import argparse
 import contextlib
 import fcntl
 import io
-import statistics
-import urllib.request
+import itertools
 import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -194,13 +195,16 @@ def agreement(servers: dict[str, tuple[peers.Server, list[Call]]], n: int = 8) -
 
 def in_fresh_process(fn: str, cpus: set[int] | None = None, env: dict[str, str] | None = None,
                      **kwargs: Any) -> dict[str, Any]:
-    """Run `fn(**kwargs)` of this module in a new Python process (pinned to `cpus`) and return its dict.
+    """Run `fn(**kwargs)` of this module (or `module:fn` of another bench module) in a new Python process
+    (pinned to `cpus`) and return its dict.
 
     The limits are measured like a server runs: alone in a fresh process. In this process the other
     sections have loaded scikit-learn/scipy, whose OpenMP/BLAS runtimes next to PyTorch's libgomp
     slow PyTorch down (pytorch/pytorch#98836), which would understate the limit.
     """
-    code = f"import json, sys, run; print(json.dumps(run.{fn}(**json.loads(sys.argv[1]))))"
+    module, _, name = fn.rpartition(":")  # "gpu:gpu_limit" runs bench/gpu.py's gpu_limit
+    module = module or "run"
+    code = f"import json, sys, {module}; print(json.dumps({module}.{name}(**json.loads(sys.argv[1]))))"
 
     def pin() -> None:
         if cpus:
@@ -253,7 +257,7 @@ def cost_per_row_s(limit: dict[str, float], batch: float) -> float:
     pts = sorted((int(k), 1.0 / v) for k, v in limit.items())
     if batch <= pts[0][0]:
         return pts[0][1]
-    for (b0, c0), (b1, c1) in zip(pts, pts[1:], strict=False):
+    for (b0, c0), (b1, c1) in itertools.pairwise(pts):
         if batch <= b1:
             return c0 + (c1 - c0) * (batch - b0) / (b1 - b0)
     return pts[-1][1]
@@ -359,7 +363,8 @@ def section_faq(args: argparse.Namespace, failures: dict[str, str], tools_: dict
                 "kserve": lambda: ("kserve /v2", peers.start_kserve(model_dir, FAQ_NAME, server_cpus), calls["v2"]),
                 "litserve": lambda: ("litserve /predict", peers.start_litserve(
                     model_dir, server_cpus, batch, args.faq_delay_ms / 1000), calls["litserve"]),
-                "amlserver": lambda: ("aml-server /score", peers.start_amlserver(model_dir, server_cpus), calls["score"]),
+                "amlserver": lambda: ("aml-server /score", peers.start_amlserver(model_dir, server_cpus),
+                                      calls["score"]),
             }
             for name in peer_names:  # one at a time: loading is CPU heavy and they share one CPU
                 label, srv, cl = starters[name]()
@@ -501,7 +506,8 @@ def faq_analysis(sec: dict[str, Any]) -> dict[str, Any]:
     for ours in ("this-runtime /score", "this-runtime /v2"):
         if (o := by.get((ours, 1))) is not None:
             t.append({"target": f"1 client, {ours}: median <= in-process batch-1 latency ({lat1:.2f} ms) + 0.3 ms",
-                      "value": f"{o['p50_ms']:.2f} ms ({o['p50_ms'] - lat1:+.2f} ms)", "met": o["p50_ms"] <= lat1 + 0.3})
+                      "value": f"{o['p50_ms']:.2f} ms ({o['p50_ms'] - lat1:+.2f} ms)",
+                      "met": o["p50_ms"] <= lat1 + 0.3})
         if (o := by.get((ours, 16))) is not None:
             t.append({"target": f"16 clients, {ours}: p99 <= 3x p50", "value": f"{o['p99_ms'] / o['p50_ms']:.2f}x",
                       "met": o["p99_ms"] <= 3 * o["p50_ms"]})
@@ -622,7 +628,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sections", default="faq,resnet", help="comma-separated: faq, resnet (default both)")
     p.add_argument("--arch", default="resnet152", help="torchvision architecture for the image section")
     p.add_argument("--no-peers", action="store_true", help="only this runtime and the floor (no virtualenvs needed)")
-    p.add_argument("--peers", default=",".join(peers.PEERS), help=f"peers to run (default all: {','.join(peers.PEERS)})")
+    p.add_argument("--peers", default=",".join(peers.PEERS),
+                   help=f"peers to run (default all: {','.join(peers.PEERS)})")
     p.add_argument("--out", type=Path, default=HERE / "results", help="output directory")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run that only checks the machinery")
     args = p.parse_args(argv)
