@@ -33,6 +33,7 @@ from scoring_runtime.flavours import (
     ModelLoadError,
     Scorer,
     UnsupportedMediaType,
+    batching_for,
     flavour_kind,
     load_scorer,
 )
@@ -199,7 +200,8 @@ class ScoringServer:
                 (self.ready_dir / str(os.getpid())).touch()
             self.metrics.info.labels(m.name, str(m.version), self.flavour).set(1)
             event(log, logging.INFO, "model_ready", model=m.name, version=m.version,
-                  warmup_seconds=round(self.warmup_seconds, 3), batching=self.settings.batching)
+                  warmup_seconds=round(self.warmup_seconds, 3),
+                  max_batch_size=batching_for(scorer, self.settings).max_batch_size)
         except asyncio.CancelledError:
             raise
         except Exception as e:
