@@ -188,8 +188,9 @@ def closed_loop(wrk: str, base_url: str, script: Path, *, target: str, connectio
                 rows_per_request: int = 1, client_cpus: set[int] | None = None, server_pid: int | None = None,
                 timeout_s: float = 10.0) -> LoadResult:
     """`wrk -t1 -c N -d D`: N connections on one load-generator thread, closed loop."""
-    cmd = [wrk, "-t1", f"-c{connections}", f"-d{duration_s:g}s", f"--timeout={timeout_s:g}s", "-s", str(script),
-           base_url]
+    # wrk takes whole seconds only ("-d2.5s" is a usage error)
+    cmd = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", f"--timeout={max(1, round(timeout_s))}s",
+           "-s", str(script), base_url]
     out, _err, wall, cpu, srv = _run_with_rusage(cmd, client_cpus, server_pid)
     line = next((ln for ln in out.splitlines() if ln.startswith("WRKJSON ")), None)
     if line is None:

@@ -643,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         args.rates, args.open_repeats = [400.0], 1
         args.img_concurrency, args.img_rounds, args.img_seconds = [4], 1, 8.0
     else:
-        args.concurrency, args.repeats, args.duration = [1, 4, 16, 64], 3, 2.5
+        args.concurrency, args.repeats, args.duration = [1, 4, 16, 64], 3, 2.0
         args.rates, args.open_repeats = [200.0, 800.0], 2
         args.img_concurrency, args.img_rounds, args.img_seconds = [1, 4], 2, 8.0
     args.top_k, args.limit_seconds = 3, 3.0
