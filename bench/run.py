@@ -680,6 +680,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sec = section_resnet(args, run["failures"], tools_)
         run["sections"][name] = sec
+        run["elapsed_s"] = round(time.monotonic() - t0, 1)
+        report.write(run, args.out)  # what is measured so far survives a later section's failure
     for _peer, vs in args.peer_versions.items():
         for dist, v in vs.items():
             if dist in ("mlserver", "kserve", "litserve", "azureml-inference-server-http"):
