@@ -465,10 +465,10 @@ def faq_analysis(sec: dict[str, Any]) -> dict[str, Any]:
     peers_ = [t for t in sec["order"] if not t.startswith("this-runtime") and t != "floor"]
     out: dict[str, Any] = {"overhead": [], "targets": []}
     for (target, c), r in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        if not target.startswith("this-runtime") or ("floor", c) not in by:
-            continue
+        if not target.startswith("this-runtime") or ("floor", c) not in by or not r.get("mean_batch"):
+            continue  # the model's share needs the batch size the server formed
         floor = by[("floor", c)]
-        b = float(r.get("mean_batch") or 1.0)
+        b = float(r["mean_batch"])
         model_us = 1e6 * cost_per_row_s(limit, b)
         wall_us = 1e6 / r["throughput_rps"]
         floor_us = 1e6 / floor["throughput_rps"]
