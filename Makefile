@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install install-torch cluster-bin node-bin images cluster cluster-down lint test test-fast test-node demo bench bench-quick crds help
+.PHONY: install install-torch cluster-bin node-bin images cluster cluster-down lint test test-fast test-node demo bench bench-quick bench-tools crds help
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -47,10 +47,13 @@ test-fast: ## the suite without the control-plane tests
 demo: ## train + register the FAQ model in a temp registry, fetch it, serve it, ask it a question
 	bash examples/faq-matching/demo.sh
 
-bench: ## side-by-side benchmark (this runtime vs MLServer vs AML inference server; ResNet batching on/off), ~5 min
+bench-tools: ## install/check the compiled load generators (wrk from apt, vegeta built from its Go module)
+	bash hack/bench-tools.sh
+
+bench: bench-tools ## side-by-side benchmark (floor, this runtime, MLServer, KServe, LitServe, AML server; ResNet), ~10 min
 	$(PYTHON) bench/run.py
 
-bench-quick: ## the same, fewer and shorter points (~2.5 min)
+bench-quick: bench-tools ## the same, fewer and shorter points (~4 min)
 	$(PYTHON) bench/run.py --quick
 
 crds: ## regenerate crds/ from the pydantic spec models

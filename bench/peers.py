@@ -1,15 +1,19 @@
-"""The servers under test: this runtime (`scoring serve`), MLServer and the Azure ML inference server.
+"""The servers under test: this runtime (`scoring serve`), the floor app, and the peers: MLServer,
+KServe's Python model server, LitServe and the Azure ML inference server.
 
 The peers live in their own virtualenvs under bench/.work/ (their pinned dependencies conflict
-with ours); `ensure_venvs` creates them once, with the same scikit-learn and skops versions as
-ours so they load the very same model file. Every server binds 127.0.0.1 on a free port.
+with ours and with each other); `ensure_venvs` creates them once, with the same scikit-learn,
+skops and numpy versions as ours so they load the very same model file through the flavour's
+public interface (peer_apps/faq_work.py). Every server binds 127.0.0.1 on a free port.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -29,10 +33,13 @@ APPS = HERE / "peer_apps"
 
 PEERS = {
     "mlserver": ["mlserver", "mlserver-sklearn"],
+    "kserve": ["kserve"],
+    "litserve": ["litserve", "pyzmq"],
     "amlserver": ["azureml-inference-server-http"],
 }
 # MLServer 1.7.1's inference workers crash with uvloop >= 0.22 (SeldonIO/MLServer#2286)
-PEER_PINS = {"mlserver": {"uvloop": "0.21.0"}, "amlserver": {}}
+PEER_PINS: dict[str, dict[str, str]] = {"mlserver": {"uvloop": "0.21.0"}, "kserve": {}, "litserve": {},
+                                        "amlserver": {}}
 # what the peers need besides themselves: our model's libraries at our versions, and what
 # `scoring_runtime.flavours` imports when skops rebuilds the FAQ pipeline's PairFeatures class
 SHARED = ["scikit-learn", "skops", "numpy", "scipy"]
@@ -62,11 +69,13 @@ def venv_versions(name: str, dists: list[str]) -> dict[str, str]:
     return dict(json.loads(res.stdout))
 
 
-def ensure_venvs(log: Callable[[str], None]) -> dict[str, dict[str, str]]:
-    """Create/complete bench/.work/{mlserver,amlserver}; returns the peer versions installed."""
+def ensure_venvs(log: Callable[[str], None], names: list[str] | None = None) -> dict[str, dict[str, str]]:
+    """Create/complete bench/.work/<peer> for each peer; returns the peer versions installed."""
     pins = [f"{d}=={version(d)}" for d in SHARED if version(d) != "absent"]  # the model's libraries, as ours
     out = {}
     for name, dists in PEERS.items():
+        if names is not None and name not in names:
+            continue
         py = venv_python(name)
         if not py.exists():
             log(f"creating virtualenv bench/.work/{name} (once; a few minutes)")
@@ -101,7 +110,7 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
 
 @dataclass
 class Server:
-    """A server process; `stop()` terminates it (then kills it after a grace period)."""
+    """A server process; `stop()` terminates it and its process group (then kills it after a grace period)."""
 
     name: str
     url: str
@@ -126,14 +135,24 @@ class Server:
         lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
         return "\n".join(lines[-n:])
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
     def stop(self) -> None:
+        # Servers with worker processes (MLServer, LitServe, gunicorn) run in their own session
+        # (start_new_session): signal the whole group so no worker outlives the benchmark.
         if self.proc.poll() is None:
-            self.proc.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers of the group
         self.log_file.close()
 
 
@@ -194,3 +213,29 @@ def start_amlserver(model_dir: Path, cpus: set[int] | None) -> Server:
     cmd = [str(venv_python("amlserver")), str(APPS / "aml_launch.py"), "--entry_script",
            str(APPS / "aml_score.py"), "--model_dir", str(model_dir), "--port", str(port), "--worker_count", "1"]
     return _start("aml-inference-server", cmd, env, cpus, "/", port, cwd=APPS)
+
+
+def start_floor(cpus: set[int] | None, response_file: Path) -> Server:
+    """The floor: a bare ASGI app (bench/floor_app.py) on uvicorn with `scoring serve`'s settings
+    (uvloop, httptools, one worker, no access log, no server header), answering canned bytes."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "floor_app:app", "--host", "127.0.0.1", "--port", str(port),
+           "--loop", "uvloop", "--http", "httptools", "--workers", "1", "--no-access-log", "--no-server-header",
+           "--log-level", "warning"]
+    return _start("floor", cmd, {"FLOOR_RESPONSE": str(response_file)}, cpus, "/", port, cwd=HERE)
+
+
+def start_kserve(model_dir: Path, model_name: str, cpus: set[int] | None) -> Server:
+    port = free_port()
+    env = {"PYTHONPATH": f"{APPS}{os.pathsep}{REPO}", "KSERVE_LOGLEVEL": "WARNING"}
+    cmd = [str(venv_python("kserve")), str(APPS / "kserve_faq.py"), "--model_dir", str(model_dir),
+           "--http_port", str(port), "--model_name", model_name]
+    return _start("kserve", cmd, env, cpus, f"/v2/models/{model_name}/ready", port, cwd=APPS)
+
+
+def start_litserve(model_dir: Path, cpus: set[int] | None, max_batch_size: int, batch_timeout_s: float) -> Server:
+    port = free_port()
+    env = {"PYTHONPATH": f"{APPS}{os.pathsep}{REPO}", "LITSERVE_LOG_LEVEL": "WARNING"}
+    cmd = [str(venv_python("litserve")), str(APPS / "litserve_faq.py"), "--model_dir", str(model_dir),
+           "--port", str(port), "--max_batch_size", str(max_batch_size), "--batch_timeout", str(batch_timeout_s)]
+    return _start("litserve", cmd, env, cpus, "/health", port, cwd=APPS)

@@ -8,181 +8,155 @@ from pathlib import Path
 from typing import Any
 
 
-def _ratio(a: float, b: float) -> float | None:
-    if not (a and b) or any(math.isnan(x) for x in (a, b)):
-        return None
-    return round(a / b, 3)
-
-
 def _fmt(x: Any, digits: int = 1) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     if isinstance(x, float):
-        return f"{x:.{digits}f}"
+        return f"{x:,.{digits}f}"
     return str(x)
 
 
-def pair_ratios(results: list[dict[str, Any]], ours: str, peer: str) -> list[dict[str, Any]]:
-    """Per concurrency: throughput and latency of `ours` divided by those of `peer`."""
-    by = {(r["target"], r["concurrency"]): r for r in results}
+def _closed(sec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in sec["results"] if r["mode"] == "closed"]
+
+
+def _open(sec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in sec["results"] if r["mode"] == "open"]
+
+
+def _order(sec: dict[str, Any]) -> dict[str, int]:
+    return {t: i for i, t in enumerate(sec["order"])}
+
+
+def _results_table(sec: dict[str, Any], rows: list[dict[str, Any]], point: str) -> list[str]:
+    unit = sec["unit"]
+    lines = [
+        f"| target | {point} | {unit}/s (median) | spread | p50 ms | p90 ms | p99 ms | server CPU µs/req | "
+        "mean batch | load-gen CPU (max) | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    order = _order(sec)
+    key = "concurrency" if point == "clients" else "rate"
+    for r in sorted(rows, key=lambda r: (r[key], order.get(r["target"], 99))):
+        lines.append(
+            f"| {r['target']} | {_fmt(r[key], 0)} | {_fmt(r['rows_per_s'])} | ±{_fmt(r['spread_pct'], 0)} % "
+            f"({r['repeats']}x) | {_fmt(r['p50_ms'], 2)} | {_fmt(r['p90_ms'], 2)} | {_fmt(r['p99_ms'], 2)} | "
+            f"{_fmt(r.get('server_cpu_us_per_req'), 0)} | {_fmt(r.get('mean_batch'), 1)} | "
+            f"{_fmt(100 * r['client_cpu_max'], 0)} % | {r['errors']} |"
+        )
+    return lines
+
+
+def best_peer_ratios(sec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per client count: this runtime (best of /score and /v2) against the best peer."""
+    rows = _closed(sec)
+    by = {(r["target"], r["concurrency"]): r for r in rows}
+    peers = [t for t in sec["order"] if not t.startswith("this-runtime") and t != "floor"]
     out = []
-    for c in sorted({r["concurrency"] for r in results}):
-        a, b = by.get((ours, c)), by.get((peer, c))
-        if not a or not b:
+    for c in sorted({r["concurrency"] for r in rows}):
+        ours = [by[(t, c)] for t in ("this-runtime /score", "this-runtime /v2") if (t, c) in by]
+        cand = [by[(p, c)] for p in peers if (p, c) in by]
+        if not ours or not cand:
             continue
-        out.append({
-            "ours": ours, "peer": peer, "concurrency": c,
-            "throughput_ratio": _ratio(a["throughput_rps"], b["throughput_rps"]),
-            "p50_ratio": _ratio(a["p50_ms"], b["p50_ms"]),
-            "p99_ratio": _ratio(a["p99_ms"], b["p99_ms"]),
-        })
+        o = max(ours, key=lambda r: r["throughput_rps"])
+        b = max(cand, key=lambda r: r["throughput_rps"])
+        cpu = (round(b["server_cpu_us_per_req"] / o["server_cpu_us_per_req"], 2)
+               if o.get("server_cpu_us_per_req") and b.get("server_cpu_us_per_req") else None)
+        out.append({"concurrency": c, "ours": o["target"], "best_peer": b["target"],
+                    "throughput_ratio": round(o["throughput_rps"] / b["throughput_rps"], 2), "cpu_ratio": cpu,
+                    "p50_ratio": round(o["p50_ms"] / b["p50_ms"], 2), "p99_ratio": round(o["p99_ms"] / b["p99_ms"], 2),
+                    "ours_rps": o["throughput_rps"], "peer_rps": b["throughput_rps"]})
     return out
 
 
-def limit_ratios(results: list[dict[str, Any]], target: str, limit: dict[str, Any]) -> list[dict[str, Any]]:
-    """Served throughput as a share of the in-process limit (best batch size, and batch size 1)."""
-    return [
-        {"target": target, "concurrency": r["concurrency"],
-         "of_limit": _ratio(r["rows_per_s"], limit["rows_per_s"]),
-         "of_batch_1_limit": _ratio(r["rows_per_s"], limit["batch_1_rows_per_s"])}
-        for r in results if r["target"] == target
-    ]
+def _faq_md(sec: dict[str, Any]) -> list[str]:
+    md = [f"## {sec['title']}", "", sec["setup"], "", f"Same work check: {sec['agreement']}.", ""]
+    an = sec.get("analysis", {})
+    if an.get("targets"):
+        md += ["### Targets (issue #13)", "", "| target | this run | met |", "|---|---|---|"]
+        md += [f"| {t['target']} | {t['value']} | {'yes' if t['met'] else '**no**'} |" for t in an["targets"]]
+        md.append("")
+    ratios = best_peer_ratios(sec)
+    if ratios:
+        md += ["### This runtime against the best peer at each load (closed loop)", "",
+               "| clients | this runtime | best peer | throughput ratio | p50 ratio | p99 ratio | "
+               "requests per server CPU-second ratio |",
+               "|---:|---|---|---:|---:|---:|---:|"]
+        md += [f"| {r['concurrency']} | {r['ours']} ({_fmt(r['ours_rps'], 0)}/s) | {r['best_peer']} "
+               f"({_fmt(r['peer_rps'], 0)}/s) | **{r['throughput_ratio']:.2f}** | {r['p50_ratio']:.2f} | "
+               f"{r['p99_ratio']:.2f} | {_fmt(r['cpu_ratio'], 2)} |" for r in ratios]
+        md += ["", "The last column compares CPU cost: the peer's server CPU time per request divided by this "
+               "runtime's. On a shared CPU, a server with several processes (LitServe, MLServer) is given a larger "
+               "share of the core by the kernel's scheduler than a one-process server, which flatters its "
+               "throughput; CPU time per request is not affected by that.", ""]
+        md.append("")
+    md += ["### Closed loop (wrk)", "", *_results_table(sec, _closed(sec), "clients"), ""]
+    if _open(sec):
+        md += ["### Open loop (vegeta, fixed arrival rate)", "",
+               "Requests start on schedule whether or not earlier ones were answered: a server slower than the "
+               "rate falls behind and its latency grows (up to vegeta's 10 s timeout, counted as errors).", ""]
+        md += [*_results_table(sec, _open(sec), "rate/s"), ""]
+    if an.get("overhead"):
+        md += ["### Where the time goes (this runtime vs the floor and the model)", "",
+               "Per request: wall = 1 / throughput; model = in-process parse + predict + render cost per row at "
+               "the mean batch size the server achieved (interpolated between measured batch sizes); overhead = "
+               "wall - model; floor = 1 / the floor's throughput at the same load. The CPU columns do the same "
+               "with CPU time (the server process's CPU seconds per request; the model's in-process CPU seconds "
+               "per row), which waiting for a core taken by other work on a shared machine does not inflate.", "",
+               "| target | clients | mean batch | wall µs | model µs | overhead µs | floor µs | overhead / floor | "
+               "server CPU µs | model CPU µs | CPU overhead µs | floor CPU µs | CPU overhead / floor |",
+               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        md += [f"| {r['target']} | {r['concurrency']} | {r['mean_batch']} | {_fmt(r['wall_us_per_req'], 0)} | "
+               f"{_fmt(r['model_us_per_row'], 0)} | {_fmt(r['overhead_us'], 0)} | {_fmt(r['floor_us_per_req'], 0)} | "
+               f"{r['overhead_vs_floor']:.2f} | {_fmt(r.get('cpu_us_per_req'), 0)} | "
+               f"{_fmt(r.get('model_cpu_us_per_row'), 0)} | "
+               f"{_fmt(r.get('cpu_overhead_us'), 0)} | {_fmt(r.get('floor_cpu_us_per_req'), 0)} | "
+               f"{_fmt(r.get('cpu_overhead_vs_floor'), 2)} |" for r in an["overhead"]]
+        md.append("")
+    lim = sec["limit"]
+    md += [f"In-process limit ({lim['description']}), questions/s by batch size: "
+           + ", ".join(f"{k}: {_fmt(v, 0)}" for k, v in lim["by_batch"].items())
+           + f"; one question alone takes {lim['batch_1_latency_ms']:.2f} ms.", ""]
+    return md
 
 
-def _results_table(results: list[dict[str, Any]], unit: str) -> list[str]:
-    lines = [
-        f"| target | concurrency | {unit}/s | req/s | p50 ms | p95 ms | p99 ms | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in sorted(results, key=lambda r: (r["concurrency"], r["target"])):
-        lines.append(
-            f"| {r['target']} | {r['concurrency']} | {_fmt(r['rows_per_s'])} | {_fmt(r['throughput_rps'])} | "
-            f"{_fmt(r['p50_ms'])} | {_fmt(r['p95_ms'])} | {_fmt(r['p99_ms'])} | {r['errors']} |"
-        )
-    return lines
-
-
-def _ratio_table(ratios: list[dict[str, Any]]) -> list[str]:
-    lines = [
-        "| this runtime | peer | concurrency | throughput ratio | p50 ratio | p99 ratio |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for r in ratios:
-        lines.append(
-            f"| {r['ours']} | {r['peer']} | {r['concurrency']} | **{_fmt(r['throughput_ratio'], 2)}** | "
-            f"{_fmt(r['p50_ratio'], 2)} | {_fmt(r['p99_ratio'], 2)} |"
-        )
-    return lines
-
-
-def _limit_table(ratios: list[dict[str, Any]], limit: dict[str, Any], unit: str) -> list[str]:
-    lines = [
-        f"In-process limit (no HTTP): {_fmt(limit['rows_per_s'])} {unit}/s ({limit['description']}).",
-        "",
-        "| target | concurrency | this runtime / limit | this runtime / batch-1 limit |",
-        "|---|---:|---:|---:|",
-    ]
-    for r in ratios:
-        lines.append(f"| {r['target']} | {r['concurrency']} | **{_fmt(r['of_limit'], 2)}** | "
-                     f"{_fmt(r['of_batch_1_limit'], 2)} |")
-    return lines
+def _resnet_md(sec: dict[str, Any]) -> list[str]:
+    md = [f"## {sec['title']}", "", sec["setup"], ""]
+    md += [*_results_table(sec, _closed(sec), "clients"), ""]
+    lim = sec["limit"]
+    md += [f"In-process limit ({lim['description']}), images/s by batch size: "
+           + ", ".join(f"{k}: {_fmt(v, 2)}" for k, v in lim["by_batch"].items()) + ".", "",
+           "| target | clients | images/s | / in-process limit (best batch) | / batch-1 limit |",
+           "|---|---:|---:|---:|---:|"]
+    for r in sorted(_closed(sec), key=lambda r: (r["concurrency"], r["target"])):
+        md.append(f"| {r['target']} | {r['concurrency']} | {_fmt(r['rows_per_s'], 2)} | "
+                  f"**{r['rows_per_s'] / lim['rows_per_s']:.2f}** | {r['rows_per_s'] / lim['by_batch']['1']:.2f} |")
+    md.append("")
+    return md
 
 
 def markdown(run: dict[str, Any]) -> str:
     m = run["machine"]
-    out = [
+    md = [
         "# Benchmark results (latest run)",
         "",
-        f"Generated {run['generated']} by `{run['command']}` ({run['mode']} mode).",
+        f"Generated {run['generated']} by `{run['command']}` ({run['mode']} mode, {run['elapsed_s']:.0f} s).",
         "",
-        f"Machine: {m['cpu_model']}, {m['cpus']} CPUs visible, {m['memory_gb']} GB RAM, "
-        f"device {m['device']}; load average before/after: {m['loadavg_before']} / {m['loadavg_after']} "
-        "(a shared machine: other work was running).",
+        f"Machine: {m['cpu_model']}, {m['cpus']} CPUs visible, {m['memory_gb']} GB RAM, no GPU. **Shared**: other "
+        f"engineers' builds and tests ran at the same time (load average before/after: {m['loadavg_before']} / "
+        f"{m.get('loadavg_after')}), so absolute numbers are noisy; compare ratios within this run and read the "
+        "spread column. The server CPU µs/request column counts only CPU the server actually got, so it is the "
+        "steadiest measure of cost.",
         "",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(run["versions"].items())),
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(run["versions"].items()) if v != "absent"),
         "",
-        "Ratios are this runtime divided by the peer: throughput ratio > 1 and latency ratios < 1 "
-        "favour this runtime.",
     ]
-    for key, sec in run["sections"].items():
-        out += ["", f"## {sec['title']}", "", sec["setup"], ""]
-        if sec.get("skipped"):
-            out += [f"Skipped: {sec['skipped']}"]
-            continue
-        if sec.get("agreement"):
-            out += [f"Same work check: {sec['agreement']}", ""]
-        if sec.get("ratios"):
-            out += ["### Ratios", "", *_ratio_table(sec["ratios"]), ""]
-        if sec.get("limit"):
-            out += ["### Against the limit", "", *_limit_table(sec["limit_ratios"], sec["limit"], sec["unit"]), ""]
-        out += ["### Raw numbers", "", *_results_table(sec["results"], sec["unit"])]
-        for note in sec.get("notes", []):
-            out += ["", f"- {note}"]
-        if key in run.get("failures", {}):
-            out += ["", f"Failures: {run['failures'][key]}"]
-    return "\n".join(out) + "\n"
-
-
-def _targets(sec: dict[str, Any]) -> list[str]:
-    present = {r["target"] for r in sec["results"]}
-    return [t for t in sec.get("order", sorted(present)) if t in present]
-
-
-def _lines(ax_t: Any, ax_l: Any, sec: dict[str, Any], colours: list[str]) -> None:
-    """Throughput and latency against concurrency, one line per target (many concurrency levels)."""
-    for i, t in enumerate(_targets(sec)):
-        rows = sorted((r for r in sec["results"] if r["target"] == t), key=lambda r: r["concurrency"])
-        cs = [r["concurrency"] for r in rows]
-        colour = colours[i % len(colours)]
-        ax_t.plot(cs, [r["rows_per_s"] for r in rows], color=colour, marker="o", label=t)
-        ax_l.plot(cs, [r["p99_ms"] for r in rows], color=colour, marker="o", label=f"{t} p99")
-        ax_l.plot(cs, [r["p50_ms"] for r in rows], color=colour, marker=".", linestyle=":", alpha=0.8)
-    if sec.get("limit"):
-        ax_t.axhline(sec["limit"]["rows_per_s"], color="black", linestyle="--", linewidth=1,
-                     label=f"in-process limit ({sec['limit']['short']})")
-    cs_all = sorted({r["concurrency"] for r in sec["results"]})
-    for ax in (ax_t, ax_l):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(cs_all, [str(c) for c in cs_all])
-        ax.set_xlabel("concurrent clients")
-        ax.grid(True, which="both", alpha=0.3)
-    ax_l.set_yscale("log")
-    ax_l.set_ylabel("latency, ms (solid p99, dotted p50; lower is better)")
-
-
-def _bars(ax_t: Any, ax_l: Any, sec: dict[str, Any], colours: list[str]) -> None:
-    """Few concurrency levels: grouped bars per concurrency, limits as horizontal lines."""
-    import numpy as np
-
-    targets = _targets(sec)
-    cs = sorted({r["concurrency"] for r in sec["results"]})
-    by = {(r["target"], r["concurrency"]): r for r in sec["results"]}
-    width = 0.8 / len(targets)
-    x = np.arange(len(cs))
-    for i, t in enumerate(targets):
-        colour = colours[i % len(colours)]
-        pos = x + (i - (len(targets) - 1) / 2) * width
-        tput = [by[(t, c)]["rows_per_s"] if (t, c) in by else 0 for c in cs]
-        bars = ax_t.bar(pos, tput, width, color=colour, label=t)
-        ax_t.bar_label(bars, fmt="%.2f", fontsize=8)
-        p50 = [by[(t, c)]["p50_ms"] if (t, c) in by else 0 for c in cs]
-        p99 = [by[(t, c)]["p99_ms"] if (t, c) in by else 0 for c in cs]
-        ax_l.bar(pos, p99, width, color=colour, alpha=0.35, label=f"{t} p99")
-        ax_l.bar(pos, p50, width * 0.5, color=colour, label=f"{t} p50")
-    limit = sec.get("limit") or {}
-    styles = iter(["--", ":"])
-    for key, value in limit.items():
-        if key.startswith("batch_") and key.endswith("_rows_per_s"):
-            size = key.removeprefix("batch_").removesuffix("_rows_per_s")
-            ax_t.axhline(value, color="black", linestyle=next(styles, "-."), linewidth=1,
-                         label=f"in-process limit, batch {size}")
-    top = max([r["rows_per_s"] for r in sec["results"]] + [v for k, v in limit.items() if k.startswith("batch_")])
-    ax_t.set_ylim(0, top * 1.45)  # room for the legend above the bars
-    ax_l.set_ylim(0, max(r["p99_ms"] for r in sec["results"]) * 1.45)
-    for ax in (ax_t, ax_l):
-        ax.set_xticks(x, [f"{c} client{'' if c == 1 else 's'}" for c in cs])
-        ax.grid(True, axis="y", alpha=0.3)
-    ax_l.set_ylabel("latency, ms (pale p99, dark p50; lower is better)")
+    if run.get("failures"):
+        md += ["Problems during the run:", ""] + [f"- {k}: {v[:500]}" for k, v in run["failures"].items()] + [""]
+    for name, sec in run["sections"].items():
+        md += _faq_md(sec) if name == "faq" else _resnet_md(sec)
+    md.append("Plot: latest.png. Every single measurement (each repeat) is in latest.json (`raw`).")
+    return "\n".join(md) + "\n"
 
 
 def plot(run: dict[str, Any], path: Path) -> None:
@@ -191,39 +165,71 @@ def plot(run: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    secs = [s for s in run["sections"].values() if s.get("results")]
-    fig, axes = plt.subplots(max(1, len(secs)), 2, figsize=(13, 4.6 * max(1, len(secs))), squeeze=False)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for row, sec in zip(axes, secs, strict=False):
-        ax_t, ax_l = row
-        many = len({r["concurrency"] for r in sec["results"]}) > 2
-        (_lines if many else _bars)(ax_t, ax_l, sec, colours)
-        ax_t.set_ylabel(f"{sec['unit']} / s (higher is better)")
-        if many:
-            ax_t.set_ylim(bottom=0)
-        ax_t.set_title(f"{sec['short_title']}: throughput")
-        ax_l.set_title(f"{sec['short_title']}: latency")
-        ax_t.legend(fontsize=8)
-        ax_l.legend(fontsize=8)
-    m = run["machine"]
-    fig.suptitle(f"scoring runtime benchmark {run['generated'][:16]}Z ({run['mode']}): {m['cpu_model']}, "
-                 f"{m['cpus']} CPUs, device {m['device']}", fontsize=11)
+    secs = run["sections"]
+    n = 2 + (1 if "resnet" in secs else 0)
+    fig, axes = plt.subplots(1, n, figsize=(6 * n, 4.8))
+    if "faq" in secs:
+        sec = secs["faq"]
+        rows = _closed(sec)
+        for t in sec["order"]:
+            pts = sorted((r["concurrency"], r["throughput_rps"], r["throughput_min"], r["throughput_max"], r["p99_ms"])
+                         for r in rows if r["target"] == t)
+            if not pts:
+                continue
+            style = {"linestyle": "--", "color": "grey"} if t == "floor" else {}
+            xs = [p[0] for p in pts]
+            axes[0].errorbar(xs, [p[1] for p in pts], yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]],
+                             marker="o", capsize=3, label=t, **style)
+            axes[1].plot(xs, [p[4] for p in pts], marker="o", label=t, **style)
+        for ax, title, ylabel in ((axes[0], "FAQ: throughput (median, min-max)", "requests/s"),
+                                  (axes[1], "FAQ: p99 latency", "ms")):
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("concurrent connections (wrk)")
+            ax.set_ylabel(ylabel)
+            ax.set_title(title)
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].legend(fontsize=7)
+    if "resnet" in secs:
+        sec = secs["resnet"]
+        ax = axes[-1]
+        rows = _closed(sec)
+        cs = sorted({r["concurrency"] for r in rows})
+        width = 0.8 / max(1, len(sec["order"]))
+        for i, t in enumerate(sec["order"]):
+            vals = [next((r["rows_per_s"] for r in rows if r["target"] == t and r["concurrency"] == c), 0) for c in cs]
+            ax.bar([j + i * width for j in range(len(cs))], vals, width, label=t)
+        ax.axhline(sec["limit"]["rows_per_s"], color="black", linestyle="--", label="in-process limit")
+        ax.set_xticks([j + width / 2 for j in range(len(cs))], [f"{c} clients" for c in cs])
+        ax.set_ylabel("images/s")
+        ax.set_title(sec["short_title"] + " on CPU")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"bench/run.py {run['mode']} run, {run['generated']} (2 shared CPUs; server on one, wrk on the other)",
+                 fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def write(run: dict[str, Any], out_dir: Path) -> list[Path]:
-    for sec in run["sections"].values():
-        if sec.get("results") and sec.get("pairs"):
-            sec["ratios"] = [r for ours, peer in sec["pairs"] for r in pair_ratios(sec["results"], ours, peer)]
-        if sec.get("results") and sec.get("limit"):
-            sec["limit_ratios"] = [
-                r for t in sec["limit_targets"] for r in limit_ratios(sec["results"], t, sec["limit"])
-            ]
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "latest.json", out_dir / "latest.md", out_dir / "latest.png"]
-    paths[0].write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+    paths[0].write_text(json.dumps(run, indent=1, default=str) + "\n", encoding="utf-8")
     paths[1].write_text(markdown(run), encoding="utf-8")
-    plot(run, paths[2])
+    try:
+        plot(run, paths[2])
+    except ImportError:  # matplotlib is in the [bench] extra
+        paths.pop()
     return paths
+
+
+if __name__ == "__main__":  # re-render latest.md/png from a latest.json (after a change to the report)
+    import sys
+
+    src = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results" / "latest.json"
+    data = json.loads(src.read_text(encoding="utf-8"))
+    if "faq" in data["sections"]:
+        import run
+
+        data["sections"]["faq"]["analysis"] = run.faq_analysis(data["sections"]["faq"])
+    print("\n".join(str(p) for p in write(data, src.parent)))

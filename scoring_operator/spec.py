@@ -285,19 +285,26 @@ class Batching(_Model):
     )
 
     max_batch_size: int | None = Field(
-        default=None, ge=1, le=65536, description="Most rows scored in one batch (SCORING_MAX_BATCH_SIZE)."
+        default=None,
+        ge=1,
+        le=65536,
+        description="Most rows scored in one batch (SCORING_MAX_BATCH_SIZE); 1 turns batching off. Unset: the "
+        "model flavour's measured default (FAQ matcher: 32; image classifiers: 32 on a GPU, off on a CPU; "
+        "others: off), see docs/benchmarks.md.",
     )
     max_batch_delay_ms: int | None = Field(
         default=None,
         ge=0,
         le=10000,
-        description="Longest wait for a batch to fill, in milliseconds (SCORING_MAX_BATCH_DELAY_MS).",
+        description="Longest wait for a batch to fill, in milliseconds (SCORING_MAX_BATCH_DELAY_MS). Unset: the "
+        "flavour's default (FAQ matcher 2, image classifiers on a GPU 5, else 2).",
     )
     max_queue_rows: int | None = Field(
         default=None,
         ge=1,
         le=10_000_000,
-        description="Rows queued before requests are refused with 503 (SCORING_MAX_QUEUE_ROWS).",
+        description=f"Rows queued before requests are refused with 503 (SCORING_MAX_QUEUE_ROWS; default "
+        f"{RUNTIME_DEFAULT_QUEUE_ROWS}).",
     )
 
     @model_validator(mode="after")

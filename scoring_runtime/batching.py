@@ -13,7 +13,11 @@ times the cost of one. `AdaptiveBatcher` queues requests and hands them to the m
 - requests are taken in arrival order (a big request is never overtaken forever by small ones);
 - the queue is bounded (`max_queue_rows`): when full, `submit` raises `QueueFull` at once, so the
   server can answer 503 fast instead of letting latency pile up;
-- the model runs on one dedicated thread (one model call at a time, never on the event loop);
+- the model runs on one dedicated thread (one model call at a time), except that a lone request of
+  at most `inline_max_rows` rows (no concurrent load in sight, nothing queued) may run on the event
+  loop itself: for a cheap model the two thread hand-offs (to the inference thread and back) cost
+  a lone client more than the model call, above all on a busy node where each wake-up waits for a
+  core; under load the thread keeps the loop free to take in the requests that form the next batch;
 - an exception in the model fails the requests of that batch only, and when the batch held
   several requests each is retried alone, so only the request that causes it fails;
 - `stop()` fails queued requests with `BatcherClosed` and lets the running batch finish (one
@@ -33,11 +37,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
-
-from scoring_runtime.server.dispatch import QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +64,25 @@ class BatcherClosed(RuntimeError):
     """The batcher is shutting down; the request was not scored."""
 
 
+class QueueFull(Exception):
+    """Too many rows are waiting for the model; the server answers 503 with Retry-After.
+
+    It lives here, below the server, because the batcher raises it; the server's dispatchers
+    (scoring_runtime.server.dispatch) re-export it for their callers.
+    """
+
+    def __init__(self, message: str = "the model's queue is full", retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 @dataclass(frozen=True)
 class BatchingConfig:
     max_batch_rows: int
     max_delay_s: float
     max_queue_rows: int
+    #: a lone request up to this many rows runs on the event loop (0: never; see the module docstring)
+    inline_max_rows: int = 0
 
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
@@ -227,8 +243,11 @@ class AdaptiveBatcher(Generic[J, R]):
         self._overlap = 0.5 * self._overlap + (0.5 if busy else 0.0)
         self._last_event = now
 
-    def _more_expected(self, now: float, remaining: float) -> bool:
-        """Wait for company only under concurrent load: a lone client is never held back."""
+    def _more_expected(self) -> bool:
+        """Wait for company only under concurrent load: a lone client is never held back.
+
+        The judgement is made once per arrival (`_note_arrival`), where the evidence is.
+        """
         return self._wait_ok
 
     @staticmethod
@@ -250,7 +269,7 @@ class AdaptiveBatcher(Generic[J, R]):
             while self._queue and self._queued_rows < cfg.max_batch_rows and not self._closed:
                 now = loop.time()
                 remaining = self._queue[0].enqueued + cfg.max_delay_s - now
-                if remaining <= 0 or not self._more_expected(now, remaining):
+                if remaining <= 0 or not self._more_expected():
                     break
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
@@ -321,21 +340,23 @@ class AdaptiveBatcher(Generic[J, R]):
     async def _call(self, batch: list[_Queued[J, R]], loop: asyncio.AbstractEventLoop) -> Sequence[R]:
         """One model call on the inference thread; one result per job or an error."""
         assert self._executor is not None
-        results = await loop.run_in_executor(self._executor, self._predict, [i.job for i in batch])
+        jobs = [i.job for i in batch]
+        if self._inline_ok(batch):
+            results = self._predict(jobs)
+        else:
+            results = await loop.run_in_executor(self._executor, self._predict, jobs)
         if len(results) != len(batch):
             raise RuntimeError(f"the model returned {len(results)} results for a batch of {len(batch)} requests")
         return results
+
+    def _inline_ok(self, batch: list[_Queued[J, R]]) -> bool:
+        """Run this batch on the loop? Only one small request, alone: nothing queued behind it and
+        no sign of concurrent clients (whose requests the loop must keep reading meanwhile)."""
+        limit = self.config.inline_max_rows
+        return bool(limit) and len(batch) == 1 and batch[0].rows <= limit and not self._queue and not self._wait_ok
 
     @staticmethod
     def _succeed(item: _Queued[J, R], result: R) -> None:
         if not item.future.done():
             item.future.set_result(result)
 
-
-def describe(config: BatchingConfig) -> dict[str, Any]:
-    """The batching settings as reported in /v2 metadata and logs."""
-    return {
-        "max_batch_size": config.max_batch_rows,
-        "max_batch_delay_ms": round(config.max_delay_s * 1000, 3),
-        "max_queue_rows": config.max_queue_rows,
-    }

@@ -42,9 +42,14 @@ class RuntimeSettings(BaseSettings):
     log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line")
     access_log: bool = Field(False, description="one log line per request (off by default: it costs throughput)")
     warmup: bool = Field(True, description="score a sample before reporting ready")
-    # Adaptive batching (used when max_batch_size > 1; see scoring_runtime.server.dispatch).
-    max_batch_size: int = Field(1, ge=1, description="rows per model call; 1 disables batching")
-    max_batch_delay_ms: float = Field(2.0, ge=0, le=10_000, description="longest wait to fill a batch")
+    # Adaptive batching (used when the batch size is > 1; see scoring_runtime.server.dispatch). Unset:
+    # the flavour's measured default (scoring_runtime.flavours.batching_for; the FAQ matcher batches).
+    max_batch_size: int | None = Field(
+        None, ge=1, description="rows per model call; 1 disables batching; unset: the flavour's default"
+    )
+    max_batch_delay_ms: float | None = Field(
+        None, ge=0, le=10_000, description="longest wait to fill a batch; unset: the flavour's default (else 2 ms)"
+    )
     max_queue_rows: int = Field(1024, ge=1, description="rows waiting for the model before 503 Retry-After")
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with a 503 when overloaded")
     overload_refusal_delay_ms: float = Field(
@@ -95,12 +100,13 @@ class RuntimeSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _batch_fits_queue(self) -> RuntimeSettings:
-        if self.max_queue_rows < self.max_batch_size:
+        if self.max_batch_size is not None and self.max_queue_rows < self.max_batch_size:
             raise ValueError(
                 f"max_queue_rows ({self.max_queue_rows}) must be at least max_batch_size ({self.max_batch_size})"
             )
         return self
 
     @property
-    def batching(self) -> bool:
-        return self.max_batch_size > 1
+    def batching(self) -> bool | None:
+        """True/False when set explicitly; None: the flavour decides (see flavours.batching_for)."""
+        return None if self.max_batch_size is None else self.max_batch_size > 1

@@ -2,11 +2,11 @@
 
 The request and response bodies are those of the runtime under test's `/score`:
 `{"question": "...", "top_k": 3}` -> `{"question": ..., "matches": [{id, question, answer, score}, ...]}`.
+The model is called through the flavour's public interface (faq_work.FAQModel).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -22,8 +22,5 @@ def init() -> None:
 
 def run(raw_data: str) -> Any:
     assert model is not None
-    doc = json.loads(raw_data)
-    single = isinstance(doc.get("question"), str)
-    questions = [doc["question"]] if single else list(doc["questions"])
-    answers = model.matches(questions, int(doc.get("top_k", model.default_top_k)))
-    return answers[0] if single else {"results": answers}
+    job = model.score_job(raw_data)
+    return model.render_score(model.predict([job])[0], job)

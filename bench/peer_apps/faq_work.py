@@ -1,53 +1,47 @@
-"""The FAQ matcher's work, framework-neutral, for the peer servers (MLServer runtime, AML score.py).
+"""The FAQ matcher for the peer servers, called through the flavour's public interface.
 
-It is the same computation as `scoring_runtime.flavours.sklearn_faq.FAQScorer` (the runtime under
-test): the fitted `FAQMatcher` ranks the FAQ originals for each question (sparse retrieval, then
-its reranker), and the k best are returned with id, question, answer and score, dropping those
-below the model's no-match threshold (`no_match` says when none is left). Only numpy,
-scikit-learn, skops and the model's own `FAQMatcher` class are needed (the peers' virtualenvs get
-the repository on PYTHONPATH for that class).
+Every peer (MLServer, KServe, LitServe, the Azure ML inference server) loads the model with
+`scoring_runtime.flavours.load_scorer` and scores with the `Scorer` methods the runtime under test
+uses (`parse_score` -> `predict` -> `render_score` / `render_v2`), so all servers do exactly the
+same model work on the same model file, and the peers keep working when the FAQ model changes.
+Only the serving around it (HTTP, codecs, batching, workers) differs, which is what is compared.
+The peers' virtualenvs get the repository on PYTHONPATH for `scoring_runtime`.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import orjson
+
+from scoring_runtime.flavours import Job, load_scorer
+from scoring_runtime.settings import RuntimeSettings
 
 
 class FAQModel:
     def __init__(self, model_dir: str | Path) -> None:
-        import skops.io as sio
+        self.scorer = load_scorer(RuntimeSettings(model_dir=Path(model_dir), warmup=True))
+        self.scorer.warmup()
 
-        model_dir = Path(model_dir)
-        manifest = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))
-        flavour = manifest["flavour"]
-        # The types the file was registered with (the runtime under test checks the same list).
-        self.model = sio.load(model_dir / flavour.get("file", "pipeline.skops"), trusted=flavour["trusted_types"])
-        self.model.prepare()
-        faq = json.loads((model_dir / flavour.get("faq", "faq.json")).read_text(encoding="utf-8"))
-        self.ids = [e["id"] for e in faq]
-        self.texts = np.array([e["text"] for e in faq], dtype=object)
-        self.answers = np.array([e["answer"] for e in faq], dtype=object)
-        self.default_top_k = int(flavour.get("default_top_k", 3))
-        threshold = self.model.threshold
-        self.min_score = float(flavour.get("min_score", threshold if threshold is not None else 0.0))
+    def job(self, questions: list[str], top_k: int | None = None) -> Job:
+        """A job for `questions` (the flavour validates them as it does for /score)."""
+        doc: dict[str, Any] = {"questions": questions}
+        if top_k is not None:
+            doc["top_k"] = top_k
+        return self.scorer.parse_score(orjson.dumps(doc), "application/json")
 
-    def top_k(self, questions: list[str], k: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-        """(indices, scores), each [n, k], best first."""
-        top, scores = self.model.rank(questions, min(k, len(self.ids)))
-        return top, scores
+    def score_job(self, body: bytes | str) -> Job:
+        """A job for a /score body (`{"question": ..., "top_k": ...}`), exactly as the runtime parses it."""
+        return self.scorer.parse_score(body.encode() if isinstance(body, str) else body, "application/json")
 
-    def matches(self, questions: list[str], k: int) -> list[dict[str, Any]]:
-        """The `/score` response body of the runtime under test, one entry per question."""
-        top, scores = self.top_k(questions, k)
-        out = []
-        for r, q in enumerate(questions):
-            matches = [
-                {"id": self.ids[i], "question": self.texts[i], "answer": self.answers[i], "score": round(float(sc), 6)}
-                for i, sc in zip(top[r], scores[r], strict=True) if sc >= self.min_score
-            ]
-            out.append({"question": q, "matches": matches, "no_match": not matches})
-        return out
+    def predict(self, jobs: list[Job]) -> list[Any]:
+        """One model call for all jobs (the peers' batchers hand their batch here)."""
+        return self.scorer.predict(jobs)
+
+    def render_score(self, result: Any, job: Job) -> Any:
+        return self.scorer.render_score(result, job)
+
+    def render_v2(self, result: Any, job: Job) -> list[Any]:
+        """The V2 output tensors (objects with name, datatype, shape and a numpy `data`)."""
+        return self.scorer.render_v2(result, job)

@@ -1,16 +1,16 @@
 """MLServer custom runtime doing the FAQ matcher's top-k work (V2 in, V2 out).
 
-mlserver-sklearn's SKLearnModel would only return `predict_proba` of (question, original) pairs
-and it loads joblib pickles; the work being compared is "question in, top-k FAQ matches out" from
-a skops file, so this small MLModel does exactly that, with MLServer's own codecs and its
-adaptive batching (model-settings.json `max_batch_size` / `max_batch_time`).
+mlserver-sklearn's SKLearnModel would only return `predict_proba` of (question, original) pairs;
+the work being compared is "question in, top-k FAQ matches out", so this small MLModel calls the
+flavour through its public interface (faq_work.FAQModel), with MLServer's own codecs and its
+adaptive batching (model-settings.json `max_batch_size` / `max_batch_time`), which merges the
+requests of a batch into one InferenceRequest before `predict`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from faq_work import FAQModel
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec, StringCodec
@@ -33,13 +33,15 @@ class FAQRuntime(MLModel):
         if not questions:
             raise ValueError("missing BYTES input 'question'")
         params: Any = payload.parameters
-        k = int(getattr(params, "top_k", None) or self.model.default_top_k)
-        top, scores = self.model.top_k(questions, k)
-        ids = np.array([str(i) for i in self.model.ids], dtype=object)
+        top_k = getattr(params, "top_k", None)
+        job = self.model.job(questions, int(top_k) if top_k is not None else None)
+        tensors = self.model.render_v2(self.model.predict([job])[0], job)
         outputs: list[ResponseOutput] = []
-        for name, arr in (("id", ids[top]), ("question", self.model.texts[top]), ("answer", self.model.answers[top])):
-            out = StringCodec.encode_output(name, [str(x) for x in arr.ravel()])
-            out.shape = list(arr.shape)
+        for t in tensors:
+            if t.datatype == "BYTES":
+                out = StringCodec.encode_output(t.name, [str(x) for x in t.data.ravel()])
+                out.shape = list(t.data.shape)
+            else:
+                out = NumpyCodec.encode_output(t.name, t.data)
             outputs.append(out)
-        outputs.append(NumpyCodec.encode_output("score", scores.astype(np.float32)))
         return InferenceResponse(model_name=self.name, model_version=self.version, outputs=outputs)

@@ -36,6 +36,7 @@ from scoring_runtime.settings import RuntimeSettings
 
 __all__ = [
     "BadRequest",
+    "Batching",
     "Job",
     "ModelLoadError",
     "Scorer",
@@ -44,6 +45,17 @@ __all__ = [
     "V2Tensor",
     "decode_json",
 ]
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Adaptive batching limits: rows per model call (1: off), the longest wait to fill a batch, and
+    how many rows a lone request may have to be scored on the event loop (0: never; for models whose
+    call costs about as much as the two thread hand-offs it saves, see scoring_runtime.batching)."""
+
+    max_batch_size: int
+    max_batch_delay_ms: float
+    inline_max_rows: int = 0
 
 
 @dataclass(slots=True)
@@ -149,6 +161,11 @@ class Scorer(abc.ABC):
             return tuple(None if first[k] is None else np.concatenate([r[k] for r in results])
                          for k in range(len(first)))
         return np.concatenate(results)
+
+    def batching_defaults(self) -> Batching | None:
+        """The batching this model gets when the settings leave it unset; None: the flavour table decides
+        (scoring_runtime.flavours.DEFAULT_BATCHING). Override when it depends on the loaded model (device)."""
+        return None
 
     def warmup(self) -> None:
         """Run a representative request once so the first real one is not slow (caches, JIT)."""

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import torch
 
-from scoring_runtime.flavours.base import BadRequest, Job, ModelLoadError, Scorer, decode_json, media_type
+from scoring_runtime.flavours.base import BadRequest, Batching, Job, ModelLoadError, Scorer, decode_json, media_type
 from scoring_runtime.flavours.errors import describe
 from scoring_runtime.flavours.sklearn_io import artifact_path
 from scoring_runtime.flavours.torch_model import (
@@ -271,9 +271,18 @@ class ImageClassifier(Scorer):
             V2Tensor.of("class_index", idx.astype(np.int64), "INT64"),
         ]
 
+    def batching_defaults(self) -> Batching | None:
+        """On a GPU a batch of 32 costs little more than one image: batch by default. On a CPU the
+        network is compute-bound at batch 1 (batches of 4 gain ~8 % and cost tail latency): off."""
+        if self.device.type == "cuda":
+            return Batching(max_batch_size=32, max_batch_delay_ms=5.0)
+        return None
+
     def warmup(self) -> None:
         """A full batch, then a single image: allocators, cuDNN autotuning and caches are ready."""
-        sizes = sorted({max(1, int(self.settings.max_batch_size)), 1}, reverse=True)
+        default = self.batching_defaults()
+        size = self.settings.max_batch_size or (default.max_batch_size if default else 1)
+        sizes = sorted({max(1, int(size)), 1}, reverse=True)
         for n in sizes:
             t0 = time.perf_counter()
             self.infer(np.zeros((n, *self.pre.shape), dtype=np.float32), self.default_top_k)

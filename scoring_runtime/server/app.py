@@ -35,6 +35,7 @@ from scoring_runtime.flavours import (
     ModelLoadError,
     Scorer,
     UnsupportedMediaType,
+    batching_for,
     flavour_kind,
     load_scorer,
 )
@@ -105,8 +106,8 @@ class RequestMetrics:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            self.metrics.requests.labels(endpoint, method, str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(elapsed)
+            self.metrics.labelled(self.metrics.requests, endpoint, method, str(status)).inc()
+            self.metrics.labelled(self.metrics.latency, endpoint).observe(elapsed)
             if self.access_log:
                 event(log, logging.INFO, "request", method=method, path=scope["path"], status=status,
                       duration_ms=round(elapsed * 1000, 3))
@@ -244,7 +245,8 @@ class ScoringServer:
                 (self.ready_dir / str(os.getpid())).touch()
             self.metrics.info.labels(m.name, str(m.version), self.flavour).set(1)
             event(log, logging.INFO, "model_ready", model=m.name, version=m.version,
-                  warmup_seconds=round(self.warmup_seconds, 3), batching=self.settings.batching)
+                  warmup_seconds=round(self.warmup_seconds, 3),
+                  max_batch_size=batching_for(scorer, self.settings).max_batch_size)
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -375,7 +377,7 @@ class ScoringServer:
         if job.rows > self.settings.max_request_rows:
             raise RequestTooLarge(f"the request has {job.rows} rows; the limit is {self.settings.max_request_rows} "
                                   "(server setting SCORING_MAX_REQUEST_ROWS): split it")
-        self.metrics.rows.labels(protocol).observe(job.rows)
+        self.metrics.labelled(self.metrics.rows, protocol).observe(job.rows)
         t0 = time.perf_counter()
         try:
             if body_bytes > self.settings.large_request_bytes:
@@ -388,7 +390,7 @@ class ScoringServer:
         except Exception as e:
             raise ScoringFailed(protocol, e) from e
         finally:
-            self.metrics.model_seconds.labels(protocol).observe(time.perf_counter() - t0)
+            self.metrics.labelled(self.metrics.model_seconds, protocol).observe(time.perf_counter() - t0)
 
     async def _predict_large(self, job: Job, body_bytes: int) -> Any:
         """A large request: scored alone on its own thread, in chunks of about `chunk_bytes` of body, one
@@ -534,7 +536,7 @@ class ScoringServer:
         assert self.scorer is not None
         with self._admit(request) as ticket:
             body = await read_body(request, self.settings.max_body_bytes)
-            self.metrics.body_bytes.labels("infer").observe(len(body))
+            self.metrics.labelled(self.metrics.body_bytes, "infer").observe(len(body))
             req_id, job = await self._codec("v2", self._parse_v2, body, big=len(body) > INLINE_MAX_BODY_BYTES)
             result = await self._predict(job, "v2", len(body), ticket)
         tensors = await self._codec("v2", self.scorer.render_v2, result, job, big=job.rows > INLINE_MAX_ROWS)
@@ -559,7 +561,7 @@ class ScoringServer:
                                        f"use one of: {', '.join(scorer.score_media_types)}")
         with self._admit(request) as ticket:
             body = await read_body(request, self.settings.max_body_bytes)
-            self.metrics.body_bytes.labels("score").observe(len(body))
+            self.metrics.labelled(self.metrics.body_bytes, "score").observe(len(body))
             job = await self._codec("score", scorer.parse_score, body, ctype, big=len(body) > INLINE_MAX_BODY_BYTES)
             result = await self._predict(job, "score", len(body), ticket)
         out = await self._codec("score", scorer.render_score, result, job, big=job.rows > INLINE_MAX_ROWS)

@@ -1,8 +1,9 @@
 """How jobs reach the model: straight to a thread, or through a batcher.
 
 The server only sees the `Dispatcher` protocol. `make_dispatcher` picks the implementation from
-the settings: `DirectDispatcher` (one `predict([job])` per request, in the thread pool) when
-`max_batch_size <= 1`, otherwise the adaptive batcher of `scoring_runtime.batching`.
+the settings (or, where they leave it unset, the flavour's default: `flavours.batching_for`):
+`DirectDispatcher` (one `predict([job])` per request, in the thread pool) when the batch size is 1,
+otherwise the adaptive batcher of `scoring_runtime.batching`.
 
 A dispatcher that cannot take more work raises `QueueFull`; the server answers it at once with
 `503 Service Unavailable` and a `Retry-After` header (a load balancer or client then retries on
@@ -17,16 +18,12 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
+from scoring_runtime.batching import QueueFull
+from scoring_runtime.flavours import batching_for
 from scoring_runtime.flavours.base import Job, Scorer
 from scoring_runtime.settings import RuntimeSettings
 
-
-class QueueFull(Exception):
-    """Too many rows are waiting for the model; the server answers 503 with Retry-After."""
-
-    def __init__(self, message: str = "the model's queue is full", retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+__all__ = ["DirectDispatcher", "Dispatcher", "QueueFull", "make_dispatcher"]
 
 
 class Dispatcher(Protocol):
@@ -71,17 +68,19 @@ def make_dispatcher(
     executor: Executor | None,
     registry: CollectorRegistry | None = None,
 ) -> Dispatcher:
-    """The dispatcher the settings ask for: the adaptive batcher when `max_batch_size > 1`.
+    """The dispatcher the settings (else the flavour) ask for: the adaptive batcher for batches > 1 row.
 
     `executor` runs direct model calls; the batcher uses its own single inference thread.
     `registry` receives the batcher's metrics (the server's registry).
     """
-    if settings.max_batch_size > 1:
+    batching = batching_for(scorer, settings)
+    if batching.max_batch_size > 1:
         from scoring_runtime.batching import AdaptiveBatcher, BatchingConfig, BatchingMetrics
 
         config = BatchingConfig(
-            max_batch_rows=settings.max_batch_size,
-            max_delay_s=settings.max_batch_delay_ms / 1000.0,
+            max_batch_rows=batching.max_batch_size,
+            max_delay_s=batching.max_batch_delay_ms / 1000.0,
+            inline_max_rows=batching.inline_max_rows,
             max_queue_rows=settings.max_queue_rows,
         )
         metrics = BatchingMetrics(registry=registry) if registry is not None else None

@@ -12,6 +12,7 @@ gauge is summed over live workers, load/warm-up times report the slowest worker,
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -42,6 +43,7 @@ class Metrics:
     def __init__(self) -> None:
         self.multiprocess = multiprocess_mode()
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         reg = self.registry
         if not self.multiprocess:
             ProcessCollector(registry=reg)
@@ -87,6 +89,16 @@ class Metrics:
             "scoring_model_info", "The served model (value is always 1)", ["name", "version", "flavour"],
             registry=reg, multiprocess_mode="max",
         )
+
+    def labelled(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, cached: the hot path labels the same few children on every request,
+        and prometheus_client validates, stringifies and locks on each `labels()` call. The label values
+        come from small fixed sets (route templates, methods, status codes, protocols, error reasons)."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text: this registry, or all workers' files in multiprocess mode."""

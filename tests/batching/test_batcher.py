@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from scoring_runtime.batching import AdaptiveBatcher, BatcherClosed, BatchingConfig, BatchingMetrics
+from scoring_runtime.batching import AdaptiveBatcher, BatcherClosed, BatchingConfig, BatchingMetrics, QueueFull
 from scoring_runtime.flavours.base import Job
-from scoring_runtime.server.dispatch import QueueFull
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -294,3 +293,50 @@ def test_config_rejects_nonsense() -> None:
         BatchingConfig(max_batch_rows=32, max_delay_s=0.01, max_queue_rows=8)
     with pytest.raises(ValueError, match="at least 1"):
         BatchingConfig(max_batch_rows=0, max_delay_s=0.01, max_queue_rows=8)
+
+
+class ThreadRecorder(RowModel):
+    """Records which thread ran each model call."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        super().__init__(delay_s)
+        self.threads: list[str] = []
+
+    def predict(self, jobs: list[Job]) -> list[Any]:
+        self.threads.append(threading.current_thread().name)
+        return super().predict(jobs)
+
+
+async def test_a_lone_small_request_runs_on_the_loop_without_thread_hand_offs() -> None:
+    model = ThreadRecorder()
+    b = await started(model, max_batch_rows=8, max_delay_s=0.002, max_queue_rows=64, inline_max_rows=1)
+    loop_thread = threading.current_thread().name
+    for i in range(5):  # one client, closed loop
+        r = await b.submit(job(1, base=i))
+        assert int(r[0]) == 3 * i + 1
+    assert model.threads == [loop_thread] * 5
+    r = await b.submit(job(2, base=7))  # more rows than inline_max_rows: the inference thread
+    assert [int(x) for x in r] == [22, 25]
+    assert model.threads[-1].startswith("inference")
+    await b.stop()
+
+
+async def test_concurrent_requests_still_batch_on_the_inference_thread_with_inline_on() -> None:
+    model = ThreadRecorder(delay_s=0.01)
+    b = await started(model, max_batch_rows=8, max_delay_s=0.005, max_queue_rows=64, inline_max_rows=1)
+    loop_thread = threading.current_thread().name
+
+    async def client(n: int) -> None:
+        for i in range(6):
+            r = await b.submit(job(1, base=10 * n + i))
+            assert int(r[0]) == 3 * (10 * n + i) + 1
+
+    await asyncio.gather(*(client(n) for n in range(6)))
+    await b.stop()
+    assert max(sum(x) for x in model.batches) > 1, "no batch formed under load"
+    multi = [t for t, batch in zip(model.threads, model.batches, strict=True) if sum(batch) > 1]
+    assert multi and loop_thread not in multi, "a batch of several requests ran on the event loop"
+
+
+def test_inline_is_off_by_default() -> None:
+    assert BatchingConfig(max_batch_rows=4, max_delay_s=0.001, max_queue_rows=8).inline_max_rows == 0
