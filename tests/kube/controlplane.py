@@ -70,7 +70,7 @@ ENV_AUTOBUILD = "SCORING_CLUSTER_AUTOBUILD"
 ENV_KEEP_DIR = "SCORING_KEEP_CLUSTER_DIR"
 
 LOOPBACK = "127.0.0.1"
-SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_CIDR = "10.0.0.0/16"  # room for thousands of Services (operator scale runs)
 POD_CIDR = "10.244.0.0/24"
 OWNED_LABEL = "scoring-operator.test/owned"
 
@@ -834,7 +834,7 @@ class ControlPlane(KubeCluster):
                 f"--tls-cert-file={f['apiserver.crt']}",
                 f"--tls-private-key-file={f['apiserver.key']}",
                 f"--client-ca-file={f['ca.crt']}",
-                "--service-cluster-ip-range=10.0.0.0/16",  # room for 65k Services (scale runs); first IP = cert IP
+                f"--service-cluster-ip-range={SERVICE_CIDR}",  # first IP = cert IP; the node routes the same range
                 "--allow-privileged=true",
                 "--authorization-mode=RBAC",
                 f"--service-account-issuer={self._apiserver_url}",
