@@ -4,7 +4,7 @@
 # module), and the sandbox "pause" binary (compiled statically from pause.c in the kubernetes module).
 #
 # Output: ${XDG_CACHE_HOME:-~/.cache}/scoring-operator/bin/node-<versions>/ (printed last on stdout).
-# Usage: build-node-bins.sh            build what is missing (cold: 22 min measured on a busy 2-core box)
+# Usage: build-node-bins.sh            build what is missing (cold: 2.6 min after the control plane on a quiet 2-core box, which it shares a Go build cache with; 22 min with empty caches on a busy one)
 #        build-node-bins.sh --check    only check: print the dir and exit 0, or exit 3
 #        build-node-bins.sh --force    rebuild everything (same as SCORING_REBUILD=1)
 # Needs Go 1.26 (GOTOOLCHAIN=local) and a C compiler with a static libc (gcc + libc6-dev) for pause.
