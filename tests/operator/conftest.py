@@ -48,14 +48,19 @@ def operator(cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> 
         try:
             yield op
         finally:
-            # ScoringModels carry the operator's finalizer: delete them while it still runs.
-            for ns in _USED_NAMESPACES:
-                cluster.kubectl("delete", "scoringmodels", "--all", "-n", ns, "--ignore-not-found", "--wait=true",
-                                "--timeout=60s", check=False)
-            _USED_NAMESPACES.clear()
+            delete_scoring_models(cluster)
 
 
 _USED_NAMESPACES: list[str] = []
+
+
+def delete_scoring_models(cluster: KubeCluster) -> None:
+    """Delete the ScoringModels of every namespace the tests used, while the operator still runs
+    (they carry its finalizer), for each module-scoped operator fixture's teardown."""
+    for ns in _USED_NAMESPACES:
+        cluster.kubectl("delete", "scoringmodels", "--all", "-n", ns, "--ignore-not-found", "--wait=true",
+                        "--timeout=60s", check=False)
+    _USED_NAMESPACES.clear()
 
 
 @pytest.fixture

@@ -34,10 +34,7 @@ def operator(cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> 
         try:
             yield op
         finally:
-            for ns in conftest._USED_NAMESPACES:
-                cluster.kubectl("delete", "scoringmodels", "--all", "-n", ns, "--ignore-not-found", "--wait=true",
-                                "--timeout=60s", check=False)
-            conftest._USED_NAMESPACES.clear()
+            conftest.delete_scoring_models(cluster)
 
 
 def _restart(op: Operator) -> Operator:
