@@ -174,6 +174,7 @@ PRINTER_COLUMNS = [
     {"name": "Replicas", "type": "string", "jsonPath": ".status.readyReplicas",
      "description": "Ready replicas"},
     {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
+    {"name": "URL", "type": "string", "jsonPath": ".status.url", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -6,7 +6,7 @@
 - a per-object poller (a kopf daemon, i.e. a timer whose interval is the object's own
   `spec.model.pollInterval`): re-resolves tracked labels (rolling out a moved label), keeps
   retrying failures (1, 2, 4... seconds, capped at the interval), and reconciles at once when woken.
-- the children (Deployments, Services, HPAs, PDBs labelled `app.kubernetes.io/managed-by:
+- the children (Deployments, Services, HPAs, PDBs, Ingresses, HTTPRoutes labelled `app.kubernetes.io/managed-by:
   scoring-operator`) are watched into kopf indexes, the cache the reconciler reads instead of
   GETting; their events wake the owner's poller (a Deployment's always, for readiness; the others
   when they drifted from what was applied).
@@ -44,6 +44,10 @@ CHILD_KINDS = (
     ("Service", "", "v1", "services"),
     ("HorizontalPodAutoscaler", "autoscaling", "v2", "horizontalpodautoscalers"),
     ("PodDisruptionBudget", "policy", "v1", "poddisruptionbudgets"),
+    ("Ingress", "networking.k8s.io", "v1", "ingresses"),
+    # A CRD: when the Gateway API is not installed when the operator starts, kopf logs that it cannot
+    # watch it and carries on; reconciles then GET what they applied (see Reconciler._apply).
+    ("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes"),
 )
 _MANAGED = ",".join(f"{k}={v}" for k, v in meta.MANAGED_SELECTOR.items())
 #: Of a child's spec, the cache keeps only what reconciles read (the rollout's and the handoff's

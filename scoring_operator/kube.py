@@ -41,6 +41,8 @@ KINDS: dict[tuple[str, str], tuple[str, str]] = {
     ("v1", "Service"): ("/api/v1", "services"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"): ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets"),
+    ("networking.k8s.io/v1", "Ingress"): ("/apis/networking.k8s.io/v1", "ingresses"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
 }
 
 #: HTTP codes where retrying later may succeed without anyone changing anything.
@@ -201,6 +203,12 @@ class Kube:
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         """Delete if present (a 404 is success)."""
         await self._call(f"delete {kind} {namespace}/{name}", "DELETE", _path(api_version, kind, namespace, name))
+
+    async def serves(self, api_version: str, kind: str) -> bool:
+        """Whether the apiserver serves `kind` of `api_version` (false when its CRD is not installed)."""
+        prefix, plural = KINDS[(api_version, kind)]
+        code, data = await self._call(f"discover {api_version}", "GET", prefix)
+        return code != 404 and any(r.get("name") == plural for r in (data or {}).get("resources") or [])
 
     async def list_pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         """Pods matching `labels` (to read why a rollout's new pods cannot start)."""

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from scoring_operator import metrics
 from scoring_operator import spec as api
 from scoring_operator.builders import desired_children, meta
+from scoring_operator.builders.exposure import GATEWAY_API_GROUP, external_url
 from scoring_operator.builders.status import (
     Failure,
     Observation,
@@ -67,6 +68,8 @@ class Result:
 #: Keyed lists that server-side apply cannot take back once another manager edited an entry's key
 #: (a Service port changed from 80 to 81 leaves two entries named "http"): replaced, then applied.
 _REPLACE_ON_INVALID: dict[str, tuple[str, ...]] = {"Service": ("ports",)}
+#: Children that make the model reachable from outside (status.url is shown once one is applied).
+_EXPOSURE_KINDS = ("Ingress", "HTTPRoute")
 
 
 def _ref_key(ref: api.ModelRef) -> str:
@@ -242,6 +245,7 @@ class Reconciler:
                 pod_error = fetch_failure(pods, resolved.version)
             except KubeError as e:
                 metrics.KUBE_ERRORS.labels(e.reason).inc()
+        exposed = any(kind in applied for kind in _EXPOSURE_KINDS)
         obs = Observation(
             generation,
             resolved=resolved,
@@ -251,6 +255,7 @@ class Reconciler:
             rollout=rollout,
             endpoint=meta.endpoint(owner, spec.service.port),
             pod_error=pod_error,
+            url=external_url(spec) if exposed else None,
         )
         return await self._report(owner, body, state, old_status, obs, resolved)
 
@@ -308,16 +313,26 @@ class Reconciler:
                 if kind == "Deployment":
                     await self._hand_replicas_to_hpa(owner, state, spec, live)
                 state.applied.pop(kind, None)
-                result = await self._apply_one(owner, obj, live)
+                try:
+                    result = await self._apply_one(owner, obj, live)
+                except KubeError as e:
+                    missing = await self._missing_api(obj, e)
+                    if missing is None:
+                        raise
+                    metrics.KUBE_ERRORS.labels(e.reason).inc()
+                    return tuple(done), missing, None
                 state.applied[kind] = Applied.record(obj, result)
                 if kind == "Deployment":
                     deployment = result
                 done.append(kind)
             for ref in children.prune:
-                state.applied.pop(ref.kind, None)
+                was_applied = state.applied.pop(ref.kind, None) is not None
+                existing = None
                 if self.children is not None:
                     existing = self.children.get(ref.kind, owner.namespace, ref.name)
-                else:
+                # Without a watch cache, or for a kind whose watch may not run (an HTTPRoute whose CRD
+                # was installed after the operator started), what this process applied is looked up.
+                if existing is None and (self.children is None or was_applied):
                     existing = await self.kube.get(ref.api_version, ref.kind, owner.namespace, ref.name)
                 if existing is not None and meta.is_owned_by(existing, owner):
                     await self.kube.delete(ref.api_version, ref.kind, owner.namespace, ref.name)
@@ -325,6 +340,27 @@ class Reconciler:
             metrics.KUBE_ERRORS.labels(e.reason).inc()
             return tuple(done), Failure(e.reason, str(e), e.retryable), None
         return tuple(done), None, deployment
+
+    async def _missing_api(self, obj: Mapping[str, Any], error: KubeError) -> Failure | None:
+        """The failure to report when an apply failed because the apiserver lacks the kind's CRD, else None.
+
+        Why: a ScoringModel asking for an HTTPRoute on a cluster without the Gateway API CRDs must say
+        so (and keep serving in-cluster), and start working once they are installed (retryable).
+        """
+        if error.code != 404 or obj["apiVersion"].split("/")[0] != GATEWAY_API_GROUP:
+            return None
+        try:
+            if await self.kube.serves(obj["apiVersion"], obj["kind"]):
+                return None
+        except KubeError:
+            return None
+        return Failure(
+            "GatewayAPINotInstalled",
+            f"spec.exposure.httpRoute needs the Gateway API CRDs ({obj['apiVersion']} {obj['kind']}), which this "
+            "cluster does not serve: install them (see docs/operator.md, Exposure) or use spec.exposure.ingress; "
+            "the model is served in-cluster meanwhile",
+            retryable=True,
+        )
 
     async def _apply_one(self, owner: meta.Owner, obj: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any]:
         """Server-side apply; a keyed list someone else broke (HTTP 422) is replaced, then applied again."""

@@ -674,6 +674,99 @@ class ServiceSpec(_Model):
     )
 
 
+# ---------------------------------------------------------------------------------- spec.exposure
+
+#: RFC 1123 host names, optionally with one leading wildcard label (the rule of Ingress hosts and of
+#: Gateway API `Hostname`, which uses this very pattern); no IP addresses, no trailing dot.
+_HOSTNAME = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: An absolute URL path prefix: "/" or "/"-separated segments of unreserved characters, none
+#: starting with "." (so no "." or ".." segments, no "//", no percent-escapes).
+_URL_PATH = r"^/$|^(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+/?$"
+_EXPOSURE_MESSAGE = "set spec.exposure.ingress or spec.exposure.httpRoute, not both"
+
+
+class IngressSpec(_Model):
+    """An Ingress (networking.k8s.io/v1) in front of the model's Service."""
+
+    class_name: str | None = Field(
+        default=None, max_length=253, pattern=_DNS_SUBDOMAIN,
+        description="IngressClass to use (ingressClassName). Unset: the cluster's default class.",
+    )
+    host: str = Field(
+        max_length=253, pattern=_HOSTNAME,
+        description="Host name clients use, e.g. faq.example.com (a leading `*.` wildcard is allowed; the status "
+        "then shows no URL).",
+    )
+    path: str = Field(
+        default="/", max_length=1024, pattern=_URL_PATH,
+        description="Path prefix routed to the model (pathType Prefix). Anything but `/` needs the controller's "
+        "rewrite annotation (e.g. nginx.ingress.kubernetes.io/rewrite-target) to reach the runtime's own paths.",
+    )
+    tls_secret_name: str | None = Field(
+        default=None, max_length=253, pattern=_DNS_SUBDOMAIN,
+        description="kubernetes.io/tls Secret (in this namespace) with the certificate for `host`: the Ingress "
+        "terminates HTTPS. With cert-manager, name the Secret it should create and add its annotation.",
+    )
+    annotations: dict[str, str] | None = Field(
+        default=None, max_length=64,
+        description="Annotations of the Ingress, passed through as they are (e.g. cert-manager.io/cluster-issuer, "
+        "nginx.ingress.kubernetes.io/proxy-body-size).",
+    )
+
+
+class ParentRef(_Model):
+    """A Gateway the HTTPRoute attaches to."""
+
+    name: str = Field(max_length=253, pattern=_DNS_SUBDOMAIN, description="Gateway name.")
+    namespace: str | None = Field(
+        default=None, max_length=63, pattern=_DNS_LABEL,
+        description="Gateway namespace. Unset: this namespace (the Gateway's allowedRoutes must admit it).",
+    )
+    section_name: str | None = Field(
+        default=None, max_length=253, pattern=_DNS_SUBDOMAIN,
+        description="Listener of the Gateway to attach to (e.g. `https`). Unset: every listener that admits it.",
+    )
+
+
+class HttpRouteSpec(_Model):
+    """A Gateway API HTTPRoute (gateway.networking.k8s.io/v1) in front of the model's Service."""
+
+    parent_refs: list[ParentRef] = Field(
+        min_length=1, max_length=32, description="Gateways to attach to (the Gateway terminates TLS)."
+    )
+    hostnames: list[Annotated[str, Field(min_length=1, max_length=253, pattern=_HOSTNAME)]] | None = Field(
+        default=None, max_length=16,
+        description="Host names matched (a leading `*.` wildcard is allowed). Unset: the Gateway listener's.",
+    )
+    path: str = Field(
+        default="/", max_length=1024, pattern=_URL_PATH,
+        description="Path prefix routed to the model; rewritten to `/` before it reaches the runtime.",
+    )
+    scheme: Literal["https", "http"] = Field(
+        default="https",
+        description="How clients reach the Gateway's listener: only used to write status.url.",
+    )
+
+
+class ExposureSpec(_Model):
+    """How the model is reached from outside the cluster: an Ingress, or a Gateway API HTTPRoute."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(_cel("!(has(self.ingress) && has(self.httpRoute))", _EXPOSURE_MESSAGE))
+    )
+
+    ingress: IngressSpec | None = Field(default=None, description="Expose through an Ingress.")
+    http_route: HttpRouteSpec | None = Field(
+        default=None, description="Expose through a Gateway API HTTPRoute (needs the Gateway API CRDs)."
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ExposureSpec:
+        if self.ingress is not None and self.http_route is not None:
+            raise ValueError(_EXPOSURE_MESSAGE)
+        return self
+
+
 # ------------------------------------------------------------------------------------------- spec
 
 
@@ -703,6 +796,9 @@ class ScoringModelSpec(_Model):
     gpu: GpuSpec | None = Field(default=None, description="GPUs per replica and GPU node placement.")
     auth: AuthSpec | None = Field(default=None, description="API-key authentication (default: none).")
     service: ServiceSpec = Field(default_factory=ServiceSpec, description="How the endpoint is exposed.")
+    exposure: ExposureSpec | None = Field(
+        default=None, description="External HTTP(S) access through an Ingress or a Gateway API HTTPRoute."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ScoringModelSpec:
@@ -785,6 +881,9 @@ class ScoringModelStatus(_Model):
         description="ModelResolved, Deployed and Ready.",
     )
     last_failure: FailureInfo | None = Field(default=None, description="The most recent failure.")
+    url: str | None = Field(
+        default=None, description="External URL of the model (spec.exposure), once its Ingress or HTTPRoute exists."
+    )
 
 
 class ScoringModelResource(_Model):
@@ -843,11 +942,15 @@ _PATTERN_HELP = {
     _REGISTRY_PATH: "is not a relative path inside the claim (like models or team/models)",
     _QUALIFIED_NAME: "is not a resource name like cpu, memory or nvidia.com/gpu",
     _ENV_NAME: "is not an environment variable name",
+    _HOSTNAME: "is not a host name: use lowercase letters, digits, '-' and '.', optionally starting with '*.'",
+    _URL_PATH: "is not a URL path: start with '/', use letters, digits, '-', '_', '~' and '.', no '..' or '//'",
+    _DNS_LABEL: "is not a DNS label: use lowercase letters, digits and '-'",
 }
 
 
 def _regex_sanity() -> None:  # pragma: no cover - import-time guard against typos in the patterns above
-    for pattern in (_DNS_LABEL, _DNS_SUBDOMAIN, _MODEL_NAME, _LABEL, _QUALIFIED_NAME, _REGISTRY_PATH, _QUANTITY):
+    for pattern in (_HOSTNAME, _URL_PATH, _DNS_LABEL, _DNS_SUBDOMAIN, _MODEL_NAME, _LABEL, _QUALIFIED_NAME,
+                    _REGISTRY_PATH, _QUANTITY):
         re.compile(pattern)
 
 

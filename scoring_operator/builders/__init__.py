@@ -10,6 +10,7 @@ from typing import Any
 
 from scoring_operator import spec as api
 from scoring_operator.builders import meta
+from scoring_operator.builders.exposure import HTTP_ROUTE_API_VERSION, INGRESS_API_VERSION, http_route, ingress
 from scoring_operator.builders.scaling import hpa, pdb
 from scoring_operator.builders.workload import deployment, service
 from scoring_operator.config import OperatorConfig
@@ -37,11 +38,17 @@ class Children:
 def desired_children(
     owner: meta.Owner, spec: api.ScoringModelSpec, version: int, config: OperatorConfig
 ) -> Children:
-    """Service first (the endpoint exists early), then Deployment, then HPA/PDB or their removal."""
+    """Service first (the endpoint exists early), then Deployment, then HPA/PDB, then Ingress/HTTPRoute.
+
+    The exposure comes last so that a cluster without the Gateway API CRDs still gets a working
+    in-cluster model before the HTTPRoute fails. Optional kinds not asked for are pruned.
+    """
     out = Children(apply=[service(owner, spec), deployment(owner, spec, version, config)])
     for kind, api_version, obj in (
         ("HorizontalPodAutoscaler", "autoscaling/v2", hpa(owner, spec)),
         ("PodDisruptionBudget", "policy/v1", pdb(owner, spec)),
+        ("Ingress", INGRESS_API_VERSION, ingress(owner, spec)),
+        ("HTTPRoute", HTTP_ROUTE_API_VERSION, http_route(owner, spec)),
     ):
         if obj is None:
             out.prune.append(ChildRef(api_version, kind, owner.name))

@@ -131,6 +131,8 @@ class Observation:
     endpoint: str | None = None
     #: The new version's pods cannot start (see fetch_failure); only while the rollout is not complete.
     pod_error: Failure | None = None
+    #: The external URL (spec.exposure), once its Ingress or HTTPRoute is applied.
+    url: str | None = None
 
     @property
     def failure(self) -> Failure | None:
@@ -241,6 +243,8 @@ def compute_status(old: Mapping[str, Any] | None, obs: Observation, now: datetim
         new["model"] = old["model"]
     if obs.endpoint and obs.resolved is not None:
         new["endpoint"] = obs.endpoint
+    if obs.url and obs.resolved is not None:
+        new["url"] = obs.url
     if obs.rollout is not None and obs.rollout.state != "Missing":
         new["replicas"] = obs.rollout.replicas
         new["readyReplicas"] = obs.rollout.ready_replicas
@@ -258,7 +262,8 @@ def compute_status(old: Mapping[str, Any] | None, obs: Observation, now: datetim
     return new
 
 
-_OWNED = ("observedGeneration", "phase", "model", "endpoint", "replicas", "readyReplicas", "conditions", "lastFailure")
+_OWNED = ("observedGeneration", "phase", "model", "endpoint", "replicas", "readyReplicas", "conditions", "lastFailure",
+          "url")
 
 
 def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
@@ -306,6 +311,8 @@ def transition_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> 
     if new.get("phase") == "Ready" and old.get("phase") != "Ready":
         ready = condition(new, "Ready").get("message", "")
         where = f"serving version {new_model.get('version')} at {new.get('endpoint')}"
+        if new.get("url"):
+            where += f" and {new['url']}"
         events.append(("Normal", "Ready", f"{where}: {ready}"))
     elif old.get("phase") == "Ready" and new.get("phase") not in (None, "Ready", "Deploying"):
         why = condition(new, "Ready").get("message", "")

@@ -376,6 +376,8 @@ EXPECTED_RULES = {
     "horizontalpodautoscalers.autoscaling": {"get", "list", "watch", "create", "patch", "delete"},
     "poddisruptionbudgets.policy": {"get", "list", "watch", "create", "patch", "delete"},
     "events": {"create", "patch"},
+    "ingresses.networking.k8s.io": {"get", "list", "watch", "create", "patch", "delete"},
+    "httproutes.gateway.networking.k8s.io": {"get", "list", "watch", "create", "patch", "delete"},
 }
 #: Granted to every authenticated identity by Kubernetes itself.
 _BUILTIN = {"selfsubjectreviews.authentication.k8s.io", "selfsubjectaccessreviews.authorization.k8s.io",
@@ -403,6 +405,8 @@ def test_service_account_holds_only_what_it_needs(cluster: KubeCluster, ns: str,
         ("create", "roles"), ("create", "rolebindings"), ("create", "clusterrolebindings"),
         ("escalate", "clusterroles"), ("bind", "clusterroles"), ("impersonate", "users"),
         ("delete", "scoringmodels.scoring.dev"), ("create", "customresourcedefinitions"),
+        ("create", "gateways.gateway.networking.k8s.io"), ("patch", "gatewayclasses.gateway.networking.k8s.io"),
+        ("patch", "httproutes.gateway.networking.k8s.io/status"), ("create", "ingressclasses.networking.k8s.io"),
     ]
     for verb, resource in denied:
         proc = cluster.kubectl("auth", "can-i", verb, resource, "-n", ns, kubeconfig=operator.kubeconfig,

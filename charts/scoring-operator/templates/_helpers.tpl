@@ -41,7 +41,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - apiGroups: ["scoring.dev"]
   resources: ["scoringmodels/finalizers"]
   verbs: ["update"]
-# Children, server-side applied. All four kinds are watched (list/watch, filtered by the label
+# Children, server-side applied. All these kinds (and the Ingress/HTTPRoute below) are watched (list/watch, filtered by the label
 # app.kubernetes.io/managed-by=scoring-operator) into the operator's cache, so reconciles read no
 # object it already knows; HPA/PDB are removed when autoscaling or multiple replicas are turned off.
 # No secrets, no RBAC; pods only listed (read-only).
@@ -60,6 +60,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# spec.exposure: the Ingress or Gateway API HTTPRoute in front of the model's Service, watched like
+# the other children and removed when the exposure is taken out of the spec. Nothing else of the
+# Gateway API (no Gateways, no GatewayClasses).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["ingresses"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Kubernetes Events on ScoringModels (rollouts, readiness, failures).
 - apiGroups: [""]
