@@ -54,8 +54,9 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
 
 _ORDER = (
     "description", "type", "format", "enum", "default", "minimum", "maximum", "minLength", "maxLength",
-    "pattern", "maxItems", "maxProperties", "x-kubernetes-int-or-string", "anyOf", "items", "additionalProperties",
-    "properties", "required", "x-kubernetes-list-type", "x-kubernetes-list-map-keys", "x-kubernetes-validations",
+    "pattern", "minItems", "maxItems", "maxProperties", "x-kubernetes-int-or-string", "anyOf", "items",
+    "additionalProperties", "properties", "required", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
+    "x-kubernetes-validations",
 )
 
 

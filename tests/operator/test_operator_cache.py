@@ -97,7 +97,8 @@ def test_the_cache_keeps_what_reconciles_need_of_a_child() -> None:
     assert "managedFields" not in trimmed({**body, "kind": "Service"}, "Service")["metadata"]
     cache = IndexedChildren({
         "children_deployment": {("ns", "a"): [kept]}, "children_service": {},
-        "children_horizontalpodautoscaler": {}, "children_poddisruptionbudget": {},
+        "children_horizontalpodautoscaler": {}, "children_poddisruptionbudget": {}, "children_ingress": {},
+        "children_httproute": {},
     })  # type: ignore[arg-type]
     assert cache.get("Deployment", "ns", "a") is kept
     assert cache.get("Deployment", "ns", "b") is None and cache.get("Service", "ns", "a") is None

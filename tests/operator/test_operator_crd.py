@@ -15,7 +15,8 @@ from scoring_operator import spec as api
 #: Keys a structural schema node may carry (what this generator is allowed to emit).
 _ALLOWED = {
     "description", "type", "format", "enum", "default", "minimum", "maximum", "minLength", "maxLength",
-    "pattern", "maxItems", "maxProperties", "items", "properties", "required", "additionalProperties", "anyOf",
+    "pattern", "minItems", "maxItems", "maxProperties", "items", "properties", "required", "additionalProperties",
+    "anyOf",
     "x-kubernetes-int-or-string", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
     "x-kubernetes-validations",
 }

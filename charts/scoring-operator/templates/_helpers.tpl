@@ -41,8 +41,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - apiGroups: ["scoring.dev"]
   resources: ["scoringmodels/finalizers"]
   verbs: ["update"]
-# Children, server-side applied. All these kinds (and the Ingress/HTTPRoute below) are watched (list/watch, filtered by the label
-# app.kubernetes.io/managed-by=scoring-operator) into the operator's cache, so reconciles read no
+# Children, server-side applied. All these kinds (and the Ingress/HTTPRoute below) are watched
+# (list/watch, filtered by the label app.kubernetes.io/managed-by=scoring-operator) into the
+# operator's cache, so reconciles read no
 # object it already knows; HPA/PDB are removed when autoscaling or multiple replicas are turned off.
 # No secrets, no RBAC; pods only listed (read-only).
 - apiGroups: ["apps"]
