@@ -14,8 +14,9 @@ install: ## install the package with every extra but torch, plus dev tools
 install-torch: ## install PyTorch (large; once per machine)
 	$(PYTHON) -c "import torch, torchvision" 2>/dev/null || $(PIP) install -q -e ".[torch]"
 
-cluster-bin: ## build (or find cached) kube-apiserver, etcd, kwok, helm, kubectl from Go modules
+cluster-bin: ## build (or find cached) kube-apiserver, etcd, kwok, helm, kubectl from Go modules; fetch the Gateway API CRDs
 	bash hack/build-cluster-bins.sh
+	bash hack/fetch-gateway-api-crds.sh
 
 node-bin: ## build (or find cached) kubelet, kube-proxy, metrics-server and pause for the real test node
 	bash hack/build-node-bins.sh

@@ -677,8 +677,9 @@ class ServiceSpec(_Model):
 # ---------------------------------------------------------------------------------- spec.exposure
 
 #: RFC 1123 host names, optionally with one leading wildcard label (the rule of Ingress hosts and of
-#: Gateway API `Hostname`, which uses this very pattern); no IP addresses, no trailing dot.
-_HOSTNAME = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: Gateway API `Hostname`), no trailing dot; the last label starts with a letter, so no IP address
+#: passes (both APIs refuse those, the Gateway API's own pattern does not catch them).
+_HOSTNAME = r"^(\*\.)?([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)*[a-z]([-a-z0-9]*[a-z0-9])?$"
 #: An absolute URL path prefix: "/" or "/"-separated segments of unreserved characters, none
 #: starting with "." (so no "." or ".." segments, no "//", no percent-escapes).
 _URL_PATH = r"^/$|^(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+/?$"
@@ -942,7 +943,8 @@ _PATTERN_HELP = {
     _REGISTRY_PATH: "is not a relative path inside the claim (like models or team/models)",
     _QUALIFIED_NAME: "is not a resource name like cpu, memory or nvidia.com/gpu",
     _ENV_NAME: "is not an environment variable name",
-    _HOSTNAME: "is not a host name: use lowercase letters, digits, '-' and '.', optionally starting with '*.'",
+    _HOSTNAME: "is not a host name: use lowercase letters, digits, '-' and '.', optionally starting with '*.', "
+    "with a last label starting with a letter (no IP addresses)",
     _URL_PATH: "is not a URL path: start with '/', use letters, digits, '-', '_', '~' and '.', no '..' or '//'",
     _DNS_LABEL: "is not a DNS label: use lowercase letters, digits and '-'",
 }

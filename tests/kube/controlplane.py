@@ -49,6 +49,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-cluster-bins.sh"
+GATEWAY_API_SCRIPT = REPO_ROOT / "hack" / "fetch-gateway-api-crds.sh"
 VERSIONS_FILE = REPO_ROOT / "hack" / "versions.env"
 
 #: Executables (and kwok's stage file) that a private control plane needs in its bin dir.
@@ -147,6 +148,19 @@ def find_bin_dir(*, build: bool | None = None) -> Path:
     if missing:
         raise BinariesMissingError(f"{bin_dir} lacks {', '.join(missing)}; rerun the build script")
     return bin_dir
+
+
+def gateway_api_crds_file() -> Path:
+    """The Gateway API CRDs (standard channel, the version pinned in hack/versions.env) as one YAML file.
+
+    Fetched from the `sigs.k8s.io/gateway-api` Go module by hack/fetch-gateway-api-crds.sh into the
+    cache outside the repo (seconds; `make cluster-bin` and .ci/run fetch it ahead).
+    """
+    proc = subprocess.run(["bash", str(GATEWAY_API_SCRIPT)], capture_output=True, text=True, check=False)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines or not Path(lines[-1]).is_file():
+        raise ControlPlaneError(f"fetching the Gateway API CRDs failed: {proc.stderr.strip()[-2000:]}")
+    return Path(lines[-1])
 
 
 def free_ports(count: int) -> list[int]:
@@ -510,6 +524,34 @@ class KubeCluster:
     def delete_namespace(self, name: str, *, wait: bool = False) -> None:
         """Delete a namespace; its contents are removed by the namespace controller."""
         self.kubectl("delete", "namespace", name, "--ignore-not-found", f"--wait={str(wait).lower()}")
+
+    # -- Gateway API ------------------------------------------------------------------------------
+
+    def gateway_api_installed(self) -> bool:
+        """Whether the cluster serves the Gateway API's HTTPRoute (gateway.networking.k8s.io/v1)."""
+        proc = self.kubectl("get", "crd", "httproutes.gateway.networking.k8s.io", "--ignore-not-found", "-o", "name")
+        return bool(proc.stdout.strip())
+
+    def install_gateway_api_crds(self, *, timeout: float = 120.0) -> list[str]:
+        """Install the real Gateway API CRDs (server-side apply) and wait until they are Established.
+
+        Returns the CRD names. No gateway data plane comes with them: routes are accepted and
+        stored by the apiserver, and nothing routes traffic.
+        """
+        path = gateway_api_crds_file()
+        names = [d["metadata"]["name"] for d in yaml.safe_load_all(path.read_text())
+                 if d and d.get("kind") == "CustomResourceDefinition"]
+        self.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=scoring-tests", "-f", path,
+                     timeout=timeout)
+        self.kubectl("wait", "--for=condition=Established", f"--timeout={int(timeout)}s",
+                     *[f"crd/{n}" for n in names], timeout=timeout + 10)
+        return names
+
+    def remove_gateway_api_crds(self, *, timeout: float = 120.0) -> None:
+        """Delete the Gateway API CRDs (and so every Gateway API object) again."""
+        path = gateway_api_crds_file()
+        self.kubectl("delete", "-f", path, "--ignore-not-found", "--wait=true", f"--timeout={int(timeout)}s",
+                     timeout=timeout + 10)
 
     def close(self) -> None:
         """Release what this object holds (overridden to stop processes)."""

@@ -70,6 +70,31 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("batch-over-queue", {"model": LABEL, "runtime": {"batching": {"maxBatchSize": 64, "maxQueueRows": 10}}},
      "batching.maxQueueRows must be at least batching.maxBatchSize"),
     ("batch-fits", {"model": LABEL, "runtime": {"batching": {"maxBatchSize": 8, "maxQueueRows": 64}}}, None),
+    # spec.exposure: one way out at most, host names and paths both layers check the same way.
+    ("ingress", {"model": LABEL, "exposure": {"ingress": {
+        "className": "nginx", "host": "faq.example.com", "path": "/models/faq", "tlsSecretName": "faq-tls",
+        "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"}}}}, None),
+    ("wildcard-ingress", {"model": LABEL, "exposure": {"ingress": {"host": "*.example.com"}}}, None),
+    ("http-route", {"model": LABEL, "exposure": {"httpRoute": {
+        "parentRefs": [{"name": "public", "namespace": "gateways", "sectionName": "https"}, {"name": "internal"}],
+        "hostnames": ["faq.example.com", "*.models.example.com"], "path": "/faq/", "scheme": "http"}}}, None),
+    ("empty-exposure", {"model": LABEL, "exposure": {}}, None),
+    ("ingress-and-http-route", {"model": LABEL, "exposure": {"ingress": {"host": "a.example.com"},
+                                                             "httpRoute": {"parentRefs": [{"name": "gw"}]}}},
+     "set spec.exposure.ingress or spec.exposure.httpRoute, not both"),
+    ("uppercase-host", {"model": LABEL, "exposure": {"ingress": {"host": "FAQ.example.com"}}},
+     "spec.exposure.ingress.host"),
+    ("ip-host", {"model": LABEL, "exposure": {"ingress": {"host": "10.1.2.3"}}}, "spec.exposure.ingress.host"),
+    ("inner-wildcard", {"model": LABEL, "exposure": {"httpRoute": {"parentRefs": [{"name": "gw"}],
+                                                                  "hostnames": ["a.*.example.com"]}}},
+     "spec.exposure.httpRoute.hostnames"),
+    ("relative-path", {"model": LABEL, "exposure": {"ingress": {"host": "a.example.com", "path": "models"}}},
+     "spec.exposure.ingress.path"),
+    ("dot-dot-path", {"model": LABEL, "exposure": {"httpRoute": {"parentRefs": [{"name": "gw"}], "path": "/a/../b"}}},
+     "spec.exposure.httpRoute.path"),
+    ("no-parent", {"model": LABEL, "exposure": {"httpRoute": {"parentRefs": []}}},
+     "spec.exposure.httpRoute.parentRefs"),
+    ("no-host", {"model": LABEL, "exposure": {"ingress": {"className": "nginx"}}}, "spec.exposure.ingress.host"),
 ]
 
 
