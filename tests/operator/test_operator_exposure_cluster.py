@@ -23,6 +23,7 @@ from scoring_operator.builders.meta import Owner
 from tests.kube.controlplane import KubeCluster
 from tests.operator.conftest import make_spec
 from tests.operator.kubehelpers import (
+    REPO,
     Operator,
     apply,
     chart_operator,
@@ -226,3 +227,19 @@ def test_a_route_of_someone_else_is_not_taken(cluster: KubeCluster, gw_operator:
     route = get(cluster, "httproute", ns, "taken")
     assert route is not None and route["spec"]["rules"][0]["backendRefs"][0]["name"] == "x", "left untouched"
 
+
+
+def test_exposure_examples_get_their_urls(cluster: KubeCluster, gw_operator: Operator, model_ns: str) -> None:
+    """examples/scoring-models/exposure-*.yaml apply as they are and show the URLs their comments promise."""
+    if not (gw_operator.registry_root / "faq-matcher").is_dir():
+        gw_operator.register("faq-matcher")
+    examples = REPO / "examples" / "scoring-models"
+    for f in ("exposure-ingress.yaml", "exposure-http-route.yaml"):
+        cluster.kubectl("apply", "--server-side", "-n", model_ns, "-f", examples / f)
+    for name, url in (("faq-public", "https://faq.example.com"), ("faq-gateway", "https://models.example.com/faq")):
+        wait_for(f"{name} Ready at {url}", lambda n=name, u=url: (s := _status(cluster, model_ns, n)).get("url") == u
+                 and s.get("phase") == "Ready", operator=gw_operator)
+        assert url in (examples / ("exposure-ingress.yaml" if name == "faq-public" else "exposure-http-route.yaml")
+                       ).read_text()
+    assert get(cluster, "ingress", model_ns, "faq-public") is not None
+    assert get(cluster, "httproute", model_ns, "faq-gateway") is not None
