@@ -888,7 +888,7 @@ class ScoringModelStatus(_Model):
 
 
 class ScoringModelResource(_Model):
-    """A model served as a real-time scoring endpoint (a Deployment, Service and optional HPA/PDB)."""
+    """A model served as a real-time scoring endpoint (Deployment, Service; optional HPA, PDB, Ingress/HTTPRoute)."""
 
     model_config = ConfigDict(
         extra="ignore",

@@ -235,6 +235,32 @@ def test_scoring_model_becomes_ready_on_real_pods_and_answers_through_the_servic
     assert wrong["status"] == 401, wrong
 
 
+def test_ingress_backend_is_the_service_that_answers(env: Env) -> None:
+    """spec.exposure.ingress on real pods: the Ingress names the model's Service and a port of it, and that
+    Service answers scoring requests (no ingress controller can be built here: its half is not tested)."""
+    cluster, ns = env.cluster, env.namespaces["serve"]
+    host = "faq.example.com"
+    apply(cluster, scoring_model("faq-exposed", ns, replicas=1, exposure={"ingress": {
+        "host": host, "tlsSecretName": "faq-exposed-tls", "annotations": {"cert-manager.io/cluster-issuer": "ca"}}}))
+    try:
+        sm = wait_for("faq-exposed Ready with its URL", lambda: (s := sm_ready(cluster, ns, "faq-exposed"))
+                      and s["status"].get("url") == f"https://{host}" and s, timeout=240, interval=0.5)
+        assert sm["status"]["endpoint"] == f"http://faq-exposed.{ns}.svc:80"
+        ing = get(cluster, "ingress", ns, "faq-exposed")
+        assert ing is not None and ing["metadata"]["annotations"] == {"cert-manager.io/cluster-issuer": "ca"}
+        backend = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+        svc = get(cluster, "service", ns, backend["name"])
+        assert svc is not None and backend["port"]["number"] in [p["port"] for p in svc["spec"]["ports"]]
+        url = f"http://{svc['spec']['clusterIP']}:{backend['port']['number']}/score"
+        r = env.client.request(url, method="POST", body=SCORE_BODY,
+                               headers={"Authorization": f"Bearer {env.api_key}", "Host": host})
+        assert r["status"] == 200, r
+        assert ids_of(r["body"])[0] == 101, r["body"]
+        assert r["headers"]["x-scoring-pod"] in ready_pod_names(cluster, ns, "faq-exposed")
+    finally:
+        cluster.kubectl("delete", "scoringmodel", "faq-exposed", "-n", ns, "--wait=true", "--timeout=90s", check=False)
+
+
 def test_pods_run_as_in_production(env: Env) -> None:
     """Non-root, read-only root FS, no capabilities, seccomp, no privilege escalation: seen from inside."""
     cluster, ns = env.cluster, env.namespaces["serve"]
