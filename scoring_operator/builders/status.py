@@ -131,6 +131,8 @@ class Observation:
     endpoint: str | None = None
     #: The new version's pods cannot start (see fetch_failure); only while the rollout is not complete.
     pod_error: Failure | None = None
+    #: status.rollout of a canary/shadow rollout (builders/progress.py), None when there is none.
+    progressive: Mapping[str, Any] | None = None
 
     @property
     def failure(self) -> Failure | None:
@@ -205,7 +207,19 @@ def _conditions(obs: Observation) -> list[tuple[str, str, str, str]]:
             "Stalled": ("False", "ProgressDeadlineExceeded"),
         }[rollout.state]
         out.append(("Ready", status, reason, rollout.message))
+    progressive = rollout_condition(obs.progressive)
+    if progressive is not None:
+        out.append(progressive)
     return out
+
+
+def rollout_condition(rollout: Mapping[str, Any] | None) -> tuple[str, str, str, str] | None:
+    """The `Rollout` condition of a canary/shadow rollout: False once it rolled back, with why."""
+    if not rollout:
+        return None
+    phase = rollout.get("phase")
+    status = "False" if phase == "RolledBack" else "True"
+    return ("Rollout", status, str(rollout.get("reason") or phase or "Unknown"), str(rollout.get("message") or ""))
 
 
 def compute_status(old: Mapping[str, Any] | None, obs: Observation, now: datetime) -> dict[str, Any]:
@@ -245,6 +259,8 @@ def compute_status(old: Mapping[str, Any] | None, obs: Observation, now: datetim
         new["replicas"] = obs.rollout.replicas
         new["readyReplicas"] = obs.rollout.ready_replicas
 
+    if obs.progressive:
+        new["rollout"] = copy.deepcopy(dict(obs.progressive))
     failure = obs.failure
     prev_fail = old.get("lastFailure")
     if failure is not None:
@@ -258,7 +274,8 @@ def compute_status(old: Mapping[str, Any] | None, obs: Observation, now: datetim
     return new
 
 
-_OWNED = ("observedGeneration", "phase", "model", "endpoint", "replicas", "readyReplicas", "conditions", "lastFailure")
+_OWNED = ("observedGeneration", "phase", "model", "endpoint", "replicas", "readyReplicas", "conditions", "lastFailure",
+          "rollout")
 
 
 def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
