@@ -728,7 +728,8 @@ class AnalysisSpec(_Model):
 class ShadowSpec(_Model):
     """Shadow traffic: the stable pods copy a share of scoring requests to the new version and discard its answers."""
 
-    percent: float = Field(default=100, ge=0.01, le=100, description="Percent of scoring requests copied to the shadow.")
+    percent: float = Field(default=100, ge=0.01, le=100,
+                           description="Percent of scoring requests copied to the shadow.")
     replicas: int = Field(default=1, ge=1, le=100, description="Pods of the shadow Deployment.")
     duration_seconds: int = Field(
         default=300, ge=0, le=604800,

@@ -355,6 +355,9 @@ def test_flux_example_renders_and_applies(cluster: KubeCluster, operator: Operat
     assert all(d["metadata"].get("namespace") == target for d in docs if d["kind"] != "Namespace")
     faq = next(d for d in docs if d["metadata"]["name"] == "faq-matching")
     assert faq["spec"]["model"]["label"] == "prod"
+    assert faq["spec"]["rollout"]["strategy"] == "Canary"
+    assert [s["weight"] for s in faq["spec"]["rollout"]["steps"]] == [10, 50, 100]
+    assert faq["spec"]["autoscaling"], "the overlay adds the rollout and keeps the rest of the example"
     try:
         proc = cluster.kubectl("apply", "--server-side", "--field-manager=flux-e2e", "-f", "-", input=rendered)
         assert "scoringmodel.scoring.dev/faq-matching serverside-applied" in proc.stdout
