@@ -291,10 +291,22 @@ class Reconciler:
         dep = dep if meta.is_owned_by(dep, owner) else None
         name = canary.shadow_name(owner) if spec.strategy == "Shadow" else canary.canary_name(owner)
         cand = await self._cached("apps/v1", "Deployment", owner, name)
+        available = _serves(cand, target)
+        problem: tuple[bool, str] | None = None
+        if cand is not None and not available and meta.is_owned_by(cand, owner):
+            state_ = evaluate_rollout(cand)
+            if state_.state == "Stalled":
+                problem = (True, state_.message)
+            else:  # say why its pods do not start (e.g. the version's files fail their checksum)
+                track = "shadow" if spec.strategy == "Shadow" else progress.CANARY
+                pods = await self.kube.list_pods(owner.namespace, canary.candidate_selector(owner, spec, track))
+                failed = fetch_failure(pods, target)
+                problem = (False, failed.message) if failed is not None else None
         inputs = progress.Inputs(
             spec=spec, generation=generation, target=target, stable=stable, old=old_rollout, now=now,
-            candidate_available=_serves(cand, target), stable_done=_serves(dep, target),
+            candidate_available=available, stable_done=_serves(dep, target),
             stable_live_replicas=int(((dep or {}).get("status") or {}).get("replicas") or 0) or None,
+            candidate_problem=problem,
         )
         decision = progress.decide(inputs)
         if decision.analyse and decision.candidate is not None:

@@ -104,6 +104,9 @@ class Inputs:
     stable_live_replicas: int | None = None
     #: A fresh analysis (taken only when `Decision.analyse` said so).
     judgement: Judgement | None = None
+    #: Why the candidate's pods do not start: (fatal, message); fatal (its Deployment exceeded its
+    #: progress deadline) rolls it back, otherwise the message is shown while waiting.
+    candidate_problem: tuple[bool, str] | None = None
 
 
 def _first_step(spec: api.RolloutSpec) -> tuple[int, float, int]:
@@ -216,6 +219,9 @@ def decide(inp: Inputs) -> Decision:
     if rollout.promote_version == target:
         return promoting("ManualPromotion", f"rollout.promoteVersion is {target}: promoting it now")
 
+    if inp.candidate_problem is not None and inp.candidate_problem[0]:
+        return rolled_back("CandidateUnavailable", f"version {target} rolled back: its pods never became available: "
+                           f"{inp.candidate_problem[1]}")
     j = inp.judgement
     if j is not None:
         status["lastAnalysis"] = {"time": ts, "verdict": j.verdict, "message": j.message,
@@ -256,7 +262,8 @@ def decide(inp: Inputs) -> Decision:
         if serving_stable + replicas:
             status["effectiveWeight"] = round(100 * replicas / (serving_stable + replicas), 1)
     if not inp.candidate_available:
-        status["message"] = f"waiting for the {kind} pods of version {target} to be available"
+        why = f": {inp.candidate_problem[1]}" if inp.candidate_problem else ""
+        status["message"] = f"waiting for the {kind} pods of version {target} to be available{why}"
     elif j is not None and j.verdict != "Passed":
         status["message"] = f"analysis {j.verdict.lower()}: {j.message}"
     last = _parse_time((status.get("lastAnalysis") or {}).get("time"))

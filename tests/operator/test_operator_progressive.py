@@ -351,3 +351,13 @@ def test_status_carries_the_rollout_and_its_condition() -> None:
     assert st["rollout"] == rollout and st["model"]["version"] == 1 and st["phase"] == "Ready"
     cond = next(c for c in st["conditions"] if c["type"] == "Rollout")
     assert (cond["status"], cond["reason"], cond["message"]) == ("False", "AnalysisFailed", "error rate 50%")
+
+
+def test_a_candidate_that_never_starts_is_rolled_back_after_its_progress_deadline() -> None:
+    spec = canary_spec()
+    d = step(spec, None, T0)
+    waiting = step(spec, d.status, T0 + timedelta(seconds=30), candidate_problem=(False, "fetch failed: sha256"))
+    assert waiting.candidate is not None and "fetch failed: sha256" in waiting.status["message"]
+    stalled = step(spec, d.status, T0 + timedelta(seconds=700), candidate_problem=(True, "deadline exceeded"))
+    assert stalled.status["phase"] == "RolledBack" and stalled.status["reason"] == "CandidateUnavailable"
+    assert stalled.candidate is None
