@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from scoring_runtime.flavours.sklearn_io import dump_skops
-from scoring_runtime.manifest import ModelManifest
 from scoring_runtime.registry import LocalFileRegistry
 from scoring_runtime.settings import RuntimeSettings
 from tests.kube.controlplane import KubeCluster, namespace_name_for
@@ -54,9 +53,9 @@ def build_registry(root: Path) -> Path:
         src = root / f"src-{version}"
         src.mkdir()
         trusted = dump_skops(est, src / "model.skops")
-        manifest = ModelManifest(name=MODEL, version=version, framework="sklearn", task="tabular",
-                                 flavour={"kind": "sklearn-tabular", "file": "model.skops", "trusted_types": trusted})
-        (src / "model.json").write_text(manifest.to_json(), encoding="utf-8")
+        (src / "model.json").write_text(json.dumps({
+            "framework": "sklearn", "task": "tabular",
+            "flavour": {"kind": "sklearn-tabular", "file": "model.skops", "trusted_types": trusted}}), encoding="utf-8")
         assert reg.register(MODEL, src, set_latest=False).version == version
     for p in (root, root.parent):
         p.chmod(0o755)
