@@ -311,6 +311,7 @@ class Reconciler:
         decision = progress.decide(inputs)
         if decision.analyse and decision.candidate is not None:
             judgement = await self._analyse(owner, state, spec, decision.candidate)
+            metrics.ANALYSES.labels(judgement.verdict).inc()
             decision = progress.decide(dataclasses.replace(inputs, judgement=judgement))
         if decision.candidate is None:
             state.analysis = None
@@ -506,8 +507,11 @@ class Reconciler:
                 failure = failure or Failure(e.reason, str(e), retryable=True)
             else:
                 state.status = new_status
-                posted = [*transition_events(old_status, new_status),
-                          *progress.events(old_status.get("rollout"), new_status.get("rollout"))]
+                rollout_events = progress.events(old_status.get("rollout"), new_status.get("rollout"))
+                posted = [*transition_events(old_status, new_status), *rollout_events]
+                ended = new_status.get("rollout") or {}
+                if any(reason.endswith(("Promoted", "RolledBack")) for _, reason, _ in rollout_events):
+                    metrics.ROLLOUTS.labels(str(ended.get("strategy")), str(ended.get("reason"))).inc()
                 for etype, reason, message in _worth_posting(posted):
                     level = logging.WARNING if etype == "Warning" else logging.INFO
                     log.log(level, "%s/%s: %s: %s", owner.namespace, owner.name, reason, message)

@@ -13,6 +13,7 @@ from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from scoring_operator import metrics
 from scoring_operator.builders.meta import Owner
 from scoring_operator.builders.status import Resolved
 from scoring_operator.config import OperatorConfig
@@ -135,7 +136,13 @@ def stable(kube: SimKube) -> dict[str, Any]:
     return kube.objects[("Deployment", "faq")]
 
 
+def sample(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_failing_canary_is_rolled_back_by_the_reconciler() -> None:
+    rolled_back = sample("scoring_operator_progressive_rollouts_total", strategy="Canary", outcome="AnalysisFailed")
+    failed = sample("scoring_operator_analyses_total", verdict="Failed")
     kube, resolver, clock, rec, events, body = setup()
     await rec.reconcile(body)
     assert kube.status["model"]["version"] == 1 and ("Deployment", "faq-canary") not in kube.objects
@@ -165,6 +172,9 @@ async def test_failing_canary_is_rolled_back_by_the_reconciler() -> None:
     cond = next(c for c in kube.status["conditions"] if c["type"] == "Rollout")
     assert (cond["status"], cond["reason"]) == ("False", "AnalysisFailed")
     assert any(e[:2] == ("Warning", "CanaryRolledBack") and "error rate 80.0%" in e[2] for e in events), events
+    assert sample("scoring_operator_analyses_total", verdict="Failed") == failed + 1
+    assert sample("scoring_operator_progressive_rollouts_total", strategy="Canary",
+                  outcome="AnalysisFailed") == rolled_back + 1
     # The label still names version 2: it stays rolled back, no new canary.
     clock.tick(60)
     await rec.reconcile(body)
