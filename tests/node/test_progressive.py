@@ -313,6 +313,52 @@ def test_healthy_canary_is_promoted_through_its_steps(env: Env) -> None:
     delete(env, "good")
 
 
+def test_shadow_runs_beside_stable_and_is_configured_without_restarting_stable_pods(env: Env) -> None:
+    """The operator half of shadow traffic, on real pods: NAME-shadow Deployment + Service (never behind the
+    main Service), the ConfigMap the stable pods read (the file changes inside the running pods), abort."""
+    rollout = {"strategy": "Shadow", "shadow": {"percent": 40, "durationSeconds": 3600},
+               "analysis": {"intervalSeconds": 5, "minRequests": 20}}
+    apply(env, model("shadowed", env.ns, 1, replicas=2, rollout=rollout))
+    wait_for("shadowed Ready on version 1", lambda: ready(env, "shadowed", 1, 2), timeout=300, interval=1)
+    stable_pods = {p["metadata"]["uid"] for p in ready_pods(env, "shadowed")}
+    set_version(env, "shadowed", 4)
+    wait_for("the shadow pod ready behind its own Service", lambda: (
+        len(ready_pods(env, "shadowed-shadow", "shadow")) == 1 and endpoints(env, "shadowed-shadow") == 1),
+        timeout=300, interval=1)
+    shadow_pod = ready_pods(env, "shadowed-shadow", "shadow")[0]
+    assert shadow_pod["metadata"]["annotations"]["scoring.dev/model-version"] == "4"
+    assert endpoints(env, "shadowed") == 2, "the main Service must not select the shadow"
+    expected = {"url": f"http://shadowed-shadow.{env.ns}.svc:80", "percent": 40}
+    cm = get(env.cluster, "configmap", env.ns, "shadowed-shadow")
+    assert json.loads(cm["data"]["shadow.json"]) == expected
+
+    def file_in(pod: str) -> str:
+        return env.cluster.kubectl("exec", "-n", env.ns, pod, "-c", "runtime", "--", "python", "-c",
+                                   "print(open('/etc/scoring/shadow/shadow.json').read())", check=False).stdout.strip()
+
+    names = [p["metadata"]["name"] for p in ready_pods(env, "shadowed")]
+    wait_for("the running stable pods see the shadow config (ConfigMap volume update)",
+             lambda: all(file_in(n) and json.loads(file_in(n)) == expected for n in names), timeout=150, interval=2)
+    assert {p["metadata"]["uid"] for p in ready_pods(env, "shadowed")} == stable_pods, "stable pods restarted"
+    stats = env.client.start_load(url(env, "shadowed"), BODY, {}, concurrency=2, requests=200).wait(timeout=120)
+    assert stats["failures"] == 0 and set(stats["versions"]) == {"1"}, stats
+    ro = status(env, "shadowed")["rollout"]
+    assert (ro["strategy"], ro["phase"], ro["stableVersion"], ro["candidateVersion"], ro["weight"]) == (
+        "Shadow", "Progressing", 1, 4, 40), ro
+    wait_for("an analysis of the shadow against stable", lambda: (status(env, "shadowed")["rollout"].get(
+        "lastAnalysis") or {}).get("stable", {}).get("pods") == 2, timeout=60, interval=1)
+    # Abort by version: the shadow goes, the stable pods stop copying (an empty file), still without a restart.
+    env.cluster.kubectl("patch", "scoringmodel", "shadowed", "-n", env.ns, "--type=merge",
+                        "-p", json.dumps({"spec": {"rollout": {"abortVersion": 4}}}))
+    wait_for("the shadow removed", lambda: not pods(env, "shadowed-shadow") and get(
+        env.cluster, "service", env.ns, "shadowed-shadow") is None, timeout=120, interval=1)
+    assert status(env, "shadowed")["rollout"]["reason"] == "Aborted"
+    wait_for("the stable pods stop copying", lambda: all(file_in(n) == "" for n in names), timeout=150, interval=2)
+    assert {p["metadata"]["uid"] for p in ready_pods(env, "shadowed")} == stable_pods
+    assert "ShadowRolledBack" in events(env, "shadowed")
+    delete(env, "shadowed")
+
+
 def _runtime_mirrors() -> bool:
     return any(k.startswith("shadow") for k in RuntimeSettings.model_fields)
 
