@@ -175,6 +175,13 @@ PRINTER_COLUMNS = [
      "description": "Ready replicas"},
     {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    # `kubectl get sm -o wide`: a canary/shadow rollout at a glance
+    {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.phase", "priority": 1,
+     "description": "Canary/shadow rollout phase"},
+    {"name": "Candidate", "type": "integer", "jsonPath": ".status.rollout.candidateVersion", "priority": 1,
+     "description": "Version under test"},
+    {"name": "Weight", "type": "number", "jsonPath": ".status.rollout.weight", "priority": 1,
+     "description": "Percent of traffic of the current step"},
 ]
 
 
