@@ -373,9 +373,13 @@ def test_shadow_gets_copies_and_clients_only_stable_answers(env: Env) -> None:
     wait_for("mirror Ready on version 1", lambda: ready(env, "mirror", 1, 2), timeout=300, interval=1)
 
     def p99_ms() -> float:
-        stats = env.client.start_load(url(env, "mirror"), BODY, {}, concurrency=2, requests=600).wait(timeout=300)
-        assert stats["failures"] == 0, stats["failure_samples"]
-        return float(stats["p99_ms"])
+        """The clients' p99 (stable answers), median of 3 rounds of 400 requests: one round is noisy here."""
+        rounds = []
+        for _ in range(3):
+            stats = env.client.start_load(url(env, "mirror"), BODY, {}, concurrency=2, requests=400).wait(timeout=300)
+            assert stats["failures"] == 0 and set(stats["versions"]) == {"1"}, stats
+            rounds.append(float(stats["p99_ms"]))
+        return sorted(rounds)[1]
 
     before = p99_ms()
     set_version(env, "mirror", 4)
