@@ -215,3 +215,22 @@ async def test_manual_abort_by_version() -> None:
     body["metadata"]["generation"] = 2
     await rec.reconcile(body)
     assert kube.status["rollout"]["reason"] == "Aborted" and ("Deployment", "faq-canary") in kube.deleted
+
+
+async def test_canary_beside_an_hpa_leaves_the_stable_replicas_to_it() -> None:
+    kube, resolver, clock, rec, _, body = setup()
+    body = copy.deepcopy(body)
+    del body["spec"]["replicas"]
+    body["spec"]["autoscaling"] = {"minReplicas": 2, "maxReplicas": 10, "targetInFlightRequests": 4}
+    await rec.reconcile(body)
+    assert "replicas" not in stable(kube)["spec"]
+    stable(kube)["status"]["replicas"] = 8  # the HPA scaled it to 8
+    resolver.version = 2
+    await rec.reconcile(body)
+    clock.tick(1)
+    await rec.reconcile(body)
+    assert "replicas" not in stable(kube)["spec"], "the HPA keeps the stable Deployment"
+    assert kube.objects[("Deployment", "faq-canary")]["spec"]["replicas"] == 2  # 2 / (8 + 2) = 20%
+    assert kube.status["rollout"]["effectiveWeight"] == 20.0
+    assert ("HorizontalPodAutoscaler", "faq") in kube.objects
+    assert kube.objects[("HorizontalPodAutoscaler", "faq")]["spec"]["scaleTargetRef"]["name"] == "faq"
