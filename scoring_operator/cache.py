@@ -135,6 +135,10 @@ class ModelState:
     failures: int = 0
     #: The registry question this object asks (to wake it when the answer changes).
     question: tuple[str, str, str] | None = None
+    #: A canary/shadow rollout in progress: seconds until it wants to be looked at again.
+    recheck: float | None = None
+    #: Its analysis baseline: (candidate version, per-pod samples of the candidate, of the stable pods).
+    analysis: tuple[int, dict[str, Any], dict[str, Any]] | None = None
 
 
 class States:

@@ -177,6 +177,13 @@ PRINTER_COLUMNS = [
     {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
     {"name": "URL", "type": "string", "jsonPath": ".status.url", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    # `kubectl get sm -o wide`: a canary/shadow rollout at a glance
+    {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.phase", "priority": 1,
+     "description": "Canary/shadow rollout phase"},
+    {"name": "Candidate", "type": "integer", "jsonPath": ".status.rollout.candidateVersion", "priority": 1,
+     "description": "Version under test"},
+    {"name": "Weight", "type": "number", "jsonPath": ".status.rollout.weight", "priority": 1,
+     "description": "Percent of traffic of the current step"},
 ]
 
 

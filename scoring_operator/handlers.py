@@ -48,6 +48,7 @@ CHILD_KINDS = (
     # A CRD: when the Gateway API is not installed when the operator starts, kopf logs that it cannot
     # watch it and carries on; reconciles then GET what they applied (see Reconciler._apply).
     ("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes"),
+    ("ConfigMap", "", "v1", "configmaps"),  # the shadow's (spec.rollout.strategy Shadow)
 )
 _MANAGED = ",".join(f"{k}={v}" for k, v in meta.MANAGED_SELECTOR.items())
 #: Of a child's spec, the cache keeps only what reconciles read (the rollout's and the handoff's
@@ -100,10 +101,11 @@ class IndexedChildren:
     """The `ChildCache` over kopf's indexes (one per child kind, keyed by (namespace, name))."""
 
     def __init__(self, indices: Mapping[str, kopf.Index[tuple[str, str], dict[str, Any]]]) -> None:
-        self._by_kind = {kind: indices[_index_name(kind)] for kind, *_ in CHILD_KINDS}
+        self._by_kind = {kind: indices[_index_name(kind)] for kind, *_ in CHILD_KINDS if _index_name(kind) in indices}
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        store = self._by_kind[kind].get((namespace, name))
+        index = self._by_kind.get(kind)
+        store = index.get((namespace, name)) if index is not None else None
         return next(iter(store), None) if store else None
 
 

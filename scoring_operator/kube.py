@@ -43,7 +43,15 @@ KINDS: dict[tuple[str, str], tuple[str, str]] = {
     ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets"),
     ("networking.k8s.io/v1", "Ingress"): ("/apis/networking.k8s.io/v1", "ingresses"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
+    ("v1", "ConfigMap"): ("/api/v1", "configmaps"),
 }
+#: The runtime's container port (scoring_operator.builders.pod.HTTP_PORT) and metrics path.
+METRICS_PORT = 8080
+METRICS_PATH = "/metrics"
+#: Largest /metrics answer read (the runtime's is a few kB).
+MAX_METRICS_BYTES = 4 * 1024 * 1024
+#: A pod that does not answer /metrics within this is left out of that analysis.
+METRICS_TIMEOUT = 5.0
 
 #: HTTP codes where retrying later may succeed without anyone changing anything.
 _RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -137,12 +145,13 @@ class Kube:
     async def close(self) -> None:
         await self.api_client.close()
 
-    async def _call(
+    async def _raw(
         self, what: str, method: str, path: str, *, body: Any = None, content_type: str | None = None,
-        query: list[tuple[str, str]] | None = None,
-    ) -> tuple[int, dict[str, Any] | None]:
-        """(HTTP status, JSON body) of one request; KubeError for transport failures and non-2xx (except 404)."""
-        headers = {"Accept": "application/json"}
+        query: list[tuple[str, str]] | None = None, accept: str = "application/json",
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> tuple[int, bytes]:
+        """(HTTP status, body bytes) of one request; KubeError for transport failures."""
+        headers = {"Accept": accept}
         if content_type:
             headers["Content-Type"] = content_type
         try:
@@ -150,14 +159,21 @@ class Kube:
                 method, path, query_params=query or [], header_params=headers, body=body,
                 auth_settings=["BearerToken"],
             )
-            response = await self.api_client.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
+            response = await self.api_client.call_api(*request, _request_timeout=timeout)
             try:
                 raw = await response.read()
             finally:
                 response.response.release()
         except _TRANSPORT_ERRORS as e:
             raise _transport_error(e, what) from e
-        status = int(response.status)
+        return int(response.status), raw
+
+    async def _call(
+        self, what: str, method: str, path: str, *, body: Any = None, content_type: str | None = None,
+        query: list[tuple[str, str]] | None = None,
+    ) -> tuple[int, dict[str, Any] | None]:
+        """(HTTP status, JSON body) of one request; KubeError for transport failures and non-2xx (except 404)."""
+        status, raw = await self._raw(what, method, path, body=body, content_type=content_type, query=query)
         if status == 404:
             return status, None
         if not 200 <= status < 300:
@@ -219,6 +235,33 @@ class Kube:
         )
         items = (data or {}).get("items") or []
         return [dict(p) for p in items if isinstance(p, dict)]
+
+    async def list_pods_selector(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """Pods matching a label selector string (set-based terms such as `key!=value` allowed)."""
+        _, data = await self._call(
+            f"list pods in {namespace}", "GET", f"/api/v1/namespaces/{quote(namespace, safe='')}/pods",
+            query=[("labelSelector", selector)],
+        )
+        items = (data or {}).get("items") or []
+        return [dict(p) for p in items if isinstance(p, dict)]
+
+    async def pod_metrics(self, namespace: str, pod: str, scheme: str = "http") -> str:
+        """A scoring pod's Prometheus text, through the apiserver's pod proxy (RBAC: pods/proxy get).
+
+        Why the proxy: no Prometheus server, no network path from the operator to the pods needed, and an
+        HTTPS pod is read the same way.
+        """
+        target = f"{scheme}:{pod}:{METRICS_PORT}" if scheme == "https" else f"{pod}:{METRICS_PORT}"
+        path = (f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(target, safe=':')}/proxy"
+                f"{METRICS_PATH}")
+        what = f"read the metrics of pod {namespace}/{pod}"
+        status, raw = await self._raw(what, "GET", path, accept="text/plain", timeout=METRICS_TIMEOUT)
+        if not 200 <= status < 300:
+            raise _api_error(status, raw, what)
+        if len(raw) > MAX_METRICS_BYTES:
+            raise KubeError(f"{what}: answer over {MAX_METRICS_BYTES} bytes", reason="MetricsTooLarge",
+                            retryable=True)
+        return raw.decode(errors="replace")
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """JSON-merge-patch the status subresource (keys set to None are removed)."""

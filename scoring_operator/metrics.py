@@ -53,6 +53,19 @@ KUBE_ERRORS = Counter(
     registry=REGISTRY,
 )
 
+ROLLOUTS = Counter(
+    "scoring_operator_progressive_rollouts",
+    "Canary/shadow rollouts that ended, by strategy and outcome (Promoted, AnalysisFailed, Aborted, ...).",
+    ["strategy", "outcome"],
+    registry=REGISTRY,
+)
+ANALYSES = Counter(
+    "scoring_operator_analyses",
+    "Canary/shadow analyses taken, by verdict (Passed, Failed, Inconclusive).",
+    ["verdict"],
+    registry=REGISTRY,
+)
+
 
 class ModelTracker:
     """Keeps the per-phase and per-model gauges consistent with what the operator last saw."""

@@ -14,6 +14,7 @@ and status is written only when it changes. An idle cluster costs no API request
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +26,8 @@ from pydantic import ValidationError
 
 from scoring_operator import metrics
 from scoring_operator import spec as api
-from scoring_operator.builders import desired_children, meta
+from scoring_operator.builders import canary, desired_children, meta, progress
+from scoring_operator.builders.analysis import Judgement, Numbers, PodSample, judge, parse_metrics, window
 from scoring_operator.builders.exposure import GATEWAY_API_GROUP, external_url
 from scoring_operator.builders.status import (
     Failure,
@@ -132,8 +134,11 @@ class Reconciler:
             state.rearm.set()
 
     def next_delay(self, key: tuple[str, str], interval: float) -> float:
-        """When the poller of `key` should reconcile next: the poll interval, or the retry backoff."""
-        return retry_delay(self.state(key).failures, interval)
+        """When the poller of `key` should reconcile next: the poll interval, the retry backoff, or sooner
+        while a canary/shadow rollout is being analysed."""
+        state = self.state(key)
+        delay = retry_delay(state.failures, interval)
+        return min(delay, state.recheck) if state.recheck else delay
 
     def forget(self, key: tuple[str, str]) -> None:
         """Drop all in-memory state of a deleted ScoringModel."""
@@ -181,10 +186,11 @@ class Reconciler:
             return
         if not any(r.get("uid") == state.uid for r in (obj.get("metadata") or {}).get("ownerReferences") or []):
             return  # a child of an older object of the same name
-        applied = state.applied.get(kind)
+        key_ = _applied_key(kind, str((obj.get("metadata") or {}).get("name") or ""), meta.Owner(key[1], key[0], ""))
+        applied = state.applied.get(key_)
         drifted = deleted if applied is None else applied.drifted(None if deleted else obj)
         if drifted:
-            state.applied.pop(kind, None)
+            state.applied.pop(key_, None)
             log.debug("%s/%s: %s %s", key[0], key[1], kind, "deleted" if deleted else "changed by someone else")
         if drifted or kind == "Deployment":
             state.wake.set()
@@ -227,8 +233,18 @@ class Reconciler:
         apply_error: Failure | None = None
         applied: tuple[str, ...] = ()
         dep: dict[str, Any] | None = None
+        decision: progress.Decision | None = None
         if resolved is not None:
-            applied, apply_error, dep = await self._apply(owner, state, spec, resolved.version)
+            try:
+                decision = await self._progress(owner, state, spec, resolved, old_status, generation,
+                                                resolve_error is not None)
+            except KubeError as e:
+                metrics.KUBE_ERRORS.labels(e.reason).inc()
+                apply_error = Failure(e.reason, str(e), e.retryable)
+        if resolved is not None and decision is not None:
+            applied, apply_error, dep = await self._apply(owner, state, spec, resolved.version, decision)
+            # status.model is the version the stable Deployment serves; a canary's is in status.rollout
+            resolved = Resolved(resolved.name, decision.stable_version, resolved.resolved_from)
         rollout = None
         try:
             if dep is None:
@@ -256,8 +272,104 @@ class Reconciler:
             endpoint=meta.endpoint(owner, spec.service.port),
             pod_error=pod_error,
             url=external_url(spec) if exposed else None,
+            progressive=decision.status if decision is not None else old_status.get("rollout"),
         )
         return await self._report(owner, body, state, old_status, obs, resolved)
+
+    async def _progress(
+        self, owner: meta.Owner, state: ModelState, spec: api.ScoringModelSpec, resolved: Resolved,
+        old_status: Mapping[str, Any], generation: int, registry_down: bool,
+    ) -> progress.Decision:
+        """Where a canary/shadow rollout goes next (see builders/progress.py), with a fresh analysis when due."""
+        old_rollout = old_status.get("rollout") or None
+        if spec.strategy == "RollingUpdate" and not (old_rollout and old_rollout.get("phase") in progress.IN_FLIGHT):
+            state.recheck, state.analysis = None, None
+            return progress.Decision(resolved.version, status=old_rollout)  # no API call for plain rollouts
+        old_model = old_status.get("model") or {}
+        stable = int(old_model["version"]) if old_model.get("name") == spec.model.name and old_model.get(
+            "version") is not None else None
+        target = resolved.version
+        if registry_down and old_rollout and old_rollout.get("phase") in progress.IN_FLIGHT:
+            target = int(old_rollout.get("candidateVersion") or target)  # keep going while the registry is away
+        now = self.clock()
+        dep = await self._live("apps/v1", "Deployment", owner)
+        dep = dep if meta.is_owned_by(dep, owner) else None
+        name = canary.shadow_name(owner) if spec.strategy == "Shadow" else canary.canary_name(owner)
+        cand = await self._cached("apps/v1", "Deployment", owner, name)
+        available = _serves(cand, target)
+        problem: tuple[bool, str] | None = None
+        if cand is not None and not available and meta.is_owned_by(cand, owner):
+            state_ = evaluate_rollout(cand)
+            if state_.state == "Stalled":
+                problem = (True, state_.message)
+            else:  # say why its pods do not start (e.g. the version's files fail their checksum)
+                track = "shadow" if spec.strategy == "Shadow" else progress.CANARY
+                pods = await self.kube.list_pods(owner.namespace, canary.candidate_selector(owner, spec, track))
+                failed = fetch_failure(pods, target)
+                problem = (False, failed.message) if failed is not None else None
+        inputs = progress.Inputs(
+            spec=spec, generation=generation, target=target, stable=stable, old=old_rollout, now=now,
+            candidate_available=available, stable_done=_serves(dep, target),
+            stable_live_replicas=int(((dep or {}).get("status") or {}).get("replicas") or 0) or None,
+            candidate_problem=problem,
+        )
+        decision = progress.decide(inputs)
+        if decision.analyse and decision.candidate is not None:
+            judgement = await self._analyse(owner, state, spec, decision.candidate)
+            metrics.ANALYSES.labels(judgement.verdict).inc()
+            decision = progress.decide(dataclasses.replace(inputs, judgement=judgement))
+        if decision.candidate is None:
+            state.analysis = None
+        state.recheck = decision.recheck
+        return decision
+
+    async def _analyse(
+        self, owner: meta.Owner, state: ModelState, spec: api.ScoringModelSpec, track: progress.Track
+    ) -> Judgement:
+        """Read /metrics of the candidate's and the stable pods; judge the requests since the last verdict."""
+        ns = owner.namespace
+        selector = canary.candidate_selector(owner, spec, track.kind)
+        cand_pods = await self.kube.list_pods(ns, selector)
+        stable_pods = await self.kube.list_pods_selector(
+            ns, f"app.kubernetes.io/name=scoring-model,app.kubernetes.io/instance={owner.name},"
+                f"{canary.LABEL_TRACK}!={progress.CANARY}")
+        scheme = "https" if getattr(spec, "tls", None) is not None else "http"
+        errors: list[str] = []
+
+        async def scrape(pods: list[dict[str, Any]], version: int | None) -> dict[str, PodSample]:
+            out: dict[str, PodSample] = {}
+            for pod in pods:
+                md = pod.get("metadata") or {}
+                if version is not None and (md.get("annotations") or {}).get(meta.ANNOTATION_MODEL_VERSION) != str(
+                        version):
+                    continue
+                if md.get("deletionTimestamp") or not _pod_ready(pod):
+                    continue
+                try:
+                    text = await self.kube.pod_metrics(ns, str(md.get("name")), scheme)
+                    out[str(md.get("uid") or md.get("name"))] = parse_metrics(text)
+                except (KubeError, ValueError) as e:
+                    errors.append(f"{md.get('name')}: {e}")
+            return out
+
+        cand_now = await scrape(cand_pods, track.version)
+        stable_now = await scrape(stable_pods, None)
+        analysis = (spec.rollout or api.RolloutSpec()).effective_analysis
+        base = state.analysis
+        if base is None or base[0] != track.version:
+            state.analysis = (track.version, cand_now, stable_now)
+            why = "first read of the pods' metrics: the next analysis judges the requests from now on"
+            if errors:
+                why += f" (unreadable: {'; '.join(errors)[:500]})"
+            return Judgement("Inconclusive", why, Numbers.of(PodSample(), len(cand_now)),
+                             Numbers.of(PodSample(), len(stable_now)))
+        result = judge(Numbers.of(window(cand_now, base[1]), len(cand_now)),
+                       Numbers.of(window(stable_now, base[2]), len(stable_now)), analysis)
+        if result.verdict != "Inconclusive":
+            state.analysis = (track.version, cand_now, stable_now)
+        if errors:
+            log.warning("%s/%s: metrics not read from %s", ns, owner.name, "; ".join(errors)[:500])
+        return result
 
     async def _resolve(
         self, owner: meta.Owner, state: ModelState, ref: api.ModelRef, old_status: Mapping[str, Any]
@@ -280,39 +392,52 @@ class Reconciler:
             # Keep serving what runs now: a registry outage or a deleted label is no reason to stop.
             return previous, Failure(e.reason, str(e), e.retryable)
 
-    async def _live(self, api_version: str, kind: str, owner: meta.Owner) -> dict[str, Any] | None:
+    async def _live(
+        self, api_version: str, kind: str, owner: meta.Owner, name: str | None = None
+    ) -> dict[str, Any] | None:
         """The child as the watch last saw it (a GET when there is no watch cache, or it knows none)."""
+        name = name or owner.name
         if self.children is not None:
-            cached = self.children.get(kind, owner.namespace, owner.name)
+            cached = self.children.get(kind, owner.namespace, name)
             if cached is not None:
                 return cached
-        return await self.kube.get(api_version, kind, owner.namespace, owner.name)
+        return await self.kube.get(api_version, kind, owner.namespace, name)
+
+    async def _cached(self, api_version: str, kind: str, owner: meta.Owner, name: str) -> dict[str, Any] | None:
+        """A child that usually does not exist: the watch cache's answer when there is one (no GET)."""
+        if self.children is not None:
+            return self.children.get(kind, owner.namespace, name)
+        return await self.kube.get(api_version, kind, owner.namespace, name)
 
     async def _apply(
-        self, owner: meta.Owner, state: ModelState, spec: api.ScoringModelSpec, version: int
+        self, owner: meta.Owner, state: ModelState, spec: api.ScoringModelSpec, version: int,
+        decision: progress.Decision | None = None,
     ) -> tuple[tuple[str, ...], Failure | None, dict[str, Any] | None]:
         """Apply the children whose desired state changed; (kinds in place, failure, the live Deployment if known)."""
-        children = desired_children(owner, spec, version, self.config)
+        children = desired_children(owner, spec, version, self.config, decision)
         done: list[str] = []
         deployment: dict[str, Any] | None = None
         try:
             for obj in children.apply:
-                kind = obj["kind"]
-                record = state.applied.get(kind)
+                kind, name = obj["kind"], obj["metadata"]["name"]
+                key = _applied_key(kind, name, owner)
+                main = name == owner.name
+                record = state.applied.get(key)
                 if record is not None and record.digest == desired_digest(obj):
-                    done.append(kind)  # unchanged since this process applied it, and no drift seen since
+                    if main:
+                        done.append(kind)  # unchanged since this process applied it, and no drift seen since
                     continue
                 # First apply for this object in this process, or a change: is the name ours to take?
-                live = await self._live(obj["apiVersion"], kind, owner)
+                live = await self._live(obj["apiVersion"], kind, owner, name)
                 if live is not None and not meta.is_owned_by(live, owner):
                     return tuple(done), Failure(
                         "ChildConflict",
-                        f"{kind} {owner.namespace}/{owner.name} already exists and does not belong to this "
+                        f"{kind} {owner.namespace}/{name} already exists and does not belong to this "
                         "ScoringModel: delete or rename it, or rename the ScoringModel",
                     ), None
-                if kind == "Deployment":
+                if kind == "Deployment" and main:
                     await self._hand_replicas_to_hpa(owner, state, spec, live)
-                state.applied.pop(kind, None)
+                state.applied.pop(key, None)
                 try:
                     result = await self._apply_one(owner, obj, live)
                 except KubeError as e:
@@ -321,12 +446,13 @@ class Reconciler:
                         raise
                     metrics.KUBE_ERRORS.labels(e.reason).inc()
                     return tuple(done), missing, None
-                state.applied[kind] = Applied.record(obj, result)
-                if kind == "Deployment":
+                state.applied[key] = Applied.record(obj, result)
+                if kind == "Deployment" and main:
                     deployment = result
-                done.append(kind)
+                if main:
+                    done.append(kind)
             for ref in children.prune:
-                was_applied = state.applied.pop(ref.kind, None) is not None
+                was_applied = state.applied.pop(_applied_key(ref.kind, ref.name, owner), None) is not None
                 existing = None
                 if self.children is not None:
                     existing = self.children.get(ref.kind, owner.namespace, ref.name)
@@ -371,7 +497,7 @@ class Reconciler:
             if live is None or e.code != 422 or not repairable:
                 raise
             log.info("%s/%s: %s; replacing %s", owner.namespace, owner.name, e, ", ".join(repairable))
-        fresh = await self.kube.get(obj["apiVersion"], obj["kind"], owner.namespace, owner.name)
+        fresh = await self.kube.get(obj["apiVersion"], obj["kind"], owner.namespace, obj["metadata"]["name"])
         await self.kube.replace_fields(with_node_ports(obj, fresh), repairable)
         return await self.kube.apply(obj)
 
@@ -417,7 +543,12 @@ class Reconciler:
                 failure = failure or Failure(e.reason, str(e), retryable=True)
             else:
                 state.status = new_status
-                for etype, reason, message in _worth_posting(transition_events(old_status, new_status)):
+                rollout_events = progress.events(old_status.get("rollout"), new_status.get("rollout"))
+                posted = [*transition_events(old_status, new_status), *rollout_events]
+                ended = new_status.get("rollout") or {}
+                if any(reason.endswith(("Promoted", "RolledBack")) for _, reason, _ in rollout_events):
+                    metrics.ROLLOUTS.labels(str(ended.get("strategy")), str(ended.get("reason"))).inc()
+                for etype, reason, message in _worth_posting(posted):
                     level = logging.WARNING if etype == "Warning" else logging.INFO
                     log.log(level, "%s/%s: %s: %s", owner.namespace, owner.name, reason, message)
                     self.post_event(body, etype, reason, message[:1024])
@@ -425,6 +556,26 @@ class Reconciler:
         if failure is not None:  # already logged and posted as an Event when it first appeared
             log.debug("%s/%s: %s: %s", owner.namespace, owner.name, failure.reason, failure.message)
         return Result(new_status["phase"], failure)
+
+
+def _applied_key(kind: str, name: str, owner: meta.Owner) -> str:
+    """The key of a child in ModelState.applied: its kind, plus its name for the canary/shadow ones."""
+    return kind if name == owner.name else f"{kind}/{name}"
+
+
+def _serves(dep: Mapping[str, Any] | None, version: int) -> bool:
+    """The Deployment runs `version` and all its pods are updated and available."""
+    if not dep:
+        return False
+    annotations = (dep.get("metadata") or {}).get("annotations") or {}
+    if annotations.get(meta.ANNOTATION_MODEL_VERSION) != str(version):
+        return False
+    return evaluate_rollout(dep).state == "Complete"
+
+
+def _pod_ready(pod: Mapping[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _worth_posting(events: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str]]:

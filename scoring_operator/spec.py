@@ -9,6 +9,7 @@ validators (clear errors in unit tests and for `scoring-operator` itself) and as
 
 from __future__ import annotations
 
+import itertools
 import re
 from datetime import datetime
 from decimal import Decimal
@@ -45,6 +46,7 @@ MANAGED_ENV = (
     "SCORING_TORCH_THREADS",
     "SCORING_ALLOW_PICKLE",
     "SCORING_LOG_LEVEL",
+    "SCORING_SHADOW_CONFIG_FILE",
 )
 
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -768,6 +770,135 @@ class ExposureSpec(_Model):
         return self
 
 
+# ----------------------------------------------------------------------------------- spec.rollout
+
+_STEPS_MESSAGE = "rollout.steps weights must increase strictly from step to step (e.g. 10, 50, 100)"
+_DEFAULT_STEPS = ((10, 60), (50, 60), (100, 0))
+
+
+class RolloutStep(_Model):
+    """One canary step: the share of traffic the new version gets, and how long it keeps it."""
+
+    weight: int = Field(ge=1, le=100, description="Percent of traffic (of pods, without a gateway) for the new "
+                        "version during this step; 100 promotes it.")
+    pause_seconds: int = Field(
+        default=60, ge=0, le=86400,
+        description="Seconds to stay at this step before the next one, when the analysis passes meanwhile.",
+    )
+
+
+class AnalysisSpec(_Model):
+    """How the new version is judged against the stable one, from the runtime's own Prometheus metrics."""
+
+    interval_seconds: int = Field(
+        default=30, ge=1, le=3600,
+        description="Seconds between two reads of the pods' /metrics (each read judges the requests since the "
+        "last verdict).",
+    )
+    min_requests: int = Field(
+        default=50, ge=0, le=1_000_000,
+        description="Scoring requests the new version must have answered before a verdict (fewer: inconclusive, "
+        "keep waiting; a step never advances without a passed analysis).",
+    )
+    max_error_rate: float = Field(
+        default=0.01, ge=0, le=1,
+        description="Highest share of the new version's scoring requests answered with a 5xx (0.01 = 1%).",
+    )
+    max_p99_latency_ratio: float | None = Field(
+        default=1.5, ge=1, le=1000,
+        description="Highest p99 latency of the new version divided by the stable version's over the same "
+        "interval (unset: not checked).",
+    )
+    max_p99_latency_ms: float | None = Field(
+        default=None, ge=1, le=3_600_000,
+        description="Highest p99 latency of the new version in milliseconds (unset: not checked).",
+    )
+    failure_limit: int = Field(
+        default=1, ge=1, le=100, description="Failed analyses that roll the new version back.",
+    )
+
+
+class ShadowSpec(_Model):
+    """Shadow traffic: the stable pods copy a share of scoring requests to the new version and discard its answers."""
+
+    percent: float = Field(default=100, ge=0.01, le=100,
+                           description="Percent of scoring requests copied to the shadow.")
+    replicas: int = Field(default=1, ge=1, le=100, description="Pods of the shadow Deployment.")
+    duration_seconds: int = Field(
+        default=300, ge=0, le=604800,
+        description="Seconds the shadow is judged before it is promoted (when its analyses pass).",
+    )
+
+
+class RolloutSpec(_Model):
+    """How a new model version (a label move or a spec change) reaches the traffic."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            _cel("!has(self.steps) || (has(self.strategy) && self.strategy == 'Canary')",
+                 "rollout.steps only apply to strategy Canary"),
+            _cel("!has(self.shadow) || (has(self.strategy) && self.strategy == 'Shadow')",
+                 "rollout.shadow only applies to strategy Shadow"),
+            _cel("!has(self.steps) || size(self.steps) > 0", "rollout.steps needs at least one step"),
+            _cel("!has(self.steps) || (self.steps.map(s, s.weight).isSorted() && "
+                 "self.steps.all(s, self.steps.filter(t, t.weight == s.weight).size() == 1))", _STEPS_MESSAGE),
+            _cel("!has(self.promoteVersion) || !has(self.abortVersion) || self.promoteVersion != self.abortVersion",
+                 "rollout.promoteVersion and rollout.abortVersion name the same version: keep one"),
+        )
+    )
+
+    strategy: Literal["RollingUpdate", "Canary", "Shadow"] = Field(
+        default="RollingUpdate",
+        description="RollingUpdate: replace the pods (default). Canary: a second Deployment with the new version "
+        "gets a growing share of traffic (steps), judged by the analysis. Shadow: the new version gets copies "
+        "of the traffic, its answers discarded, judged the same way.",
+    )
+    steps: list[RolloutStep] | None = Field(
+        default=None, max_length=20,
+        description="Canary steps, weights increasing. Default: 10% for 60 s, 50% for 60 s, then 100% (promoted). "
+        "After the last step's pause the new version is promoted.",
+    )
+    analysis: AnalysisSpec | None = Field(default=None, description="Analysis thresholds (defaults apply when unset).")
+    shadow: ShadowSpec | None = Field(default=None, description="Shadow traffic settings (strategy Shadow).")
+    promote_version: int | None = Field(
+        default=None, ge=1,
+        description="Promote this model version now, skipping the remaining steps and the analysis. Keyed by "
+        "version: harmless when left in Git after that version became stable.",
+    )
+    abort_version: int | None = Field(
+        default=None, ge=1,
+        description="Roll this model version back now (the stable version keeps serving). Keyed by version, like "
+        "promoteVersion.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> RolloutSpec:
+        if self.steps is not None and not self.steps:
+            raise ValueError("rollout.steps needs at least one step")
+        if self.steps is not None and self.strategy != "Canary":
+            raise ValueError("rollout.steps only apply to strategy Canary")
+        if self.shadow is not None and self.strategy != "Shadow":
+            raise ValueError("rollout.shadow only applies to strategy Shadow")
+        weights = [s.weight for s in self.steps or ()]
+        if any(b <= a for a, b in itertools.pairwise(weights)):
+            raise ValueError(f"{_STEPS_MESSAGE}; got {weights}")
+        if self.promote_version is not None and self.promote_version == self.abort_version:
+            raise ValueError("rollout.promoteVersion and rollout.abortVersion name the same version: keep one")
+        return self
+
+    @property
+    def effective_steps(self) -> list[RolloutStep]:
+        return self.steps or [RolloutStep(weight=w, pause_seconds=p) for w, p in _DEFAULT_STEPS]
+
+    @property
+    def effective_analysis(self) -> AnalysisSpec:
+        return self.analysis or AnalysisSpec()
+
+    @property
+    def effective_shadow(self) -> ShadowSpec:
+        return self.shadow or ShadowSpec()
+
+
 # ------------------------------------------------------------------------------------------- spec
 
 
@@ -800,6 +931,9 @@ class ScoringModelSpec(_Model):
     exposure: ExposureSpec | None = Field(
         default=None, description="External HTTP(S) access through an Ingress or a Gateway API HTTPRoute."
     )
+    rollout: RolloutSpec | None = Field(
+        default=None, description="How new model versions roll out: RollingUpdate (default), Canary or Shadow.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ScoringModelSpec:
@@ -811,6 +945,11 @@ class ScoringModelSpec(_Model):
             if "cpu" not in requests:
                 raise ValueError("autoscaling.targetCPUUtilizationPercentage needs spec.resources.requests.cpu")
         return self
+
+    @property
+    def strategy(self) -> str:
+        """RollingUpdate, Canary or Shadow."""
+        return self.rollout.strategy if self.rollout is not None else "RollingUpdate"
 
     @property
     def gpu_count(self) -> int:
@@ -828,7 +967,7 @@ class ScoringModelSpec(_Model):
 
 Phase = Literal["Pending", "Resolving", "Deploying", "Ready", "Degraded", "Failed"]
 PHASES: tuple[str, ...] = ("Pending", "Resolving", "Deploying", "Ready", "Degraded", "Failed")
-CONDITION_TYPES = ("ModelResolved", "Deployed", "Ready")
+CONDITION_TYPES = ("ModelResolved", "Deployed", "Ready", "Rollout")
 
 
 class Condition(_Model):
@@ -865,6 +1004,57 @@ class FailureInfo(_Model):
     time: datetime = Field(description="When it happened.")
 
 
+
+class AnalysisNumbers(_Model):
+    """What one analysis measured for one version, over the requests since the previous verdict."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    requests: int = Field(description="Scoring requests answered.")
+    errors: int = Field(description="Of those, answered with a 5xx.")
+    error_rate: float | None = Field(default=None, description="errors / requests.")
+    p99_ms: float | None = Field(default=None, description="p99 latency (histogram estimate), milliseconds.")
+    pods: int = Field(description="Pods read.")
+
+
+class AnalysisResult(_Model):
+    """The last analysis of the new version against the stable one."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    time: datetime = Field(description="When it was taken.")
+    verdict: Literal["Passed", "Failed", "Inconclusive"] = Field(description="Passed, Failed or Inconclusive.")
+    message: str = Field(default="", description="Why.")
+    candidate: AnalysisNumbers | None = Field(default=None, description="The new version (canary or shadow).")
+    stable: AnalysisNumbers | None = Field(default=None, description="The stable version.")
+
+
+class RolloutStatus(_Model):
+    """A canary or shadow rollout: where it is, and why it promoted or rolled back."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    strategy: str = Field(description="Canary or Shadow.")
+    phase: Literal["Progressing", "Promoting", "Promoted", "RolledBack"] = Field(
+        description="Progressing, Promoting (the stable Deployment takes the new version), Promoted or RolledBack.")
+    stable_version: int = Field(description="The version the stable Deployment serves.")
+    candidate_version: int = Field(description="The version under test (kept after promotion or rollback).")
+    step: int | None = Field(default=None, description="1-based canary step.")
+    weight: float | None = Field(default=None, description="Target percent of traffic of this step (shadow: "
+                                 "percent copied).")
+    effective_weight: float | None = Field(
+        default=None, description="Percent of serving pods that run the new version (the split without a gateway).")
+    candidate_replicas: int | None = Field(default=None, description="Pods of the canary/shadow Deployment.")
+    step_started_at: datetime | None = Field(default=None, description="When this step began.")
+    passed_analyses: int = Field(default=0, description="Analyses passed in this step.")
+    failed_analyses: int = Field(default=0, description="Analyses failed in this rollout.")
+    last_analysis: AnalysisResult | None = Field(default=None, description="The last analysis.")
+    reason: str | None = Field(default=None, description="Why it is where it is (e.g. AnalysisFailed, Aborted).")
+    message: str | None = Field(default=None, description="Details.")
+    generation: int | None = Field(default=None, description="metadata.generation when it was promoted or rolled "
+                                   "back (a rolled-back version is tried again after any spec change).")
+
+
 class ScoringModelStatus(_Model):
     """Observed state, written by the operator."""
 
@@ -885,6 +1075,7 @@ class ScoringModelStatus(_Model):
     url: str | None = Field(
         default=None, description="External URL of the model (spec.exposure), once its Ingress or HTTPRoute exists."
     )
+    rollout: RolloutStatus | None = Field(default=None, description="Canary or shadow rollout state.")
 
 
 class ScoringModelResource(_Model):

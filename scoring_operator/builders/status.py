@@ -133,6 +133,8 @@ class Observation:
     pod_error: Failure | None = None
     #: The external URL (spec.exposure), once its Ingress or HTTPRoute is applied.
     url: str | None = None
+    #: status.rollout of a canary/shadow rollout (builders/progress.py), None when there is none.
+    progressive: Mapping[str, Any] | None = None
 
     @property
     def failure(self) -> Failure | None:
@@ -207,7 +209,19 @@ def _conditions(obs: Observation) -> list[tuple[str, str, str, str]]:
             "Stalled": ("False", "ProgressDeadlineExceeded"),
         }[rollout.state]
         out.append(("Ready", status, reason, rollout.message))
+    progressive = rollout_condition(obs.progressive)
+    if progressive is not None:
+        out.append(progressive)
     return out
+
+
+def rollout_condition(rollout: Mapping[str, Any] | None) -> tuple[str, str, str, str] | None:
+    """The `Rollout` condition of a canary/shadow rollout: False once it rolled back, with why."""
+    if not rollout:
+        return None
+    phase = rollout.get("phase")
+    status = "False" if phase == "RolledBack" else "True"
+    return ("Rollout", status, str(rollout.get("reason") or phase or "Unknown"), str(rollout.get("message") or ""))
 
 
 def compute_status(old: Mapping[str, Any] | None, obs: Observation, now: datetime) -> dict[str, Any]:
@@ -249,6 +263,8 @@ def compute_status(old: Mapping[str, Any] | None, obs: Observation, now: datetim
         new["replicas"] = obs.rollout.replicas
         new["readyReplicas"] = obs.rollout.ready_replicas
 
+    if obs.progressive:
+        new["rollout"] = copy.deepcopy(dict(obs.progressive))
     failure = obs.failure
     prev_fail = old.get("lastFailure")
     if failure is not None:
@@ -263,7 +279,7 @@ def compute_status(old: Mapping[str, Any] | None, obs: Observation, now: datetim
 
 
 _OWNED = ("observedGeneration", "phase", "model", "endpoint", "replicas", "readyReplicas", "conditions", "lastFailure",
-          "url")
+          "url", "rollout")
 
 
 def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:

@@ -7,6 +7,7 @@ from typing import Any
 
 from scoring_operator import spec as api
 from scoring_operator.builders import meta
+from scoring_operator.builders.canary import stable_pod_extras
 from scoring_operator.builders.pod import pod_template
 from scoring_operator.config import FIELD_MANAGER, OperatorConfig
 
@@ -15,8 +16,12 @@ REVISION_HISTORY = 3
 HANDOFF_MANAGER = "scoring-operator-handoff"
 
 
-def deployment(owner: meta.Owner, spec: api.ScoringModelSpec, version: int, config: OperatorConfig) -> dict[str, Any]:
-    """The scoring Deployment; `replicas` is left out under autoscaling so the HPA owns it."""
+def deployment(owner: meta.Owner, spec: api.ScoringModelSpec, version: int, config: OperatorConfig,
+               replicas: int | None = None) -> dict[str, Any]:
+    """The scoring (stable) Deployment; `replicas` is left out under autoscaling so the HPA owns it.
+
+    `replicas` overrides spec.replicas while a canary takes part of the pods.
+    """
     body: dict[str, Any] = {
         "revisionHistoryLimit": REVISION_HISTORY,
         # A slow model load must not count as a stuck rollout before the startupProbe gives up.
@@ -24,10 +29,11 @@ def deployment(owner: meta.Owner, spec: api.ScoringModelSpec, version: int, conf
         "selector": {"matchLabels": meta.selector_labels(owner)},
         # Zero-downtime model swaps: a new pod must be ready before an old one goes.
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-        "template": pod_template(owner, spec, version, config),
+        "template": stable_pod_extras(owner, spec, pod_template(owner, spec, version, config)),
     }
     if spec.autoscaling is None:
-        body = {"replicas": 1 if spec.replicas is None else spec.replicas, **body}
+        wanted = replicas if replicas is not None else (1 if spec.replicas is None else spec.replicas)
+        body = {"replicas": wanted, **body}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -5,7 +5,8 @@
     python3 client.py load URL --json BODY [--header K:V] [--concurrency N] [--max-seconds S]
         a bounded steady load until SIGTERM/SIGINT (or S seconds); prints a summary as JSON:
         requests, failures (any non-200 or connection error, with samples), per-version and per-pod
-        counts, when each version answered first and last, and the version that answered last.
+        counts, when each version answered first and last, the version that answered last, and per
+        second since the start [requests, failures]. ``--requests N`` stops after N requests.
 
 Every request uses a fresh connection (``Connection: close``), as a client without keep-alive
 would, so each one is routed by kube-proxy anew and counts on its own.
@@ -71,24 +72,34 @@ def cmd_load(a: argparse.Namespace) -> int:
     body = a.json.encode()
     stop = threading.Event()
     lock = threading.Lock()
+    latencies: list[float] = []
     t0 = time.monotonic()
     stats: dict[str, Any] = {"requests": 0, "failures": 0, "failure_samples": [], "versions": {}, "pods": {},
-                             "first_seen": {}, "last_seen": {}, "last_version": None}
+                             "first_seen": {}, "last_seen": {}, "last_version": None, "per_second": {},
+                             "t0": t0}  # time.monotonic() is system-wide: the test can compare with its own
 
     def worker() -> None:
         while not stop.is_set():
+            started = time.perf_counter()
             try:
                 status, hdrs, data = one(a.url, "POST", body, headers, a.timeout)
                 err = None if status == 200 else f"HTTP {status}: {data[:200].decode(errors='replace')}"
             except OSError as e:
                 status, hdrs, err = 0, {}, f"{type(e).__name__}: {e}"
             with lock:
+                if a.requests and stats["requests"] >= a.requests:
+                    stop.set()
+                    break
                 stats["requests"] += 1
+                second = stats["per_second"].setdefault(str(int(time.monotonic() - t0)), [0, 0])
+                second[0] += 1
                 if err is not None:
+                    second[1] += 1
                     stats["failures"] += 1
                     if len(stats["failure_samples"]) < 10:
                         stats["failure_samples"].append({"t": round(time.monotonic() - t0, 2), "error": err})
                     continue
+                latencies.append(time.perf_counter() - started)
                 version = hdrs.get("x-model-version", "?")
                 pod = hdrs.get("x-scoring-pod", "?")
                 stats["versions"][version] = stats["versions"].get(version, 0) + 1
@@ -112,6 +123,10 @@ def cmd_load(a: argparse.Namespace) -> int:
     for t in threads:
         t.join(a.timeout + 1)
     stats["seconds"] = round(time.monotonic() - t0, 2)
+    if latencies:
+        ordered = sorted(latencies)
+        stats["p50_ms"] = round(1000 * ordered[len(ordered) // 2], 2)
+        stats["p99_ms"] = round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 2)
     print(json.dumps(stats), flush=True)
     return 0
 
@@ -133,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ld.add_argument("--max-seconds", type=float, default=300)
     ld.add_argument("--timeout", type=float, default=10)
     ld.add_argument("--pause", type=float, default=0.0, help="seconds each worker waits between requests")
+    ld.add_argument("--requests", type=int, default=0, help="stop after this many requests (0: until stopped)")
     a = ap.parse_args(argv)
     return cmd_request(a) if a.cmd == "request" else cmd_load(a)
 

@@ -122,9 +122,10 @@ class NodeClient:
         return dict(json.loads(out.stdout))
 
     def start_load(self, url: str, body: Any, headers: dict[str, str], *, concurrency: int = 4,
-                   max_seconds: float = 300, pause: float = 0.0) -> Load:
+                   max_seconds: float = 300, pause: float = 0.0, requests: int = 0) -> Load:
         cmd = [sys.executable, str(CLIENT), "load", url, "--json", json.dumps(body),
-               "--concurrency", str(concurrency), "--max-seconds", str(max_seconds), "--pause", str(pause)]
+               "--concurrency", str(concurrency), "--max-seconds", str(max_seconds), "--pause", str(pause),
+               "--requests", str(requests)]
         for k, v in headers.items():
             cmd += ["--header", f"{k}: {v}"]
         proc = subprocess.Popen(in_client_netns(*cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -139,6 +140,13 @@ class NodeClient:
 @dataclass
 class Load:
     proc: subprocess.Popen[str]
+
+    def wait(self, timeout: float) -> dict[str, Any]:
+        """Wait for a load started with `requests=N` to finish; its summary."""
+        out, err = self.proc.communicate(timeout=timeout)
+        lines = out.strip().splitlines()
+        assert lines, f"load generator printed nothing: {err}"
+        return dict(json.loads(lines[-1]))
 
     def stop(self) -> dict[str, Any]:
         """Stop the load and return its summary (requests, failures, versions, pods, sequence)."""

@@ -355,6 +355,9 @@ def test_flux_example_renders_and_applies(cluster: KubeCluster, operator: Operat
     assert all(d["metadata"].get("namespace") == target for d in docs if d["kind"] != "Namespace")
     faq = next(d for d in docs if d["metadata"]["name"] == "faq-matching")
     assert faq["spec"]["model"]["label"] == "prod"
+    assert faq["spec"]["rollout"]["strategy"] == "Canary"
+    assert [s["weight"] for s in faq["spec"]["rollout"]["steps"]] == [10, 50, 100]
+    assert faq["spec"]["autoscaling"], "the overlay adds the rollout and keeps the rest of the example"
     try:
         proc = cluster.kubectl("apply", "--server-side", "--field-manager=flux-e2e", "-f", "-", input=rendered)
         assert "scoringmodel.scoring.dev/faq-matching serverside-applied" in proc.stdout
@@ -370,9 +373,11 @@ EXPECTED_RULES = {
     "scoringmodels.scoring.dev": {"get", "list", "watch", "patch"},
     "scoringmodels.scoring.dev/status": {"get", "patch"},
     "scoringmodels.scoring.dev/finalizers": {"update"},
-    "deployments.apps": {"get", "list", "watch", "create", "patch"},
-    "services": {"get", "list", "watch", "create", "patch"},
+    "deployments.apps": {"get", "list", "watch", "create", "patch", "delete"},  # delete: canary/shadow
+    "services": {"get", "list", "watch", "create", "patch", "delete"},
+    "configmaps": {"get", "list", "watch", "create", "patch", "delete"},  # the shadow's config
     "pods": {"list"},  # read-only: why a rollout's new pods fail (the fetch init container's message)
+    "pods/proxy": {"get"},  # canary/shadow analysis reads the scoring pods' /metrics
     "horizontalpodautoscalers.autoscaling": {"get", "list", "watch", "create", "patch", "delete"},
     "poddisruptionbudgets.policy": {"get", "list", "watch", "create", "patch", "delete"},
     "events": {"create", "patch"},
@@ -399,8 +404,8 @@ def _can_i_list(cluster: KubeCluster, kubeconfig: Path, namespace: str) -> dict[
 def test_service_account_holds_only_what_it_needs(cluster: KubeCluster, ns: str, operator: Operator) -> None:
     assert _can_i_list(cluster, operator.kubeconfig, ns) == EXPECTED_RULES
     denied = [
-        ("get", "secrets"), ("list", "secrets"), ("watch", "secrets"), ("get", "configmaps"),
-        ("create", "pods"), ("delete", "pods"), ("create", "pods/exec"), ("delete", "deployments"),
+        ("get", "secrets"), ("list", "secrets"), ("watch", "secrets"), ("create", "pods/portforward"),
+        ("create", "pods"), ("delete", "pods"), ("create", "pods/exec"), ("create", "pods/proxy"),
         ("delete", "nodes"), ("patch", "nodes"), ("create", "serviceaccounts/token"),
         ("create", "roles"), ("create", "rolebindings"), ("create", "clusterrolebindings"),
         ("escalate", "clusterroles"), ("bind", "clusterroles"), ("impersonate", "users"),

@@ -95,6 +95,28 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("no-parent", {"model": LABEL, "exposure": {"httpRoute": {"parentRefs": []}}},
      "spec.exposure.httpRoute.parentRefs"),
     ("no-host", {"model": LABEL, "exposure": {"ingress": {"className": "nginx"}}}, "spec.exposure.ingress.host"),
+    ("canary", {"model": LABEL, "rollout": {
+        "strategy": "Canary", "steps": [{"weight": 10, "pauseSeconds": 30}, {"weight": 50}, {"weight": 100}],
+        "analysis": {"intervalSeconds": 5, "minRequests": 20, "maxErrorRate": 0.05, "maxP99LatencyRatio": 2,
+                     "maxP99LatencyMs": 250, "failureLimit": 2},
+        "promoteVersion": 4, "abortVersion": 3}}, None),
+    ("shadow", {"model": LABEL, "rollout": {"strategy": "Shadow", "shadow": {"percent": 12.5, "replicas": 2,
+                                                                             "durationSeconds": 120}}}, None),
+    ("steps-decreasing", {"model": LABEL, "rollout": {"strategy": "Canary", "steps": [{"weight": 50},
+                                                                                      {"weight": 20}]}},
+     "rollout.steps weights must increase strictly from step to step"),
+    ("steps-repeated", {"model": LABEL, "rollout": {"strategy": "Canary", "steps": [{"weight": 20},
+                                                                                    {"weight": 20}]}},
+     "rollout.steps weights must increase strictly from step to step"),
+    ("steps-empty", {"model": LABEL, "rollout": {"strategy": "Canary", "steps": []}},
+     "rollout.steps needs at least one step"),
+    ("steps-without-canary", {"model": LABEL, "rollout": {"steps": [{"weight": 20}]}},
+     "rollout.steps only apply to strategy Canary"),
+    ("shadow-without-shadow", {"model": LABEL, "rollout": {"strategy": "Canary", "shadow": {"percent": 5}}},
+     "rollout.shadow only applies to strategy Shadow"),
+    ("promote-and-abort-same", {"model": LABEL, "rollout": {"strategy": "Canary", "promoteVersion": 3,
+                                                            "abortVersion": 3}},
+     "rollout.promoteVersion and rollout.abortVersion name the same version"),
 ]
 
 

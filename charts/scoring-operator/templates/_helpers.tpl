@@ -46,16 +46,26 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 # operator's cache, so reconciles read no
 # object it already knows; HPA/PDB are removed when autoscaling or multiple replicas are turned off.
 # No secrets, no RBAC; pods only listed (read-only).
+# Deployments and Services are deleted only for canary/shadow rollouts (NAME-canary, NAME-shadow).
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch"]
-# Read-only: why a rollout's new pods cannot start (the model fetch init container's message).
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Read-only: why a rollout's new pods cannot start (the model fetch init container's message), and
+# which pods a canary/shadow analysis reads.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
+# Canary/shadow analysis: GET of the scoring pods' /metrics through the apiserver's pod proxy.
+- apiGroups: [""]
+  resources: ["pods/proxy"]
+  verbs: ["get"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The shadow's ConfigMap (where stable pods copy requests to), strategy Shadow only.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
