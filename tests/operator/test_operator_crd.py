@@ -63,7 +63,7 @@ def test_crd_document(schema: dict[str, Any]) -> None:
     assert columns["Endpoint"] == ".status.endpoint"
     assert columns["Age"] == ".metadata.creationTimestamp"
     wide = {c["name"] for c in version["additionalPrinterColumns"] if c.get("priority") == 1}
-    assert wide == {"Rollout", "Candidate", "Weight"}  # `-o wide` only: the default view is unchanged
+    assert wide == {"URL", "Rollout", "Candidate", "Weight"}  # `-o wide` only: the default view is unchanged
 
 
 def test_schema_is_structural(schema: dict[str, Any]) -> None:
