@@ -135,6 +135,15 @@ class ModelState:
     failures: int = 0
     #: The registry question this object asks (to wake it when the answer changes).
     question: tuple[str, str, str] | None = None
+    #: While a rollout is in progress: when its pods are next listed (monotonic seconds), and
+    #: (version, why its pods could not start) from the last listing, kept between listings so the
+    #: status does not flap.
+    pods_check_due: float | None = None
+    pod_error: tuple[int, Any] | None = None
+    #: When this process last wrote the status (monotonic), and when a held-back write of mere
+    #: rollout progress is due (see `reconcile.PROGRESS_EVERY`).
+    status_written_at: float = 0.0
+    progress_due: float | None = None
 
 
 class States:

@@ -36,6 +36,8 @@ from scoring_operator.reconcile import Reconciler
 from scoring_operator.resolver import Resolver
 
 FINALIZER = f"{api.GROUP}/operator"
+#: Connections kopf may use for its own writes besides its watch streams.
+KOPF_WRITERS = 8
 #: Coalesce bursts of Deployment events (a rollout produces several) into one reconcile.
 WAKE_DEBOUNCE = 0.5
 #: The children the operator watches: (kind, group, version, plural), each into its own kopf index.
@@ -132,7 +134,8 @@ async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
 
     kopf gets a session with a bounded connection pool (its default is unbounded: hundreds of
     objects changing at once would open hundreds of TLS connections, ~0.3 MB each): one per
-    watch stream, plus as many as reconciles may run at once.
+    watch stream, plus a few for its own writes (finalizers, its annotations, Events); the
+    reconciles' API calls go through the reconciler's own pool (`Kube`).
     """
     info: kopf.ConnectionInfo | None = await asyncio.to_thread(kopf.login_via_client, **kwargs)
     if info is None:
@@ -140,7 +143,7 @@ async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
     config = cfg.current()
     watches = (1 + len(CHILD_KINDS)) * max(1, len(config.namespaces))
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=watches + config.max_concurrent_reconciles, ssl=info.as_ssl_context()),
+        connector=aiohttp.TCPConnector(limit=watches + KOPF_WRITERS, ssl=info.as_ssl_context()),
         headers=info.as_http_headers(),
         proxy=info.proxy_url,
         trust_env=info.trust_env,
