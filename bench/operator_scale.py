@@ -213,8 +213,9 @@ def pipeline(cp: ControlPlane, since_wall: float) -> dict[str, Any]:
     From the objects' own timestamps (1 s resolution): the operator applied the Deployment
     (managedFields time), the controller-manager created the newest ReplicaSet and its pod, the
     scheduler bound the pod, kwok made it Ready, the operator wrote the ScoringModel Ready.
-    Per stage: the median and the last completion; a stage whose "last" is far behind the one
-    before it is the bottleneck.
+    Per stage: the first, median and last completion; a stage whose "last" is far behind the one
+    before it is the bottleneck (after a label move, the operator's "first" says when the move was
+    seen: up to one pollInterval).
     """
     deps = cp.kubectl_json("get", "deployments", "-n", MODELS_NS, "--show-managed-fields")["items"]
     rss = cp.kubectl_json("get", "replicasets", "-n", MODELS_NS)["items"]
@@ -239,8 +240,8 @@ def pipeline(cp: ControlPlane, since_wall: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for stage, times in stages.items():
         rel = sorted(t - since_wall for t in times if t >= since_wall - 1)
-        out[stage] = ({"n": len(rel), "p50_s": round(rel[len(rel) // 2], 1), "last_s": round(rel[-1], 1)}
-                      if rel else {"n": 0})
+        out[stage] = ({"n": len(rel), "first_s": round(rel[0], 1), "p50_s": round(rel[len(rel) // 2], 1),
+                       "last_s": round(rel[-1], 1)} if rel else {"n": 0})
     return out
 
 
@@ -499,8 +500,29 @@ def markdown(result: dict[str, Any]) -> str:
         except (KeyError, TypeError):
             value, met = "n/a", "**no**"
         lines.append(f"| {name} | {value} | {goal} | {met} |")
+    lines += stage_table(r)
     lines += ["", "Details:", "", "```json", json.dumps(r, indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def stage_table(r: dict[str, Any]) -> list[str]:
+    """Who was the bottleneck: each stage's first/median/last completion, and the CPU each process used."""
+    phases = [("creates (s after the first create)", r.get("create") or {}, "stages_after_first_create"),
+              ("label move (s after the move)", r.get("label_move") or {}, "stages_after_the_move")]
+    lines: list[str] = []
+    for title, phase, key in phases:
+        stages = phase.get(key)
+        if not stages:
+            continue
+        lines += ["", f"Stages, {title}: first / median / last object done (1 s resolution)", "",
+                  "| stage | first | median | last |", "|---|---|---|---|"]
+        for name, st in stages.items():
+            if st.get("n"):
+                lines.append(f"| {name} | {st.get('first_s', '-')} | {st['p50_s']} | {st['last_s']} |")
+        cpu = phase.get("cpu_s_by_process") or {}
+        if cpu:
+            lines += ["", "CPU seconds in this phase: " + ", ".join(f"{k} {v}" for k, v in cpu.items())]
+    return lines
 
 
 def main() -> None:
