@@ -349,6 +349,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "after_last_create": cluster_side(cp, wall_last),
                 "stages_after_first_create": pipeline(cp, wall_first),
             }
+            out["create"]["load_average_1min"] = round(os.getloadavg()[0], 1)
             log(f"create: {out['create']}")
 
             # -- 2. idle
@@ -380,6 +381,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "after_the_move": cluster_side(cp, wall0),
                 "stages_after_the_move": pipeline(cp, wall0),
             }
+            out["label_move"]["load_average_1min"] = round(os.getloadavg()[0], 1)
             log(f"label move: {out['label_move']}")
             if "outage" not in args.phases:
                 out["peak_rss_mb"] = round(peak_rss_mb(pid), 1)
