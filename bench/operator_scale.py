@@ -18,7 +18,8 @@ Phases, each timed from the apiserver's side (`kubectl get` of the ScoringModels
 
 Peak RSS is the operator process's VmHWM over phases 1-4. The control plane's own controllers get
 a higher client QPS (--kube-api-qps) so that they, not the operator, are not the bottleneck; the
-Service range is a /16. Results: bench/results/operator-scale.{json,md}.
+Service range is a /16, and kwok plays 32 pod stages at once (its default: 4).
+Results: bench/results/operator-scale.{json,md}.
 """
 
 from __future__ import annotations
@@ -59,17 +60,34 @@ AUDIT_POLICY = {
 }
 #: Client QPS for the control plane's controllers (defaults of 20-50 would make them the bottleneck).
 FAST_CLIENTS = {
-    "kube-controller-manager": ["--kube-api-qps=400", "--kube-api-burst=800", "--concurrent-deployment-syncs=20",
-                                "--concurrent-replicaset-syncs=20"],
+    "kube-controller-manager": ["--kube-api-qps=400", "--kube-api-burst=800", "--concurrent-deployment-syncs=100",
+                                "--concurrent-replicaset-syncs=100"],
     "kube-scheduler": ["--kube-api-qps=400", "--kube-api-burst=800"],
 }
 
 
+#: Extra operator settings (env) for this run; empty: the defaults the chart ships.
+SETTINGS: dict[str, str] = {}
+
+
+#: kwok plays pod stages (Ready, deletion) 4 at a time by default: a rollout of 500 Deployments
+#: (500 new pods Ready, 500 old ones deleted) would wait on kwok, a stand-in for 500 kubelets.
+#: (A KwokConfiguration read from a file gets no defaults: the other parallelisms are kwok's defaults.)
+KWOK_OPTIONS = {"apiVersion": "config.kwok.x-k8s.io/v1alpha1", "kind": "KwokConfiguration", "options": {
+    "podPlayStageParallelism": 32, "nodePlayStageParallelism": 4, "nodeLeaseParallelism": 4,
+    "podsOnNodeSyncParallelism": 1, "enablePodsOnNodeSyncListPager": True}}
+
+
 class ScaleControlPlane(ControlPlane):
-    """The test harness's control plane, with faster controller clients and more kwok nodes."""
+    """The test harness's control plane, with faster controller clients, a faster kwok and more kwok nodes."""
 
     def _spawn(self, name: str, args: Sequence[str], *, stage: int = 2) -> _Process:
-        return super()._spawn(name, [*args, *FAST_CLIENTS.get(name, [])], stage=stage)
+        extra = list(FAST_CLIENTS.get(name, []))
+        if name == "kwok":
+            options = self.workdir / "kwok-scale.yaml"
+            options.write_text(json.dumps(KWOK_OPTIONS))
+            extra.append(f"--config={options}")
+        return super()._spawn(name, [*args, *extra], stage=stage)
 
 
 def log(msg: str) -> None:
@@ -190,6 +208,79 @@ def cluster_side(cp: ControlPlane, since_wall: float) -> dict[str, Any]:
     }
 
 
+def _transition(obj: dict[str, Any], ctype: str) -> float | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype and c.get("status") == "True" and c.get("lastTransitionTime"):
+            return _ts(c["lastTransitionTime"])
+    return None
+
+
+def _applied_at(obj: dict[str, Any], manager: str) -> float | None:
+    times = [_ts(m["time"]) for m in obj["metadata"].get("managedFields") or [] if m.get("manager") == manager
+             and m.get("time")]
+    return max(times) if times else None
+
+
+def pipeline(cp: ControlPlane, since_wall: float) -> dict[str, Any]:
+    """Who was the bottleneck: when each stage finished its last object, in seconds after `since_wall`.
+
+    From the objects' own timestamps (1 s resolution): the operator applied the Deployment
+    (managedFields time), the controller-manager created the newest ReplicaSet and its pod, the
+    scheduler bound the pod, kwok made it Ready, the operator wrote the ScoringModel Ready.
+    Per stage: the first, median and last completion; a stage whose "last" is far behind the one
+    before it is the bottleneck (after a label move, the operator's "first" says when the move was
+    seen: up to one pollInterval).
+    """
+    deps = cp.kubectl_json("get", "deployments", "-n", MODELS_NS, "--show-managed-fields")["items"]
+    rss = cp.kubectl_json("get", "replicasets", "-n", MODELS_NS)["items"]
+    pods = cp.kubectl_json("get", "pods", "-n", MODELS_NS)["items"]
+    newest_rs: dict[str, dict[str, Any]] = {}
+    for rs in rss:
+        owner = next((r["name"] for r in rs["metadata"].get("ownerReferences") or []), None)
+        if owner and (owner not in newest_rs or _ts(rs["metadata"]["creationTimestamp"])
+                      > _ts(newest_rs[owner]["metadata"]["creationTimestamp"])):
+            newest_rs[owner] = rs
+    new_rs_names = {rs["metadata"]["name"] for rs in newest_rs.values()}
+    new_pods = [p for p in pods if any(r["name"] in new_rs_names for r in p["metadata"].get("ownerReferences") or [])]
+    stages: dict[str, list[float]] = {
+        "operator_applied_deployment": [t for d in deps if (t := _applied_at(d, "scoring-operator")) is not None],
+        "kcm_created_replicaset": [_ts(rs["metadata"]["creationTimestamp"]) for rs in newest_rs.values()],
+        "kcm_created_pod": [_ts(p["metadata"]["creationTimestamp"]) for p in new_pods],
+        "scheduler_bound_pod": [t for p in new_pods if (t := _transition(p, "PodScheduled")) is not None],
+        "kwok_pod_ready": [t for p in new_pods if (t := _transition(p, "Ready")) is not None],
+        "kcm_deployment_complete": [t for d in deps if (t := _transition(d, "Available")) is not None],
+        "operator_scoringmodel_ready": [t for sm in statuses(cp) if (t := _transition(sm, "Ready")) is not None],
+    }
+    out: dict[str, Any] = {}
+    for stage, times in stages.items():
+        rel = sorted(t - since_wall for t in times if t >= since_wall - 1)
+        out[stage] = ({"n": len(rel), "first_s": round(rel[0], 1), "p50_s": round(rel[len(rel) // 2], 1),
+                       "last_s": round(rel[-1], 1)} if rel else {"n": 0})
+    return out
+
+
+class CpuMeter:
+    """CPU seconds of the operator and of each control-plane component (who used the 2 cores)."""
+
+    def __init__(self, cp: ControlPlane, op: Operator) -> None:
+        self.cp, self.op = cp, op
+
+    def now(self) -> dict[str, float]:
+        pids = {p.name: p.popen.pid for p in self.cp._procs}
+        pids["operator"] = self.op.proc.pid
+        out = {}
+        for name, pid in pids.items():
+            try:
+                out[name] = cpu_seconds(pid)
+            except OSError:
+                continue
+        return out
+
+    @staticmethod
+    def since(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        return {k: round(after[k] - before.get(k, 0.0), 1) for k in after}
+
+
 def register(root: Path, work: Path) -> int:
     from scoring_runtime.registry import LocalFileRegistry
 
@@ -204,7 +295,8 @@ def start_operator(cp: ControlPlane, work: Path, registry: Path) -> Operator:
     kubeconfig = cp.token_kubeconfig(SERVICE_ACCOUNT, RELEASE_NS, duration="6h", path=work / "sa.kubeconfig")
     return Operator.start(kubeconfig=kubeconfig, registry_root=registry, ports=free_ports(2),
                           log_path=work / f"operator-{time.monotonic_ns()}.log", release=RELEASE,
-                          release_namespace=RELEASE_NS, service_account=SERVICE_ACCOUNT, log_level="INFO")
+                          release_namespace=RELEASE_NS, service_account=SERVICE_ACCOUNT, log_level="INFO",
+                          settings=SETTINGS)
 
 
 def per_minute(counts: Counter[str], seconds: float) -> dict[str, float]:
@@ -238,10 +330,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         op = start_operator(cp, work, registry)
         pid = op.proc.pid
         audit = Audit(audit_log)
+        cpu = CpuMeter(cp, op)
         try:
             # -- 1. creates
             docs = [manifest(i, args.poll) for i in range(args.models)]
-            cpu0, t_first = cpu_seconds(pid), time.monotonic()
+            cpu0, t_first, wall_first, cpus0 = cpu_seconds(pid), time.monotonic(), time.time(), cpu.now()
             apply_all(cp, docs)
             t_last, wall_last = time.monotonic(), time.time()
             log(f"created {args.models} ScoringModels in {t_last - t_first:.1f}s")
@@ -251,12 +344,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "all_ready_after_last_create_s": round(t_ready - t_last, 1) if t_ready else None,
                 "all_ready_after_first_create_s": round(t_ready - t_first, 1) if t_ready else None,
                 "operator_cpu_s": round(cpu_seconds(pid) - cpu0, 1),
+                "cpu_s_by_process": CpuMeter.since(cpus0, cpu.now()),
                 "api_requests": dict(audit.since(0)),
                 "after_last_create": cluster_side(cp, wall_last),
+                "stages_after_first_create": pipeline(cp, wall_first),
             }
+            out["create"]["load_average_1min"] = round(os.getloadavg()[0], 1)
             log(f"create: {out['create']}")
 
             # -- 2. idle
+            if "idle" not in args.phases:
+                args.idle = 0
             time.sleep(args.settle)
             off, cpu0, t0 = audit.offset(), cpu_seconds(pid), time.monotonic()
             time.sleep(args.idle)
@@ -273,15 +371,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log(f"idle: {out['idle']}")
 
             # -- 3. label move
-            off, t0, wall0 = audit.offset(), time.monotonic(), time.time()
+            off, t0, wall0, cpus0 = audit.offset(), time.monotonic(), time.time(), cpu.now()
             version = register(registry, work)
             t_ready = wait_all_ready(cp, args.models, version, 600, "label move")
             out["label_move"] = {
                 "all_ready_on_new_version_s": round(t_ready - t0, 1) if t_ready else None,
+                "cpu_s_by_process": CpuMeter.since(cpus0, cpu.now()),
                 "api_requests": dict(audit.since(off)),
                 "after_the_move": cluster_side(cp, wall0),
+                "stages_after_the_move": pipeline(cp, wall0),
             }
+            out["label_move"]["load_average_1min"] = round(os.getloadavg()[0], 1)
             log(f"label move: {out['label_move']}")
+            if "outage" not in args.phases:
+                out["peak_rss_mb"] = round(peak_rss_mb(pid), 1)
+                return out
 
             # -- 4. registry outage
             time.sleep(args.settle)
@@ -320,7 +424,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log(f"kills: {out['kills']}")
         finally:
             op.stop()
-    shutil.rmtree(work, ignore_errors=True)
+            if args.keep:
+                log(f"kept {work} (operator logs, audit log)")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
     return out
 
 
@@ -409,8 +516,29 @@ def markdown(result: dict[str, Any]) -> str:
         except (KeyError, TypeError):
             value, met = "n/a", "**no**"
         lines.append(f"| {name} | {value} | {goal} | {met} |")
+    lines += stage_table(r)
     lines += ["", "Details:", "", "```json", json.dumps(r, indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def stage_table(r: dict[str, Any]) -> list[str]:
+    """Who was the bottleneck: each stage's first/median/last completion, and the CPU each process used."""
+    phases = [("creates (s after the first create)", r.get("create") or {}, "stages_after_first_create"),
+              ("label move (s after the move)", r.get("label_move") or {}, "stages_after_the_move")]
+    lines: list[str] = []
+    for title, phase, key in phases:
+        stages = phase.get(key)
+        if not stages:
+            continue
+        lines += ["", f"Stages, {title}: first / median / last object done (1 s resolution)", "",
+                  "| stage | first | median | last |", "|---|---|---|---|"]
+        for name, st in stages.items():
+            if st.get("n"):
+                lines.append(f"| {name} | {st.get('first_s', '-')} | {st['p50_s']} | {st['last_s']} |")
+        cpu = phase.get("cpu_s_by_process") or {}
+        if cpu:
+            lines += ["", "CPU seconds in this phase: " + ", ".join(f"{k} {v}" for k, v in cpu.items())]
+    return lines
 
 
 def main() -> None:
@@ -423,7 +551,16 @@ def main() -> None:
     parser.add_argument("--outage", type=float, default=60, help="seconds the registry is away")
     parser.add_argument("--kills", type=int, default=30)
     parser.add_argument("--out", default=str(RESULTS / "operator-scale"), help="results path without extension")
+    parser.add_argument("--quick", dest="phases", action="store_const", const={"create", "move"},
+                        default={"create", "idle", "move", "outage", "kills"},
+                        help="only the creates and the label move (no idle window, outage or kills): to iterate")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (operator log, audit log)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="an operator setting for this run, e.g. MAX_CONCURRENT_RECONCILES=32 (default: none)")
     args = parser.parse_args()
+    for item in args.set:
+        name, _, value = item.partition("=")
+        SETTINGS[f"SCORING_OPERATOR_{name.upper()}"] = value
     started = time.monotonic()
     results = run(args)
     doc = {

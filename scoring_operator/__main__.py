@@ -6,6 +6,7 @@ env vars, plus the Prometheus /metrics server and sensible logging.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -97,11 +98,25 @@ def run(config: cfg.OperatorConfig) -> None:
     telemetry.configure_telemetry("scoring-operator", service_version=_version(), prometheus_registry=metrics.REGISTRY)
     liveness = f"http://{config.bind_address}:{config.liveness_port}/healthz" if config.liveness_port else None
     kopf.run(
+        loop=_event_loop(),
         standalone=True,
         clusterwide=not config.namespaces,
         namespaces=list(config.namespaces),
         liveness_endpoint=liveness,
     )
+
+
+def _event_loop() -> asyncio.AbstractEventLoop | None:
+    """uvloop when installed (it is, with uvicorn[standard]): kopf's CLI picks it, `kopf.run` does not.
+
+    Why: hundreds of watch events and API calls a second (a label move over 500 ScoringModels) cost
+    noticeably less CPU on uvloop's transports than on asyncio's.
+    """
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency of uvicorn[standard]
+        return None
+    return uvloop.new_event_loop()
 
 
 if __name__ == "__main__":

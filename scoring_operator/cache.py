@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import orjson
 
 #: First retry after a temporary failure; doubled per consecutive failure, capped by the poll interval.
 MIN_RETRY = 1.0
@@ -32,8 +33,9 @@ def retry_delay(failures: int, interval: float) -> float:
 
 
 def _digest(value: Any) -> str:
-    raw = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
+    # orjson: every reconcile digests every desired child; the stdlib's sorted dumps was ~2% of the CPU.
+    raw = orjson.dumps(value, default=str, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
 def desired_digest(obj: Mapping[str, Any]) -> str:
@@ -139,6 +141,15 @@ class ModelState:
     recheck: float | None = None
     #: Its analysis baseline: (candidate version, per-pod samples of the candidate, of the stable pods).
     analysis: tuple[int, dict[str, Any], dict[str, Any]] | None = None
+    #: While a rollout is in progress: when its pods are next listed (monotonic seconds), and
+    #: (version, why its pods could not start) from the last listing, kept between listings so the
+    #: status does not flap.
+    pods_check_due: float | None = None
+    pod_error: tuple[int, Any] | None = None
+    #: When this process last wrote the status (monotonic), and when a held-back write of mere
+    #: rollout progress is due (see `reconcile.PROGRESS_EVERY`).
+    status_written_at: float = 0.0
+    progress_due: float | None = None
 
 
 class States:

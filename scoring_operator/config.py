@@ -58,7 +58,7 @@ class OperatorConfig(BaseSettings):
     registry_timeout: float = Field(30.0, gt=0)
     #: Reconciles running at once (and connections to the apiserver): bounds memory and API bursts
     #: when hundreds of ScoringModels wake together (a label move, the registry coming back).
-    max_concurrent_reconciles: int = Field(16, ge=1, le=1000)
+    max_concurrent_reconciles: int = Field(24, ge=1, le=1000)
 
     @field_validator("namespaces", mode="before")
     @classmethod

@@ -36,6 +36,8 @@ from scoring_operator.reconcile import Reconciler
 from scoring_operator.resolver import Resolver
 
 FINALIZER = f"{api.GROUP}/operator"
+#: Connections kopf may use for its own writes besides its watch streams.
+KOPF_WRITERS = 8
 #: Coalesce bursts of Deployment events (a rollout produces several) into one reconcile.
 WAKE_DEBOUNCE = 0.5
 #: The children the operator watches: (kind, group, version, plural), each into its own kopf index.
@@ -57,6 +59,23 @@ _MANAGED = ",".join(f"{k}={v}" for k, v in meta.MANAGED_SELECTOR.items())
 _KEPT_SPEC = {"Deployment": ("replicas",), "Service": ("type", "ports")}
 _KEPT_META = ("name", "namespace", "uid", "resourceVersion", "generation", "labels", "annotations",
               "ownerReferences", "deletionTimestamp")
+
+
+class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's annotation diff-base storage, building the same essence without deep-copying the whole body.
+
+    kopf builds the essence of every ScoringModel event (status writes included) by deep-copying
+    the whole object, status and managedFields too, only to drop them: ~13% of the operator's CPU
+    while 500 ScoringModels roll out. Dropping them before the copy gives the identical essence.
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        if extra_fields:  # fields picked from status or metadata: kopf's own way
+            return super().build(body=body, extra_fields=extra_fields)
+        metadata = body.get("metadata") or {}
+        lean = {k: v for k, v in body.items() if k not in ("metadata", "status")}
+        lean["metadata"] = {k: metadata[k] for k in ("labels", "annotations", "ownerReferences") if k in metadata}
+        return super().build(body=kopf.Body(cast(kopf.RawBody, lean)))
 
 
 def _post_event(body: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
@@ -138,7 +157,8 @@ async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
 
     kopf gets a session with a bounded connection pool (its default is unbounded: hundreds of
     objects changing at once would open hundreds of TLS connections, ~0.3 MB each): one per
-    watch stream, plus as many as reconciles may run at once.
+    watch stream, plus a few for its own writes (finalizers, its annotations, Events); the
+    reconciles' API calls go through the reconciler's own pool (`Kube`).
     """
     info: kopf.ConnectionInfo | None = await asyncio.to_thread(kopf.login_via_client, **kwargs)
     if info is None:
@@ -146,7 +166,7 @@ async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
     config = cfg.current()
     watches = (1 + len(CHILD_KINDS)) * max(1, len(config.namespaces))
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=watches + config.max_concurrent_reconciles, ssl=info.as_ssl_context()),
+        connector=aiohttp.TCPConnector(limit=watches + KOPF_WRITERS, ssl=info.as_ssl_context()),
         headers=info.as_http_headers(),
         proxy=info.proxy_url,
         trust_env=info.trust_env,
@@ -166,9 +186,7 @@ async def startup(
     settings.scanning.disabled = True  # no cluster-wide CRD/namespace watching needed
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=api.GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix=api.GROUP, key="last-handled-configuration")
     settings.posting.level = logging.CRITICAL  # Events are posted deliberately, on status transitions
     settings.execution.max_workers = 4
     for _, group, _version, plural in CHILD_KINDS:  # watch only our children, filtered by the apiserver
@@ -249,4 +267,4 @@ async def _wait(wake: asyncio.Event, rearm: asyncio.Event, stopped: kopf.DaemonS
     return "poll"
 
 
-__all__ = ["IndexedChildren", "cleanup", "login", "poll", "reconcile", "startup", "trimmed"]
+__all__ = ["IndexedChildren", "LeanDiffBaseStorage", "cleanup", "login", "poll", "reconcile", "startup", "trimmed"]

@@ -32,6 +32,8 @@ from scoring_operator.config import FIELD_MANAGER
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+#: Environment variables that route the API calls through a proxy (honoured when set).
+PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 #: Seconds one API call may take before it counts as the API being unavailable.
 REQUEST_TIMEOUT = 30.0
 
@@ -140,6 +142,11 @@ class Kube:
         """A client for the cluster the environment points at (see `load_configuration`)."""
         configuration = await load_configuration()
         configuration.connection_pool_maxsize = max_connections  # TLS connections cost memory each
+        if not any(os.environ.get(v) for v in PROXY_VARS):
+            # The client's session trusts the environment, so aiohttp looks for a proxy and a
+            # ~/.netrc in a worker thread before every request: two thread hops per API call, a
+            # tenth of the operator's CPU at 500 ScoringModels. With no proxy configured, skip them.
+            configuration.client_session_kwargs = {"trust_env": False}
         return cls(k8s.ApiClient(configuration=configuration))
 
     async def close(self) -> None:

@@ -33,6 +33,7 @@ from scoring_operator.builders.status import (
     Failure,
     Observation,
     Resolved,
+    Rollout,
     compute_status,
     evaluate_rollout,
     fetch_failure,
@@ -48,6 +49,16 @@ from scoring_runtime import telemetry
 from scoring_runtime.registry import RegistryError
 
 log = logging.getLogger(__name__)
+
+#: Seconds a rollout may progress before its pods are listed for a failed model fetch (and between
+#: listings while it stays stuck): a healthy rollout finishes without a pod list (each list is read
+#: from every pod of the namespace: 500 rollouts listing on each Deployment event loaded the apiserver).
+POD_CHECK_AFTER = 10.0
+#: A status change that is mere rollout progress (same phase, conditions and reasons; only the
+#: counts and messages moved) is written at most this often per object: a rollout's Deployment
+#: changes several times within a second or two, and each write is also an event every watcher
+#: of ScoringModels receives. Transitions (a new version, Ready, a failure) are written at once.
+PROGRESS_EVERY = 5.0
 
 #: post_event(body, type, reason, message): how Events reach Kubernetes (kopf's poster in production).
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
@@ -134,11 +145,16 @@ class Reconciler:
             state.rearm.set()
 
     def next_delay(self, key: tuple[str, str], interval: float) -> float:
-        """When the poller of `key` should reconcile next: the poll interval, the retry backoff, or sooner
-        while a canary/shadow rollout is being analysed."""
+        """When the poller of `key` should reconcile next: the poll interval, the retry backoff, a pod
+        check, or sooner while a canary/shadow rollout is being analysed."""
         state = self.state(key)
         delay = retry_delay(state.failures, interval)
-        return min(delay, state.recheck) if state.recheck else delay
+        if state.recheck:
+            delay = min(delay, state.recheck)
+        for due in (state.pods_check_due, state.progress_due):
+            if due is not None:
+                delay = min(delay, max(0.1, due - time.monotonic()))
+        return delay
 
     def forget(self, key: tuple[str, str]) -> None:
         """Drop all in-memory state of a deleted ScoringModel."""
@@ -254,13 +270,8 @@ class Reconciler:
         except KubeError as e:
             metrics.KUBE_ERRORS.labels(e.reason).inc()
             apply_error = apply_error or Failure(e.reason, str(e), e.retryable)
-        pod_error = None
-        if resolved is not None and rollout is not None and rollout.state in ("Progressing", "Stalled"):
-            try:  # a stuck rollout: say why the new pods cannot start (e.g. the model fetch fails)
-                pods = await self.kube.list_pods(owner.namespace, meta.selector_labels(owner))
-                pod_error = fetch_failure(pods, resolved.version)
-            except KubeError as e:
-                metrics.KUBE_ERRORS.labels(e.reason).inc()
+        new_pods = _has_new_pods(dep)
+        pod_error = await self._pod_error(owner, state, rollout, resolved, new_pods, spec.model.poll_interval)
         exposed = any(kind in applied for kind in _EXPOSURE_KINDS)
         obs = Observation(
             generation,
@@ -370,6 +381,36 @@ class Reconciler:
         if errors:
             log.warning("%s/%s: metrics not read from %s", ns, owner.name, "; ".join(errors)[:500])
         return result
+
+    async def _pod_error(
+        self, owner: meta.Owner, state: ModelState, rollout: Rollout | None, resolved: Resolved | None,
+        new_pods: bool, interval: float,
+    ) -> Failure | None:
+        """Why the new pods cannot start (e.g. the model fetch fails), for a rollout that is taking a while.
+
+        Pods are listed once a rollout has been progressing for POD_CHECK_AFTER seconds (or has
+        stalled) and the Deployment has pods of the new version, then again every poll interval
+        while it stays stuck; the answer is kept between.
+        """
+        if resolved is None or rollout is None or rollout.state not in ("Progressing", "Stalled"):
+            state.pods_check_due, state.pod_error = None, None
+            return None
+        now = time.monotonic()
+        if state.pods_check_due is None:
+            state.pods_check_due = now + POD_CHECK_AFTER
+        if now >= state.pods_check_due and not new_pods:  # nothing to look at yet: look again later
+            state.pods_check_due = now + POD_CHECK_AFTER
+        elif rollout.state == "Stalled" or now >= state.pods_check_due:
+            state.pods_check_due = now + max(POD_CHECK_AFTER, float(interval))
+            try:
+                pods = await self.kube.list_pods(owner.namespace, meta.selector_labels(owner))
+                state.pod_error = (resolved.version, fetch_failure(pods, resolved.version))
+            except KubeError as e:
+                metrics.KUBE_ERRORS.labels(e.reason).inc()
+        if state.pod_error is None or state.pod_error[0] != resolved.version:
+            return None
+        error = state.pod_error[1]
+        return error if isinstance(error, Failure) else None
 
     async def _resolve(
         self, owner: meta.Owner, state: ModelState, ref: api.ModelRef, old_status: Mapping[str, Any]
@@ -533,6 +574,12 @@ class Reconciler:
         new_status = compute_status(old_status, obs, self.clock())
         patch = status_patch(old_status, new_status)
         failure = obs.failure
+        now = time.monotonic()
+        if patch is not None and _progress_only(old_status, new_status) and \
+                now < state.status_written_at + PROGRESS_EVERY:
+            state.progress_due, patch = state.status_written_at + PROGRESS_EVERY, None  # written by the poller
+        elif patch is None:
+            state.progress_due = None
         if patch is not None:
             try:
                 await self.kube.patch_status(owner.namespace, owner.name, patch)
@@ -542,7 +589,7 @@ class Reconciler:
                     return Result(new_status["phase"])
                 failure = failure or Failure(e.reason, str(e), retryable=True)
             else:
-                state.status = new_status
+                state.status, state.status_written_at, state.progress_due = new_status, now, None
                 rollout_events = progress.events(old_status.get("rollout"), new_status.get("rollout"))
                 posted = [*transition_events(old_status, new_status), *rollout_events]
                 ended = new_status.get("rollout") or {}
@@ -576,6 +623,28 @@ def _serves(dep: Mapping[str, Any] | None, version: int) -> bool:
 def _pod_ready(pod: Mapping[str, Any]) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _has_new_pods(dep: Mapping[str, Any] | None) -> bool:
+    """Whether the Deployment controller has seen the current spec and made pods for it."""
+    status = (dep or {}).get("status") or {}
+    seen = int(status.get("observedGeneration") or 0) >= int(((dep or {}).get("metadata") or {}).get("generation") or 0)
+    return seen and int(status.get("updatedReplicas") or 0) > 0
+
+
+def _progress_only(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether `new` differs from `old` only in a rollout's counts and messages (same phase, conditions, model)."""
+    if new.get("phase") != "Deploying" or old.get("phase") != "Deploying":
+        return False
+
+    def shape(status: Mapping[str, Any]) -> Any:
+        conds = [(c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or []]
+        rollout = status.get("rollout") or {}  # a canary's phase, step or verdict is news, not progress
+        steps = tuple(rollout.get(k) for k in ("phase", "step", "weight", "candidateVersion", "reason"))
+        return (conds, steps, *(status.get(k) for k in ("observedGeneration", "model", "endpoint", "lastFailure",
+                                                         "url")))
+
+    return bool(shape(old) == shape(new))
 
 
 def _worth_posting(events: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str]]:

@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -64,7 +64,9 @@ class Operator:
     def start(
         cls, *, kubeconfig: Path, registry_root: Path, ports: list[int], log_path: Path, release: str,
         release_namespace: str, service_account: str, namespaces: tuple[str, ...] = (), log_level: str = "DEBUG",
+        settings: Mapping[str, str] | None = None,
     ) -> Operator:
+        """Start the operator; `settings`: extra `SCORING_OPERATOR_*` env vars (others are not inherited)."""
         exe = shutil.which("scoring-operator")
         cmd = [exe] if exe else [sys.executable, "-m", "scoring_operator"]
         cmd += [f"--namespace={n}" for n in namespaces] or ["--all-namespaces"]
@@ -76,6 +78,7 @@ class Operator:
             "--log-level", log_level,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCORING_OPERATOR_")}
+        env.update(settings or {})
         env["KUBECONFIG"] = str(kubeconfig)
         log = log_path.open("wb")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,

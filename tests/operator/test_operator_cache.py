@@ -13,7 +13,7 @@ from scoring_operator.builders import desired_children
 from scoring_operator.builders.meta import Owner
 from scoring_operator.cache import Applied, States, desired_digest, retry_delay
 from scoring_operator.config import OperatorConfig
-from scoring_operator.handlers import IndexedChildren, trimmed
+from scoring_operator.handlers import IndexedChildren, LeanDiffBaseStorage, trimmed
 from scoring_operator.resolver import Resolver
 from scoring_runtime.registry import LocalFileRegistry, RegistryUnavailable
 from tests.operator.conftest import make_spec
@@ -142,3 +142,34 @@ async def test_one_registry_read_answers_every_model_asking_the_same_question(tm
     now[0] = 201.5
     assert (await resolver.resolve(ref, max_age=60)).version == 2 and resolver.reads == 4
     assert len(changed) == 3, "outage start and end are both changes of the answer"
+
+
+def test_the_lean_diff_base_is_kopfs_essence_exactly() -> None:
+    """The diff base is built without copying status and managedFields, and equals kopf's own."""
+    import kopf
+
+    body = {
+        "apiVersion": "scoring.dev/v1alpha1", "kind": "ScoringModel",
+        "metadata": {
+            "name": "faq", "namespace": "ml", "uid": "u1", "generation": 3, "resourceVersion": "77",
+            "labels": {"team": "search"},
+            "annotations": {"note": "keep", "kubectl.kubernetes.io/last-applied-configuration": "{}",
+                            "scoring.dev/last-handled-configuration": '{"spec": {}}',
+                            "scoring.dev/poll": '{"started": "x"}'},
+            "finalizers": ["scoring.dev/operator"],
+            "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {"f:replicas": {}}}}],
+        },
+        "spec": {"replicas": 2, "model": {"name": "faq", "label": "latest", "registry": {"type": "local"}}},
+        "status": {"phase": "Ready", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    kopfs = kopf.AnnotationsDiffBaseStorage(prefix="scoring.dev", key="last-handled-configuration")
+    lean = LeanDiffBaseStorage(prefix="scoring.dev", key="last-handled-configuration")
+    expected = kopfs.build(body=kopf.Body(body))
+    built = lean.build(body=kopf.Body(body))
+    assert built == expected
+    assert built["spec"]["replicas"] == 2 and "status" not in built
+    built["spec"]["model"]["name"] = "changed"  # a copy, not the body's own dicts
+    assert body["spec"]["model"]["name"] == "faq"
+    with_status = lean.build(body=kopf.Body(body), extra_fields=["status.phase"])
+    assert with_status == kopfs.build(body=kopf.Body(body), extra_fields=["status.phase"])
+    assert with_status["status"] == {"phase": "Ready"}

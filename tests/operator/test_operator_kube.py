@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scoring_operator.kube import _api_error, _path, load_configuration
+from scoring_operator.kube import PROXY_VARS, Kube, _api_error, _path, load_configuration
 from tests.operator.kubehelpers import EXEC_PLUGIN
 
 
@@ -70,3 +70,26 @@ def test_paths_are_the_rest_paths_of_each_kind() -> None:
     assert _path("v1", "Service", "ml", "faq") == "/api/v1/namespaces/ml/services/faq"
     with pytest.raises(ValueError, match="does not manage v1 Secret"):
         _path("v1", "Secret", "ml", "faq")
+
+
+@pytest.mark.parametrize("proxy", [None, "http://proxy.example:3128"])
+async def test_the_environment_is_read_per_request_only_when_a_proxy_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proxy: str | None
+) -> None:
+    """Without a proxy, aiohttp must not look for one (and for ~/.netrc) in a thread before every call."""
+    kubeconfig, _ = _exec_kubeconfig(tmp_path, "t")
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    for var in PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    if proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+    kube = await Kube.connect()
+    try:
+        session = kube.api_client.rest_client._create_pool_manager()
+        try:
+            assert session.trust_env is (proxy is not None)
+        finally:
+            await session.close()
+    finally:
+        await kube.close()

@@ -1,0 +1,151 @@
+"""A rollout costs few API calls: pods are listed only for a rollout that is taking a while, and mere
+progress (counts, messages) is written to the status at most every `PROGRESS_EVERY` seconds.
+
+Why: 500 ScoringModels rolling out at once listed the pods of their namespace on every Deployment
+event and wrote each intermediate count; both loaded the apiserver the rollout itself needs.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import pytest
+
+from scoring_operator import reconcile
+from scoring_operator.builders.meta import Owner, owner_reference
+from scoring_operator.config import OperatorConfig
+from scoring_operator.reconcile import POD_CHECK_AFTER, PROGRESS_EVERY
+from tests.operator.test_operator_fetch_failure import crashing
+from tests.operator.test_operator_review_fixes import FakeKube, _body, _reconciler
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(reconcile, "time", types.SimpleNamespace(monotonic=c.monotonic))
+    return c
+
+
+class CountingKube(FakeKube):
+    def __init__(self, *objects: dict[str, Any]) -> None:
+        super().__init__(*objects)
+        self.writes: list[dict[str, Any]] = []
+        self.pods: list[dict[str, Any]] = []
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.writes.append(dict(status))
+        await super().patch_status(namespace, name, status)
+
+    async def list_pods(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        await super().list_pods(namespace, labels)
+        return self.pods
+
+    def lists(self) -> int:
+        return sum(1 for c in self.calls if c[0] == "list_pods")
+
+
+def deployment(owner: Owner, *, generation: int = 1, observed: int = 1, updated: int = 0, available: int = 0,
+               replicas: int = 1) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": owner.name, "namespace": owner.namespace, "generation": generation,
+                     "ownerReferences": [owner_reference(owner)], "uid": "uid-Deployment", "resourceVersion": "1"},
+        "spec": {"replicas": 1},
+        "status": {"observedGeneration": observed, "replicas": replicas, "updatedReplicas": updated,
+                   "readyReplicas": available, "availableReplicas": available},
+    }
+
+
+async def test_progress_is_written_at_most_every_few_seconds_but_transitions_at_once(
+    owner: Owner, config: OperatorConfig, clock: Clock
+) -> None:
+    kube = CountingKube()
+    rec = _reconciler(kube, config)
+    body = _body(owner, replicas=1)
+    await rec.reconcile(body)  # the first apply: Deploying, written at once
+    assert [w["phase"] for w in kube.writes] == ["Deploying"]
+    first = {c["type"]: c for c in kube.writes[0]["conditions"]}["Ready"]["message"]
+
+    kube.objects["Deployment"] = deployment(owner, updated=1, available=0)  # mere progress, 1 s later
+    clock.now += 1
+    await rec.reconcile(body)
+    assert len(kube.writes) == 1
+    assert rec.next_delay(owner.key, 60) == pytest.approx(PROGRESS_EVERY - 1)  # the poller writes it then
+
+    clock.now += PROGRESS_EVERY
+    await rec.reconcile(body, trigger="poll")
+    assert len(kube.writes) == 2
+    progress = {c["type"]: c for c in kube.writes[1]["conditions"]}["Ready"]["message"]
+    assert progress != first and "0 of 1 updated replicas available" in progress
+    assert rec.next_delay(owner.key, 60) <= POD_CHECK_AFTER  # no write pending, only the pod check
+
+    kube.objects["Deployment"] = deployment(owner, updated=1, available=1)  # Ready: a transition
+    clock.now += 0.5
+    await rec.reconcile(body)
+    assert [w["phase"] for w in kube.writes] == ["Deploying", "Deploying", "Ready"]
+    assert rec.next_delay(owner.key, 60) == 60
+
+
+async def test_pods_are_listed_only_for_a_rollout_that_takes_a_while_and_the_answer_is_kept(
+    owner: Owner, config: OperatorConfig, clock: Clock
+) -> None:
+    kube = CountingKube()
+    kube.pods = [crashing("faq-new", 1)]
+    rec = _reconciler(kube, config)
+    body = _body(owner, replicas=1)
+    body["spec"]["model"]["pollInterval"] = 60
+    await rec.reconcile(body)
+    # The Deployment controller has not seen the new spec yet (updatedReplicas is the old rollout's).
+    kube.objects["Deployment"] = deployment(owner, generation=2, observed=1, updated=1)
+    clock.now += POD_CHECK_AFTER + 1
+    await rec.reconcile(body)
+    assert kube.lists() == 0  # no pod of the new spec can exist yet
+    assert rec.next_delay(owner.key, 60) == pytest.approx(POD_CHECK_AFTER)  # looks again later
+
+    kube.objects["Deployment"] = deployment(owner, generation=2, observed=2, updated=1)
+    clock.now += 1
+    await rec.reconcile(body)
+    assert kube.lists() == 0  # not due yet
+    clock.now += POD_CHECK_AFTER
+    await rec.reconcile(body)
+    assert kube.lists() == 1
+    ready = {c["type"]: c for c in kube.status["conditions"]}["Ready"]
+    assert ready["reason"] == "ModelFetchFailed" and kube.status["phase"] == "Failed"
+
+    writes = len(kube.writes)
+    clock.now += 1
+    await rec.reconcile(body)  # a Deployment event soon after: no new list, the failure still stands
+    assert kube.lists() == 1 and len(kube.writes) == writes
+    for _ in range(3):  # the failure's retries (backoff) do not list again before one poll interval
+        clock.now += rec.next_delay(owner.key, 60)
+        await rec.reconcile(body, trigger="poll")
+    assert kube.lists() == 1 and kube.status["phase"] == "Failed"
+    clock.now += 60
+    await rec.reconcile(body, trigger="poll")
+    assert kube.lists() == 2
+
+    kube.objects["Deployment"] = deployment(owner, generation=2, observed=2, updated=1, available=1)
+    clock.now += 1
+    await rec.reconcile(body)  # the rollout completed: no list, the failure is gone
+    assert kube.lists() == 2 and kube.status["phase"] == "Ready"
+
+
+async def test_a_quick_rollout_lists_no_pods(owner: Owner, config: OperatorConfig, clock: Clock) -> None:
+    kube = CountingKube()
+    rec = _reconciler(kube, config)
+    body = _body(owner, replicas=1)
+    await rec.reconcile(body)
+    for updated, available in ((1, 0), (1, 1)):
+        kube.objects["Deployment"] = deployment(owner, updated=updated, available=available)
+        clock.now += 2
+        await rec.reconcile(body)
+    assert kube.lists() == 0 and kube.status["phase"] == "Ready"
