@@ -249,7 +249,7 @@ class Reconciler:
             apply_error=apply_error,
             applied=applied,
             rollout=rollout,
-            endpoint=meta.endpoint(owner, spec.service.port),
+            endpoint=meta.endpoint(owner, spec.service.port, tls=spec.tls is not None),
             pod_error=pod_error,
         )
         return await self._report(owner, body, state, old_status, obs, resolved)

@@ -45,6 +45,8 @@ MANAGED_ENV = (
     "SCORING_TORCH_THREADS",
     "SCORING_ALLOW_PICKLE",
     "SCORING_LOG_LEVEL",
+    "SCORING_TLS_CERT_FILE",
+    "SCORING_TLS_KEY_FILE",
 )
 
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -674,6 +676,18 @@ class ServiceSpec(_Model):
     )
 
 
+class TlsSpec(_Model):
+    """HTTPS all the way to the pods: the runtime serves TLS itself with a certificate from a Secret."""
+
+    secret_name: str = Field(
+        max_length=253,
+        pattern=_DNS_SUBDOMAIN,
+        description="A kubernetes.io/tls Secret in this namespace (tls.crt, tls.key, optional ca.crt; e.g. "
+        "written by cert-manager). Mounted at /etc/scoring/tls; the runtime serves HTTPS on its port 8080 and "
+        "picks a renewed certificate up without a restart. Its names should cover NAME.NAMESPACE.svc.",
+    )
+
+
 # ------------------------------------------------------------------------------------------- spec
 
 
@@ -703,6 +717,9 @@ class ScoringModelSpec(_Model):
     gpu: GpuSpec | None = Field(default=None, description="GPUs per replica and GPU node placement.")
     auth: AuthSpec | None = Field(default=None, description="API-key authentication (default: none).")
     service: ServiceSpec = Field(default_factory=ServiceSpec, description="How the endpoint is exposed.")
+    tls: TlsSpec | None = Field(
+        default=None, description="Serve HTTPS from the pods themselves (default: plain HTTP inside the cluster)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ScoringModelSpec:

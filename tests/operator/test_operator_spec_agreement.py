@@ -70,6 +70,11 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("batch-over-queue", {"model": LABEL, "runtime": {"batching": {"maxBatchSize": 64, "maxQueueRows": 10}}},
      "batching.maxQueueRows must be at least batching.maxBatchSize"),
     ("batch-fits", {"model": LABEL, "runtime": {"batching": {"maxBatchSize": 8, "maxQueueRows": 64}}}, None),
+    ("tls", {"model": LABEL, "tls": {"secretName": "faq-tls"}}, None),
+    ("tls-bad-secret-name", {"model": LABEL, "tls": {"secretName": "Faq_TLS"}}, "tls.secretName"),
+    ("tls-without-secret", {"model": LABEL, "tls": {}}, "tls.secretName"),
+    ("managed-tls-env", {"model": LABEL, "runtime": {"env": [{"name": "SCORING_TLS_CERT_FILE", "value": "/x"}]}},
+     "env var SCORING_TLS_CERT_FILE is set by the operator"),
 ]
 
 
