@@ -68,7 +68,7 @@ def served_cert(host: str, ip: str, port: int, ca: Path) -> str | None:
     return out.stdout.strip() or None
 
 
-def test_https_to_the_pods_with_a_rotated_certificate_and_no_restart(env: Env, tmp_path: Path) -> None:
+def test_https_to_the_pods_with_a_rotated_certificate_and_no_restart(env: Env, tmp_path: Path) -> None:  # noqa: F811
     cluster, ns = env.cluster, env.namespaces["ready"]
     host = f"{NAME}.{ns}.svc"
     names = [host, f"{host}.cluster.local", NAME]

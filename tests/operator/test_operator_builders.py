@@ -286,7 +286,7 @@ def test_tls_env_cannot_be_overridden_and_secret_name_is_checked() -> None:
 
     with pytest.raises(ValidationError, match="SCORING_TLS_KEY_FILE is set by the operator"):
         make_spec(runtime={"env": [{"name": "SCORING_TLS_KEY_FILE", "value": "/x"}]})
-    with pytest.raises(ValidationError, match="tls.secretName"):
+    with pytest.raises(ValidationError, match=r"tls\.secretName"):
         make_spec(tls={"secretName": "Not_A_Name"})
-    with pytest.raises(ValidationError, match="tls.secretName"):
+    with pytest.raises(ValidationError, match=r"tls\.secretName"):
         make_spec(tls={})
