@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What shadow traffic costs the stable runtime: the FAQ runtime copying 0% vs 100% of its requests.
 
-    flock /tmp/bench.lock python bench/shadow.py [--seconds 10] [--rounds 2] [--out bench/results]
+    python bench/shadow.py [--seconds 10] [--rounds 2] [--out bench/results]   (holds /tmp/bench.lock itself)
 
 Two `scoring serve` processes of the FAQ model: the *stable* one (pinned to the first half of the
 CPUs) and a *shadow* one (the other half, with the load generators). The stable runtime reads its
