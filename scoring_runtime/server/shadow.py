@@ -7,8 +7,9 @@ the shadow's base URL. The shadow's own metrics then tell how it did. Rules:
 
 - a copy is sent only *after* the client's own answer went out, as a separate task: mirroring
   never delays or fails a client's request;
-- at most `max_in_flight` copies are on their way at once (one shared connection pool); a copy
-  beyond that is dropped, so a slow or dead shadow costs the stable runtime nothing but a counter;
+- at most `max_in_flight` copies are on their way at once (over a pool of keep-alive connections,
+  see shadow_client.py); a copy beyond that is dropped, so a slow or dead shadow costs the stable
+  runtime nothing but a counter;
 - a request carrying `x-scoring-shadow` is never copied (no loops between runtimes);
 - outcomes are counted in `scoring_shadow_requests_total{outcome="sent|failed|dropped"}` (sent: the
   shadow answered below 500; failed: no answer in time, a connection error, or a 5xx); failures are
@@ -33,12 +34,12 @@ import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scoring_runtime.server.logs import event
 from scoring_runtime.server.metrics import Metrics
+from scoring_runtime.server.shadow_client import ShadowClient
 from scoring_runtime.settings import RuntimeSettings, shadow_url_problem
 
 log = logging.getLogger("scoring_runtime.server")
@@ -106,8 +107,9 @@ class Mirror:
         self._counts = {o: metrics.shadow.labels(o) for o in ("sent", "failed", "dropped")}
         self._percent_gauge = metrics.shadow_percent
         self._percent_gauge.set(self.target.percent if self.target else 0)
-        self._session: Any = None  # aiohttp.ClientSession, created on the serving loop
-        self._ssl: ssl.SSLContext | bool = True
+        self._started = False
+        self._ssl: ssl.SSLContext | None = None  # None: the system CAs
+        self._client: ShadowClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
         self._stamp: tuple[int, int, int] | None = None
@@ -124,16 +126,9 @@ class Mirror:
     async def start(self) -> None:
         if not self.configured:
             return
-        import aiohttp  # only runtimes that shadow pay for the client
-
         if self.settings.shadow_ca_file is not None:
             self._ssl = ssl.create_default_context(cafile=str(self.settings.shadow_ca_file))
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.max_in_flight, ttl_dns_cache=30, enable_cleanup_closed=True),
-            timeout=aiohttp.ClientTimeout(total=self.settings.shadow_timeout_s),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-        )
+        self._started = True
         if self.config_file is not None:
             self.reload_config()
             self._poller = asyncio.create_task(self._poll_config(), name="shadow-config")
@@ -149,9 +144,10 @@ class Mirror:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._started = False
 
     # ------------------------------------------------------------------ config file
     def reload_config(self) -> bool:
@@ -189,7 +185,7 @@ class Mirror:
     def pick(self) -> ShadowTarget | None:
         """The target if this request is to be copied (sampled by percent), else None."""
         t = self.target
-        if t is None or self._session is None:
+        if t is None or not self._started:
             return None
         if t.percent >= 100 or random.random() * 100 < t.percent:
             return t
@@ -200,28 +196,30 @@ class Mirror:
         if self.in_flight >= self.max_in_flight:
             self._counts["dropped"].inc()
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in FORWARDED}
-        headers[SHADOW_HEADER] = "1"
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k in FORWARDED]
+        headers.append((SHADOW_HEADER, "1"))
         query = scope.get("query_string") or b""
-        url = target.url + scope["path"] + ("?" + query.decode("latin-1") if query else "")
+        path = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+        client = self._client
+        if client is None or client.base_url != target.url:
+            if client is not None:
+                client.retire()  # copies on their way to the old target finish there
+            client = self._client = ShadowClient(target.url, self._ssl, limit=self.max_in_flight)
         self.in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._send(url, headers, body))
+        task = asyncio.get_running_loop().create_task(self._send(client, path, headers, body))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, url: str, headers: dict[str, str], body: bytes) -> None:
+    async def _send(self, client: ShadowClient, path: str, headers: list[tuple[str, str]], body: bytes) -> None:
         try:
-            ssl_arg = self._ssl if url.startswith("https:") else None
-            async with self._session.post(url, data=body, headers=headers, ssl=ssl_arg) as resp:
-                await resp.read()  # discarded; read so the connection can be reused
-                status = resp.status
+            status = await client.post(path, headers, body, self.settings.shadow_timeout_s)  # the answer: discarded
             if status >= 500:
                 self._failed(f"the shadow answered {status}")
             else:
                 self._counts["sent"].inc()
         except asyncio.CancelledError:
             raise
-        except Exception as e:
+        except Exception as e:  # connection refused, TLS, timeout, a broken answer: all just counted
             self._failed(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
         finally:
             self.in_flight -= 1
