@@ -359,3 +359,96 @@ def test_https_shadow_verified_with_the_ca_file(stable: Stable) -> None:
             time.sleep(0.1)
         assert shadow.copies == []
         stable.set_target("{}")
+
+
+# ------------------------------------------------------------------------------------------- the client
+
+
+async def _raw_server(answer: bytes, close_after: float | None) -> tuple[Any, list[bytes]]:
+    """An asyncio server that answers every request with `answer`; closes each connection `close_after`
+    seconds after answering (None: keeps it open)."""
+    import asyncio
+
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+                seen.append(head + await reader.readexactly(length))
+                writer.write(answer)
+                await writer.drain()
+                if close_after is not None:
+                    await asyncio.sleep(close_after)
+                    writer.close()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, seen
+
+
+async def test_client_reuses_connections_and_survives_servers_closing_them() -> None:
+    import asyncio
+
+    from scoring_runtime.server.shadow_client import ShadowClient
+
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+    server, seen = await _raw_server(ok, close_after=None)
+    port = server.sockets[0].getsockname()[1]
+    client = ShadowClient(f"http://localhost:{port}/prefix", limit=4)
+    for _ in range(3):
+        assert await client.post("/score?x=1", [("authorization", "Bearer k")], b'{"a": 1}', 5) == 200
+    assert len(client._open) == 1, "one keep-alive connection, reused"
+    assert seen[0].startswith(b"POST /prefix/score?x=1 HTTP/1.1\r\nhost: localhost:")
+    assert b"authorization: Bearer k" in seen[0] and seen[0].endswith(b'{"a": 1}')
+    client.close()
+    server.close()
+
+    # a server that closes idle connections (its keep-alive timeout): the next copy opens a new one
+    server, seen = await _raw_server(ok, close_after=0.05)
+    port = server.sockets[0].getsockname()[1]
+    client = ShadowClient(f"http://127.0.0.1:{port}", limit=4)
+    for _ in range(3):
+        assert await client.post("/score", [], b"{}", 5) == 200
+        await asyncio.sleep(0.2)
+    assert len(seen) == 3
+    client.close()
+    server.close()
+
+    # "connection: close" answers, a 503, and a server that answers garbage
+    unavailable = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+    for answer, expected in ((unavailable, 503), (b"NOT HTTP\r\n\r\n", None)):
+        server, seen = await _raw_server(answer, close_after=None)
+        port = server.sockets[0].getsockname()[1]
+        client = ShadowClient(f"http://127.0.0.1:{port}", limit=4)
+        for _ in range(2):
+            if expected is None:
+                with pytest.raises(Exception, match="invalid HTTP answer"):
+                    await client.post("/score", [], b"{}", 5)
+            else:
+                assert await client.post("/score", [], b"{}", 5) == expected
+        client.close()
+        server.close()
+
+
+async def test_client_times_out_on_a_silent_server() -> None:
+    import asyncio
+
+    from scoring_runtime.server.shadow_client import ShadowClient
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    client = ShadowClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await client.post("/score", [], b"{}", 0.3)
+    assert time.monotonic() - t0 < 2
+    assert client._idle == [], "a timed-out connection is not reused"
+    client.close()
+    server.close()
