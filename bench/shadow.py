@@ -3,8 +3,11 @@
 
     python bench/shadow.py [--seconds 8] [--rounds 3] [--out bench/results]   (holds /tmp/bench.lock itself)
 
-Two `scoring serve` processes of the FAQ model: the *stable* one (pinned to the first half of the
-CPUs) and a *shadow* one (the other half, with the load generators). The stable runtime reads its
+The *stable* `scoring serve` of the FAQ model (pinned to the first half of the CPUs) and a shadow
+(the other half, with the load generators): by default the bench's floor app (a bare ASGI app
+answering canned bytes, so the copies add no model work to this small machine: what is measured is
+the stable runtime's own cost, as when the shadow runs on other nodes), or with `--shadow runtime`
+a second `scoring serve` of the same model. The stable runtime reads its
 shadow target from a config file (SCORING_SHADOW_CONFIG_FILE), so one warm process is measured in
 both modes, alternating `off, on, off, on, ...` (percent 0, then 100: every request copied):
 
@@ -13,9 +16,10 @@ both modes, alternating `off, on, off, on, ...` (percent 0, then 100: every requ
 - **open loop** (`vegeta`, a fixed rate at half the off-mode throughput): the p99 latency the
   clients see with and without copies, which is what the issue bounds (< 10% rise).
 
-The shadow runtime shares the machine (its CPUs are the load generators'), so `on` is measured under
-more contention than `off`: the ratios are conservative. The load generators' own CPU use is
-recorded to show they were not the bottleneck. Results: `OUT/shadow.json` and `OUT/shadow.md`.
+The shadow shares the machine (its CPUs are the load generators'), so `on` is measured under more
+contention than `off`: the ratios are conservative. The load generators' own CPU use is
+recorded to show they were not the bottleneck. Results: `OUT/shadow.{json,md}` (`--shadow floor`) or
+`OUT/shadow-runtime.{json,md}` (`--shadow runtime`).
 """
 
 from __future__ import annotations
@@ -88,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=8.0, help="per measurement")
     ap.add_argument("--rounds", type=int, default=3, help="off/on pairs per load mode")
     ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--shadow", choices=("floor", "runtime"), default="floor",
+                    help="floor: a bare ASGI app answering canned bytes (the stable runtime's own cost, as when the "
+                         "shadow runs on other nodes); runtime: a second `scoring serve` on this machine")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
     found = tools()
@@ -103,7 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     scripts = Path(tempfile.mkdtemp(prefix="shadow-bench-"))
     config = scripts / "shadow.json"
     config.write_text("{}")
-    shadow = peers.start_ours("shadow", model_dir, client_cpus, {"SCORING_WORKERS": "1"})
+    if args.shadow == "floor":
+        canned = scripts / "response.json"
+        canned.write_bytes(b'{"question": "q", "matches": [{"id": 101, "question": "q", "answer": "a", "score": 0.9}],'
+                           b' "no_match": false}')
+        shadow = peers.start_floor(client_cpus, canned)
+    else:
+        shadow = peers.start_ours("shadow", model_dir, client_cpus, {"SCORING_WORKERS": "1"})
     stable = peers.start_ours("stable", model_dir, server_cpus, {
         "SCORING_WORKERS": "1", "SCORING_SHADOW_CONFIG_FILE": str(config), "SCORING_SHADOW_MAX_IN_FLIGHT": "64"})
     rows: dict[str, dict[str, list[LoadResult]]] = {"closed": {"off": [], "on": []}, "open": {"off": [], "on": []}}
@@ -142,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "shared": True,
                     "note": "2-CPU VM shared with other work while measuring; stable pinned to one half of the "
-                            "CPUs, shadow runtime and load generators to the other"},
-        "seconds": args.seconds, "rounds": args.rounds, "connections": args.connections, "open_rate": rate,
+                            "CPUs, the shadow and the load generators to the other"},
+        "shadow": args.shadow, "seconds": args.seconds, "rounds": args.rounds, "connections": args.connections,
+        "open_rate": rate,
         "copies": copies,
         "closed": {m: summary(v) for m, v in rows["closed"].items()},
         "open": {m: summary(v) for m, v in rows["open"].items() if v},
@@ -158,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         result["ratios"]["open_p99_on_over_off"] = o["on"]["p99_ms"] / o["off"]["p99_ms"]
         result["ratios"]["open_p50_on_over_off"] = o["on"]["p50_ms"] / o["off"]["p50_ms"]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "shadow.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "shadow.md").write_text(markdown(result))
+    stem = "shadow" if args.shadow == "floor" else "shadow-runtime"
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))
     return 0
 
@@ -169,7 +184,8 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         "# Shadow traffic: what copying every request costs the stable FAQ runtime",
         "",
-        f"{r['date']}; `python bench/shadow.py --seconds {r['seconds']:g} --rounds {r['rounds']}`; "
+        f"{r['date']}; `python bench/shadow.py --seconds {r['seconds']:g} --rounds {r['rounds']} "
+        f"--shadow {r['shadow']}`; "
         f"{r['machine']['note']}. Medians of {r['rounds']} alternating rounds per mode.",
         "",
         "| load | mode | req/s | p50 ms | p99 ms | errors | stable CPU µs/request | load-generator CPU |",
