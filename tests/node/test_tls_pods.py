@@ -121,3 +121,26 @@ def test_https_to_the_pods_with_a_rotated_certificate_and_no_restart(env: Env, t
     logs = cluster.kubectl("logs", "-n", ns, after["metadata"]["name"], "-c", "runtime").stdout
     assert "tls_reloaded" in logs and second.sha256 in logs, logs[-2000:]
     cluster.kubectl("delete", "scoringmodel", NAME, "-n", ns, "--wait=true", "--timeout=90s", check=False)
+
+
+def test_an_unusable_tls_pair_is_named_in_the_status(env: Env, tmp_path: Path) -> None:  # noqa: F811
+    """A Secret whose key belongs to another certificate: the runtime exits with one line, and the
+    ScoringModel's status quotes it (no silent crash loop)."""
+    cluster, ns = env.cluster, env.namespaces["ready"]
+    name, secret = "faq-badtls", "faq-badtls-cert"
+    ca = TestCA(tmp_path / "ca")
+    good, other = ca.issue([f"{name}.{ns}.svc"]), ca.issue([f"{name}.{ns}.svc"])
+    mismatched = Issued(cert_pem=good.cert_pem, key_pem=other.key_pem, sha256=good.sha256)
+    doc = tls_secret(ns, ca, mismatched)
+    doc["metadata"]["name"] = secret
+    apply(cluster, doc)
+    apply(cluster, scoring_model(name, ns, replicas=1, tls={"secretName": secret}))
+
+    def says_why() -> dict[str, Any] | None:
+        sm = get(cluster, "scoringmodel", ns, name) or {}
+        ready = next((c for c in (sm.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), {})
+        return ready if ready.get("reason") == "RuntimeFailed" else None
+
+    ready = wait_for("status naming the unusable certificate", says_why, timeout=240, interval=1)
+    assert "the key does not belong to the certificate" in ready["message"], ready
+    cluster.kubectl("delete", "scoringmodel", name, "-n", ns, "--wait=true", "--timeout=90s", check=False)
