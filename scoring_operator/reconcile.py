@@ -280,7 +280,7 @@ class Reconciler:
             apply_error=apply_error,
             applied=applied,
             rollout=rollout,
-            endpoint=meta.endpoint(owner, spec.service.port),
+            endpoint=meta.endpoint(owner, spec.service.port, tls=spec.tls is not None),
             pod_error=pod_error,
             url=external_url(spec) if exposed else None,
             progressive=decision.status if decision is not None else old_status.get("rollout"),
@@ -344,7 +344,7 @@ class Reconciler:
         stable_pods = await self.kube.list_pods_selector(
             ns, f"app.kubernetes.io/name=scoring-model,app.kubernetes.io/instance={owner.name},"
                 f"{canary.LABEL_TRACK}!={progress.CANARY}")
-        scheme = "https" if getattr(spec, "tls", None) is not None else "http"
+        scheme = "https" if spec.tls is not None else "http"
         errors: list[str] = []
 
         async def scrape(pods: list[dict[str, Any]], version: int | None) -> dict[str, PodSample]:

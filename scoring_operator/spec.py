@@ -47,6 +47,8 @@ MANAGED_ENV = (
     "SCORING_ALLOW_PICKLE",
     "SCORING_LOG_LEVEL",
     "SCORING_SHADOW_CONFIG_FILE",
+    "SCORING_TLS_CERT_FILE",
+    "SCORING_TLS_KEY_FILE",
 )
 
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -899,6 +901,18 @@ class RolloutSpec(_Model):
         return self.shadow or ShadowSpec()
 
 
+class TlsSpec(_Model):
+    """HTTPS all the way to the pods: the runtime serves TLS itself with a certificate from a Secret."""
+
+    secret_name: str = Field(
+        max_length=253,
+        pattern=_DNS_SUBDOMAIN,
+        description="A kubernetes.io/tls Secret in this namespace (tls.crt, tls.key, optional ca.crt; e.g. "
+        "written by cert-manager). Mounted at /etc/scoring/tls; the runtime serves HTTPS on its port 8080 and "
+        "picks a renewed certificate up without a restart. Its names should cover NAME.NAMESPACE.svc.",
+    )
+
+
 # ------------------------------------------------------------------------------------------- spec
 
 
@@ -933,6 +947,9 @@ class ScoringModelSpec(_Model):
     )
     rollout: RolloutSpec | None = Field(
         default=None, description="How new model versions roll out: RollingUpdate (default), Canary or Shadow.",
+    )
+    tls: TlsSpec | None = Field(
+        default=None, description="Serve HTTPS from the pods themselves (default: plain HTTP inside the cluster)."
     )
 
     @model_validator(mode="after")

@@ -232,6 +232,10 @@ def fetch(registry: str, name: str, version: int | None, label: str | None, dest
 @click.option("--threads", type=int, help="model/parse threads per process [env SCORING_THREADS]")
 @click.option("--api-key-file", type=click.Path(path_type=Path),
               help="file of accepted API keys, one per line [env SCORING_API_KEY_FILE]")
+@click.option("--tls-cert-file", type=click.Path(path_type=Path),
+              help="serve HTTPS with this PEM certificate (chain) [env SCORING_TLS_CERT_FILE]")
+@click.option("--tls-key-file", type=click.Path(path_type=Path),
+              help="the certificate's PEM key, unencrypted [env SCORING_TLS_KEY_FILE]")
 @click.option("--max-body-bytes", type=int, help="largest request body [10 MiB; env SCORING_MAX_BODY_BYTES]")
 @click.option("--allow-pickle/--no-allow-pickle", default=None,
               help="allow pickle/joblib models: they can run code! [off; env SCORING_ALLOW_PICKLE]")

@@ -78,6 +78,23 @@ class RuntimeSettings(BaseSettings):
     device: str = Field("auto", description="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps")
     half_precision: bool = Field(False, description="fp16 on a GPU; ignored with a warning on CPU")
     torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads per worker; 0: CPUs / workers")
+    # HTTPS (scoring_runtime.server.tls): both files or neither; re-read when they change (a rotated Secret).
+    tls_cert_file: Path | None = Field(None, description="PEM certificate (chain) to serve HTTPS with; "
+                                       "needs tls_key_file")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file (unencrypted)")
+    # Shadow traffic (scoring_runtime.server.shadow): copies of scoring requests sent to another runtime.
+    shadow_url: str | None = Field(None, description="base URL of the shadow runtime (http:// or https://); "
+                                   "unset: no shadowing (unless shadow_config_file says otherwise)")
+    shadow_percent: float = Field(100.0, ge=0, le=100, description="share of scoring requests copied to the "
+                                  "shadow, in percent")
+    shadow_max_in_flight: int = Field(32, ge=1, le=10_000, description="copies on their way at once; "
+                                      "more are dropped (and counted)")
+    shadow_ca_file: Path | None = Field(None, description="CA bundle to verify an https shadow with "
+                                        "(unset: the system CAs)")
+    shadow_config_file: Path | None = Field(None, description="JSON file {\"url\": ..., \"percent\": ...} "
+                                            "re-read when it changes; when set it wins over shadow_url/"
+                                            "shadow_percent; missing or empty: no shadowing")
+    shadow_timeout_s: float = Field(10.0, gt=0, le=600, description="longest wait for the shadow's answer to a copy")
 
     @field_validator("model_dir")
     @classmethod
@@ -93,6 +110,23 @@ class RuntimeSettings(BaseSettings):
             raise ValueError(f"API key file {v} does not exist or is not a file")
         return v
 
+    @field_validator("shadow_url")
+    @classmethod
+    def _shadow_url(cls, v: str | None) -> str | None:
+        if v is None or v.strip() == "":
+            return None
+        problem = shadow_url_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v.rstrip("/")
+
+    @field_validator("shadow_ca_file")
+    @classmethod
+    def _ca_file_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"shadow CA file {v} does not exist or is not a file")
+        return v
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, v: object) -> object:
@@ -106,7 +140,39 @@ class RuntimeSettings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _tls_pair(self) -> RuntimeSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            given, missing = (("tls_cert_file", "tls_key_file") if self.tls_key_file is None
+                              else ("tls_key_file", "tls_cert_file"))
+            raise ValueError(f"{given} is set but {missing} is not: HTTPS needs both the certificate and its key "
+                             "(SCORING_TLS_CERT_FILE and SCORING_TLS_KEY_FILE), or neither for plain HTTP")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """True when the server speaks HTTPS."""
+        return self.tls_cert_file is not None
+
     @property
     def batching(self) -> bool | None:
         """True/False when set explicitly; None: the flavour decides (see flavours.batching_for)."""
         return None if self.max_batch_size is None else self.max_batch_size > 1
+
+
+def shadow_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a shadow base URL (None when it can): http(s)://host[:port][/prefix], nothing else."""
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(url)
+        port = u.port
+    except ValueError as e:
+        return f"shadow URL {url!r} is not a URL: {e}"
+    if u.scheme not in ("http", "https") or not u.hostname:
+        return f"shadow URL {url!r} must look like http://host:port or https://host:port"
+    if u.query or u.fragment or u.username or u.password:
+        return f"shadow URL {url!r} must not carry a query, fragment or credentials"
+    if port == 0:
+        return f"shadow URL {url!r} has port 0"
+    return None

@@ -123,7 +123,9 @@ def candidate_service(owner: meta.Owner, spec: api.ScoringModelSpec, track: str)
 
 
 def shadow_url(owner: meta.Owner, spec: api.ScoringModelSpec) -> str:
-    return f"http://{shadow_name(owner)}.{owner.namespace}.svc:{spec.service.port}"
+    """The shadow Service as the stable pods reach it: https when the pods serve HTTPS (spec.tls)."""
+    scheme = "https" if spec.tls is not None else "http"
+    return f"{scheme}://{shadow_name(owner)}.{owner.namespace}.svc:{spec.service.port}"
 
 
 def shadow_config(owner: meta.Owner, spec: api.ScoringModelSpec, percent: float) -> dict[str, Any]:

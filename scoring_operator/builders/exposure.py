@@ -18,6 +18,8 @@ from scoring_operator.builders import meta
 INGRESS_API_VERSION = "networking.k8s.io/v1"
 GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 HTTP_ROUTE_API_VERSION = f"{GATEWAY_API_GROUP}/v1"
+#: ingress-nginx: how it speaks to the backend Service (HTTPS when the pods serve it, spec.tls).
+NGINX_BACKEND_PROTOCOL = "nginx.ingress.kubernetes.io/backend-protocol"
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,11 @@ def ingress(owner: meta.Owner, spec: api.ScoringModelSpec) -> dict[str, Any] | N
     ing = spec.exposure.ingress if spec.exposure else None
     if ing is None:
         return None
-    # TODO(merge): with spec.tls (14a) the Service speaks HTTPS: the controller must be told so, e.g.
-    # nginx's `nginx.ingress.kubernetes.io/backend-protocol: HTTPS` (user annotations still win).
+    # With spec.tls the pods speak HTTPS: the Service port says so (appProtocol https) for controllers
+    # that read it, and NGINX's annotation tells ingress-nginx; a user's own value wins.
+    annotations = dict(ing.annotations or {})
+    if spec.tls is not None:
+        annotations.setdefault(NGINX_BACKEND_PROTOCOL, "HTTPS")
     backend = {"service": {"name": owner.name, "port": {"number": spec.service.port}}}
     body: dict[str, Any] = {
         "rules": [{
@@ -63,7 +68,7 @@ def ingress(owner: meta.Owner, spec: api.ScoringModelSpec) -> dict[str, Any] | N
     return {
         "apiVersion": INGRESS_API_VERSION,
         "kind": "Ingress",
-        "metadata": meta.object_meta(owner, spec.model.name, ing.annotations),
+        "metadata": meta.object_meta(owner, spec.model.name, annotations or None),
         "spec": body,
     }
 
@@ -86,8 +91,9 @@ def http_route(
         backends = [RouteBackend(owner.name, spec.service.port, 1)]
     if not backends:
         raise ValueError("an HTTPRoute rule needs at least one backend")
-    # TODO(merge): with spec.tls (14a) the backends speak HTTPS: the Service port's appProtocol (https)
-    # tells the Gateway, and a BackendTLSPolicy names the CA to verify the pods with.
+    # With spec.tls the backends speak HTTPS: the Service port's appProtocol (https) tells the Gateway;
+    # verifying the pods' certificate needs a BackendTLSPolicy naming the CA, which is not generated
+    # (docs/operator.md, Exposure).
     rule: dict[str, Any] = {
         "matches": [{"path": {"type": "PathPrefix", "value": route.path}}],
         "backendRefs": [{**_service_ref(b.service, b.port), "weight": b.weight} for b in backends],

@@ -89,6 +89,6 @@ def controller_of(obj: Any) -> tuple[str, str] | None:
     return None
 
 
-def endpoint(owner: Owner, port: int) -> str:
-    """The in-cluster URL of the scoring Service."""
-    return f"http://{owner.name}.{owner.namespace}.svc:{port}"
+def endpoint(owner: Owner, port: int, tls: bool = False) -> str:
+    """The in-cluster URL of the scoring Service (https when the pods serve TLS themselves)."""
+    return f"{'https' if tls else 'http'}://{owner.name}.{owner.namespace}.svc:{port}"

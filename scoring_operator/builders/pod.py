@@ -21,6 +21,11 @@ MODEL_DIR = "/model"
 REGISTRY_MOUNT = "/registry"
 API_KEY_DIR = "/var/run/secrets/scoring"
 API_KEY_FILE = f"{API_KEY_DIR}/api-key"
+#: spec.tls: the kubernetes.io/tls Secret's keys appear here (ca.crt too, when the Secret has one)
+TLS_DIR = "/etc/scoring/tls"
+TLS_CERT_FILE = f"{TLS_DIR}/tls.crt"
+TLS_KEY_FILE = f"{TLS_DIR}/tls.key"
+TLS_CA_FILE = f"{TLS_DIR}/ca.crt"
 RUN_AS = 10001
 DEFAULT_GPU_TOLERATION = {"key": api.DEFAULT_GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 READY_PATH = "/v2/health/ready"
@@ -137,6 +142,9 @@ def runtime_env(spec: api.ScoringModelSpec) -> list[dict[str, Any]]:
         put("SCORING_MAX_QUEUE_ROWS", rt.batching.max_queue_rows)
     if spec.auth is not None and spec.auth.api_key_secret is not None:
         put("SCORING_API_KEY_FILE", API_KEY_FILE)
+    if spec.tls is not None:
+        put("SCORING_TLS_CERT_FILE", TLS_CERT_FILE)
+        put("SCORING_TLS_KEY_FILE", TLS_KEY_FILE)
     put("SCORING_DEVICE", rt.device)
     put("SCORING_HALF_PRECISION", rt.half_precision)
     put("SCORING_TORCH_THREADS", rt.torch_threads)
@@ -159,9 +167,10 @@ def resources(spec: api.ScoringModelSpec, *, with_gpu: bool) -> dict[str, Any]:
     return out
 
 
-def _probe(path: str, *, period: int, failures: int, timeout: int = 2) -> dict[str, Any]:
+def _probe(path: str, *, period: int, failures: int, timeout: int = 2, tls: bool = False) -> dict[str, Any]:
+    # The kubelet does not verify the certificate of an HTTPS probe: no CA to hand it.
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": {"path": path, "port": "http", **({"scheme": "HTTPS"} if tls else {})},
         "periodSeconds": period,
         "timeoutSeconds": timeout,
         "failureThreshold": failures,
@@ -227,6 +236,12 @@ def pod_template(
             },
         })
         mounts.append({"name": "api-key", "mountPath": API_KEY_DIR, "readOnly": True})
+    tls = spec.tls is not None
+    if spec.tls is not None:
+        # The whole Secret (tls.crt, tls.key, ca.crt): no items list, so an update swaps all files at once
+        # and the runtime picks the renewed pair up; 0440 + the pod's fsGroup: readable by the runtime only.
+        volumes.append({"name": "tls", "secret": {"secretName": spec.tls.secret_name, "defaultMode": 0o440}})
+        mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
 
     startup_failures = max(1, -(-spec.runtime.startup_timeout_seconds // STARTUP_PERIOD))
     runtime: dict[str, Any] = {
@@ -239,9 +254,9 @@ def pod_template(
         "volumeMounts": mounts,
         # Readiness, not liveness: /live answers as soon as the server is up, so a hung model load
         # would never hit startupTimeoutSeconds; /ready stays 503 until the model is loaded.
-        "startupProbe": _probe(READY_PATH, period=STARTUP_PERIOD, failures=startup_failures),
-        "readinessProbe": _probe(READY_PATH, period=5, failures=3),
-        "livenessProbe": _probe(LIVE_PATH, period=10, failures=3, timeout=5),
+        "startupProbe": _probe(READY_PATH, period=STARTUP_PERIOD, failures=startup_failures, tls=tls),
+        "readinessProbe": _probe(READY_PATH, period=5, failures=3, tls=tls),
+        "livenessProbe": _probe(LIVE_PATH, period=10, failures=3, timeout=5, tls=tls),
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": container_security_context(),
@@ -283,6 +298,7 @@ def pod_template(
                 "prometheus.io/scrape": "true",
                 "prometheus.io/port": str(HTTP_PORT),
                 "prometheus.io/path": "/metrics",
+                **({"prometheus.io/scheme": "https"} if tls else {}),
             },
         },
         "spec": pod_spec,

@@ -76,11 +76,14 @@ class Failure:
 
 #: The init container that fetches the model (scoring_operator.builders.pod.INIT_CONTAINER).
 FETCH_CONTAINER = "fetch-model"
+#: The serving container (scoring_operator.builders.pod.RUNTIME_CONTAINER).
+RUNTIME_CONTAINER = "runtime"
 VERSION_ANNOTATION = "scoring.dev/model-version"
 
 
 def fetch_failure(pods: Sequence[Mapping[str, Any]], version: int) -> Failure | None:
-    """Why pods of `version` cannot start: their fetch init container failed, with its own message.
+    """Why pods of `version` cannot start: their fetch init container failed, or their runtime container
+    exits (e.g. an unusable spec.tls certificate), with the container's own message.
 
     Why: a rollout stuck on a bad model version (e.g. a registry file that no longer matches its
     sha256) otherwise only shows "1 of 2 updated replicas available"; the init container's last
@@ -102,6 +105,23 @@ def fetch_failure(pods: Sequence[Mapping[str, Any]], version: int) -> Failure | 
                     return Failure(
                         "ModelFetchFailed",
                         f"pod {meta.get('name')}: init container {FETCH_CONTAINER} failed with exit code {code}: "
+                        + (" | ".join(lines) or "no message"),
+                        retryable=True,
+                    )
+        # The fetch worked but `scoring serve` exits (an unusable TLS pair of spec.tls, a model that will
+        # not load): its one-line error is the termination message (FallbackToLogsOnError).
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            if cs.get("name") != RUNTIME_CONTAINER:
+                continue
+            for state in (cs.get("state") or {}, cs.get("lastState") or {}):
+                term = state.get("terminated") or {}
+                code = term.get("exitCode")
+                if code is not None and code != 0:
+                    why = (term.get("message") or term.get("reason") or "").strip()
+                    lines = [ln for ln in why.splitlines() if ln.strip()][-3:]
+                    return Failure(
+                        "RuntimeFailed",
+                        f"pod {meta.get('name')}: container {RUNTIME_CONTAINER} exited with code {code}: "
                         + (" | ".join(lines) or "no message"),
                         retryable=True,
                     )

@@ -76,6 +76,9 @@ def replicas_handoff(
 
 def service(owner: meta.Owner, spec: api.ScoringModelSpec) -> dict[str, Any]:
     """The Service named after the ScoringModel: the endpoint in its status."""
+    port: dict[str, Any] = {"name": "http", "port": spec.service.port, "targetPort": "http", "protocol": "TCP"}
+    if spec.tls is not None:  # the pods speak HTTPS: ingress controllers and meshes read this
+        port["appProtocol"] = "https"
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -83,7 +86,7 @@ def service(owner: meta.Owner, spec: api.ScoringModelSpec) -> dict[str, Any]:
         "spec": {
             "type": spec.service.type,
             "selector": meta.selector_labels(owner),
-            "ports": [{"name": "http", "port": spec.service.port, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [port],
         },
     }
 

@@ -52,6 +52,7 @@ from scoring_runtime.server.logs import event
 from scoring_runtime.server.metrics import Metrics
 from scoring_runtime.server.openapi import openapi_document
 from scoring_runtime.server.served_by import ServedBy
+from scoring_runtime.server.shadow import Mirror, ShadowTraffic
 from scoring_runtime.settings import RuntimeSettings
 
 log = logging.getLogger("scoring_runtime.server")
@@ -154,6 +155,7 @@ class ScoringServer:
         self.on_fatal = on_fatal
         self.auth = ApiKeyAuth(settings.api_key_file) if settings.api_key_file else None
         self.metrics = Metrics()
+        self.mirror = Mirror(settings, self.metrics)
         self.phase = Phase.LOADING
         self.failure: str | None = None
         self.scorer: Scorer | None = None
@@ -195,9 +197,11 @@ class ScoringServer:
         self._large_executor = ThreadPoolExecutor(1, thread_name_prefix="scoring-large")
         self._large_lock = asyncio.Lock()  # FIFO: large requests are scored in arrival order
         task = asyncio.create_task(self._load(), name="load-model")
+        await self.mirror.start()
         try:
             yield
         finally:
+            await self.mirror.stop()
             self.phase = Phase.STOPPING
             self.metrics.ready.set(0)
             if self.ready_dir is not None:
@@ -593,6 +597,8 @@ class ScoringServer:
         )
         # Starlette's own slash redirect builds an absolute Location from the Host header; ours is relative
         app.router.redirect_slashes = False
+        if self.mirror.configured:  # copies of scoring requests to a shadow runtime (server/shadow.py)
+            app.add_middleware(ShadowTraffic, mirror=self.mirror, max_body_bytes=self.settings.max_body_bytes)
         app.add_middleware(RequestMetrics, metrics=self.metrics, access_log=self.settings.access_log)
         app.add_middleware(telemetry.TelemetryMiddleware)  # a span per request while telemetry is on
         app.add_middleware(ServedBy, model=self.manifest.name, version=str(self.manifest.version))

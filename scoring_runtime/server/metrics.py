@@ -90,6 +90,16 @@ class Metrics:
             registry=reg, multiprocess_mode="max",
         )
 
+        self.shadow = Counter(
+            "scoring_shadow_requests", "Copies of scoring requests sent to the shadow runtime, by outcome "
+            "(sent: it answered below 500; failed: error, timeout or 5xx; dropped: too many on their way)",
+            ["outcome"], registry=reg,
+        )
+        self.shadow_percent = Gauge(
+            "scoring_shadow_percent", "Share of scoring requests copied to the shadow now (0: no shadowing)",
+            registry=reg, multiprocess_mode="max",
+        )
+
     def labelled(self, metric: Any, *values: str) -> Any:
         """`metric.labels(*values)`, cached: the hot path labels the same few children on every request,
         and prometheus_client validates, stringifies and locks on each `labels()` call. The label values

@@ -9,6 +9,7 @@ that is live but never ready.
 
 from __future__ import annotations
 
+import functools
 import logging.config
 import os
 import shutil
@@ -27,6 +28,7 @@ from scoring_runtime.server.auth import read_api_keys
 from scoring_runtime.server.logs import log_config
 from scoring_runtime.server.metrics import MULTIPROC_ENV
 from scoring_runtime.server.protocol import GuardedHttpToolsProtocol
+from scoring_runtime.server.tls import TlsError, context_factory, server_context
 from scoring_runtime.settings import RuntimeSettings
 
 SETTINGS_ENV = "_SCORING_SERVE_SETTINGS"  # the parent's validated settings, for worker processes
@@ -58,6 +60,11 @@ def preflight(settings: RuntimeSettings) -> None:
         try:
             read_api_keys(settings.api_key_file)
         except ValueError as e:
+            raise ServeError(str(e)) from None
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        try:
+            server_context(settings.tls_cert_file, settings.tls_key_file)
+        except TlsError as e:
             raise ServeError(str(e)) from None
 
 
@@ -105,6 +112,10 @@ def serve(settings: RuntimeSettings) -> None:
         # httptools plus header size/count limits and header/body timeouts (see server/protocol.py)
         "http": GuardedHttpToolsProtocol,
     }
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        # HTTPS with a certificate re-read when its files change (server/tls.py); built in each worker
+        common["ssl_context_factory"] = functools.partial(
+            context_factory, str(settings.tls_cert_file), str(settings.tls_key_file))
     # uvicorn re-raises the SIGTERM/SIGINT that stopped it once it has shut down gracefully; with
     # the default handlers that would kill us (exit -15). A stop by signal is a clean exit here.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -124,7 +135,10 @@ def serve(settings: RuntimeSettings) -> None:
 
             app = create_app(settings, on_fatal=stop)
             server = uvicorn.Server(uvicorn.Config(app, **common))  # type: ignore[arg-type]
-            server.run()
+            try:
+                server.run()
+            except TlsError as e:  # the files changed for the worse since preflight
+                raise ServeError(str(e)) from None
         else:
             # Workers share metrics through files in a fresh directory (see server/metrics.py).
             metrics_dir = workdir / "metrics"

@@ -6,7 +6,7 @@ from typing import Any
 
 from scoring_operator.builders import desired_children, meta
 from scoring_operator.builders.meta import Owner
-from scoring_operator.builders.pod import API_KEY_FILE, DEFAULT_GPU_TOLERATION
+from scoring_operator.builders.pod import API_KEY_FILE, DEFAULT_GPU_TOLERATION, TLS_DIR
 from scoring_operator.builders.scaling import hpa, pdb
 from scoring_operator.builders.workload import deployment, service
 from scoring_operator.config import OperatorConfig
@@ -252,3 +252,44 @@ def test_service_type_port_and_annotations(owner: Owner) -> None:
     assert svc["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]
     assert svc["metadata"]["annotations"] == {"service.beta.kubernetes.io/azure-load-balancer-internal": "true"}
     assert meta.endpoint(owner, 8000) == "http://faq.ml.svc:8000"
+
+
+def test_tls_secret_mounted_env_probes_service_and_endpoint(owner: Owner, config: OperatorConfig) -> None:
+    """spec.tls: the pods serve HTTPS themselves; everything that talks to them follows."""
+    spec = make_spec(tls={"secretName": "faq-tls"}, auth={"apiKeySecret": {"name": "faq-key", "key": "token"}})
+    dep = deployment(owner, spec, 1, config)
+    _, rt = _containers(dep)
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    # The whole Secret (no items): a renewal swaps cert and key together; 0440 + fsGroup 10001, non-root.
+    assert volumes["tls"]["secret"] == {"secretName": "faq-tls", "defaultMode": 0o440}
+    assert dep["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == 10001
+    assert {"name": "tls", "mountPath": TLS_DIR, "readOnly": True} in rt["volumeMounts"]
+    env = _env(rt)
+    assert (env["SCORING_TLS_CERT_FILE"], env["SCORING_TLS_KEY_FILE"]) == (
+        "/etc/scoring/tls/tls.crt", "/etc/scoring/tls/tls.key")
+    assert env["SCORING_PORT"] == "8080", "HTTPS on the usual container port"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert rt[probe]["httpGet"]["scheme"] == "HTTPS", probe
+    assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scheme"] == "https"
+    assert service(owner, spec)["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP", "appProtocol": "https"}]
+    assert meta.endpoint(owner, 80, tls=True) == "https://faq.ml.svc:80"
+    # Without spec.tls nothing of it appears.
+    plain = deployment(owner, make_spec(), 1, config)
+    _, plain_rt = _containers(plain)
+    assert "tls" not in {v["name"] for v in plain["spec"]["template"]["spec"]["volumes"]}
+    assert not any(k.startswith("SCORING_TLS") for k in _env(plain_rt))
+    assert "scheme" not in plain_rt["readinessProbe"]["httpGet"]
+    assert "appProtocol" not in service(owner, make_spec())["spec"]["ports"][0]
+
+
+def test_tls_env_cannot_be_overridden_and_secret_name_is_checked() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="SCORING_TLS_KEY_FILE is set by the operator"):
+        make_spec(runtime={"env": [{"name": "SCORING_TLS_KEY_FILE", "value": "/x"}]})
+    with pytest.raises(ValidationError, match=r"tls\.secretName"):
+        make_spec(tls={"secretName": "Not_A_Name"})
+    with pytest.raises(ValidationError, match=r"tls\.secretName"):
+        make_spec(tls={})

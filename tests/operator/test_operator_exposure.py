@@ -155,3 +155,22 @@ def test_status_shows_the_url_once_exposed(owner: Owner) -> None:
     from scoring_operator.builders.status import status_patch
 
     assert status_patch(status, without)["url"] is None  # type: ignore[index]  # removed from the status
+
+
+def test_https_pods_behind_an_ingress_and_a_shadow(owner: Owner) -> None:
+    """spec.tls with exposure/shadow: ingress-nginx is told the pods speak HTTPS (a user's own value wins),
+    and the stable pods copy shadow traffic over https."""
+    from scoring_operator.builders import canary
+    from scoring_operator.builders.exposure import NGINX_BACKEND_PROTOCOL
+
+    spec = make_spec(tls={"secretName": "faq-tls"}, exposure={"ingress": {"host": "faq.example.com"}})
+    ing = ingress(owner, spec)
+    assert ing is not None and ing["metadata"]["annotations"] == {NGINX_BACKEND_PROTOCOL: "HTTPS"}
+    mine = make_spec(tls={"secretName": "faq-tls"}, exposure={"ingress": {
+        "host": "faq.example.com", "annotations": {NGINX_BACKEND_PROTOCOL: "GRPCS"}}})
+    ing = ingress(owner, mine)
+    assert ing is not None and ing["metadata"]["annotations"] == {NGINX_BACKEND_PROTOCOL: "GRPCS"}
+    plain = ingress(owner, make_spec(exposure={"ingress": {"host": "faq.example.com"}}))
+    assert plain is not None and "annotations" not in plain["metadata"]
+    assert canary.shadow_url(owner, spec).startswith("https://faq-shadow.")
+    assert canary.shadow_url(owner, make_spec()).startswith("http://faq-shadow.")

@@ -67,3 +67,22 @@ def test_status_while_old_pods_serve_and_when_none_do() -> None:
     # Once the rollout completes the error no longer applies.
     done = Observation(5, resolved=resolved, rollout=Rollout("Complete", 2, 2, "2 of 2 replicas ready"))
     assert phase_of(done) == "Ready"
+
+
+def test_a_runtime_that_exits_at_start_up_is_reported_with_its_message() -> None:
+    """E.g. spec.tls names a Secret whose key does not belong to its certificate: `scoring serve` exits
+    with one line, which the rollout's status quotes."""
+    why = ("error: cannot use TLS certificate /etc/scoring/tls/tls.crt with key /etc/scoring/tls/tls.key: "
+           "the key does not belong to the certificate")
+    fetched = {"terminated": {"exitCode": 0, "reason": "Completed"}}
+    failing = pod("faq-new", 3, state=fetched)
+    failing["status"]["containerStatuses"] = [{
+        "name": "runtime", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": why + "\n"}}}]
+    failure = fetch_failure([failing], 3)
+    assert failure is not None and failure.reason == "RuntimeFailed" and failure.retryable
+    assert failure.message == f"pod faq-new: container runtime exited with code 1: {why}"
+    assert fetch_failure([failing], 4) is None, "only the version being rolled out"
+    running = pod("faq-ok", 3, state=fetched)
+    running["status"]["containerStatuses"] = [{"name": "runtime", "state": {"running": {}}, "lastState": {}}]
+    assert fetch_failure([running], 3) is None

@@ -117,6 +117,11 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("promote-and-abort-same", {"model": LABEL, "rollout": {"strategy": "Canary", "promoteVersion": 3,
                                                             "abortVersion": 3}},
      "rollout.promoteVersion and rollout.abortVersion name the same version"),
+    ("tls", {"model": LABEL, "tls": {"secretName": "faq-tls"}}, None),
+    ("tls-bad-secret-name", {"model": LABEL, "tls": {"secretName": "Faq_TLS"}}, "tls.secretName"),
+    ("tls-without-secret", {"model": LABEL, "tls": {}}, "tls.secretName"),
+    ("managed-tls-env", {"model": LABEL, "runtime": {"env": [{"name": "SCORING_TLS_CERT_FILE", "value": "/x"}]}},
+     "env var SCORING_TLS_CERT_FILE is set by the operator"),
 ]
 
 
