@@ -66,6 +66,8 @@ class RuntimeSettings(BaseSettings):
                              "this many body bytes (bounds its peak memory)")
     max_large_requests: int = Field(4, ge=1, description="large requests admitted at once (one is scored, "
                                     "the others wait); 503 above")
+    malloc_arenas: int = Field(1, ge=0, le=64, description="glibc malloc arenas (new threads share them instead "
+                               "of taking fresh memory each; 0: glibc's default); MALLOC_ARENA_MAX wins")
     # Connection guards (scoring_runtime.server.protocol): checked on raw bytes, before any parsing.
     max_header_bytes: int = Field(32 * 1024, ge=1024, le=1024 * 1024,
                                   description="request line + headers, in bytes (431 above)")

@@ -27,6 +27,12 @@ class UnsupportedMediaType(BadRequest):
     status = 415
 
 
+class ContentTooLarge(BadRequest):
+    """Well-formed, but more than the model scores in one request (too many rows, too long a text): 413."""
+
+    status = 413
+
+
 class ModelLoadError(Exception):
     """The model directory cannot be served (unknown flavour, unsafe or corrupt artifact ...)."""
 

@@ -22,6 +22,7 @@ flavour does) to derive the transposed matrices the products need.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -48,6 +49,8 @@ BM25_K1, BM25_B = 1.2, 0.75
 _SPARSE = "csr_shape"
 #: candidates taken from each retriever (their union is reranked)
 CANDIDATES_PER_RETRIEVER = 10
+#: nonzeros of the question rows gathered at once for the nearest-known-text features (~1 MB)
+NEAREST_NNZ = 2**17
 
 
 def hashers(bits: int = HASH_BITS) -> tuple[HashingVectorizer, HashingVectorizer]:
@@ -71,12 +74,60 @@ class Counts:
         """Hash texts; `char=False` skips the character n-grams (answers: long, used by words only)."""
         hw, hc = hashers(bits)
         empty = sparse.csr_matrix((len(texts), 2**bits), dtype=np.float32)
-        chars = _csr(hc.transform(texts)) if char and texts else empty
+        chars = _char_counts(hc, texts) if char and texts else empty
         return cls(_csr(hw.transform(texts)) if texts else empty.copy(), chars,
                    np.fromiter((len(t) for t in texts), dtype=np.float32, count=len(texts)))
 
     def rows(self, idx: Array) -> Counts:
         return Counts(self.word[idx], self.char[idx], self.chars[idx])
+
+
+#: texts longer than this are hashed into character n-grams a piece at a time (see `_char_counts`)
+SEGMENT_CHARS = 512
+
+
+def _segments(text: str) -> list[str]:
+    """`text` cut at spaces into pieces of about SEGMENT_CHARS (a longer run without a space stays whole)."""
+    out: list[str] = []
+    start = 0
+    while len(text) - start > SEGMENT_CHARS:
+        cut = text.rfind(" ", start + 1, start + SEGMENT_CHARS)
+        if cut < 0:
+            cut = text.find(" ", start + SEGMENT_CHARS)
+            if cut < 0:
+                break
+        out.append(text[start:cut])
+        start = cut
+    out.append(text[start:])
+    return out
+
+
+def _char_counts(hc: HashingVectorizer, texts: list[str]) -> sparse.csr_matrix:
+    """Character n-gram counts of texts, with bounded memory for long ones.
+
+    scikit-learn's analyzer builds a Python list of every n-gram of a text before hashing it (about 50
+    bytes per character of text: 200 KB for a 4,000-character question), so long texts are hashed in
+    segments cut at spaces and the segments' counts summed per text. `char_wb` n-grams never cross a
+    space (each word is padded with spaces and cut on its own), so the counts are exactly those of the
+    whole text."""
+    if all(len(t) <= SEGMENT_CHARS for t in texts):
+        return _csr(hc.transform(texts))
+    owner: list[int] = []
+
+    def pieces() -> Iterator[str]:  # a generator: one segment's n-grams exist at a time
+        for i, t in enumerate(texts):
+            for seg in _segments(t) if len(t) > SEGMENT_CHARS else [t]:
+                owner.append(i)
+                yield seg
+
+    per_segment = sparse.csr_matrix(hc.transform(pieces()), dtype=np.float32)
+    # a text's segments are consecutive rows: one row each, then duplicates summed in place (not a
+    # sparse product, whose scratch arrays span all 2**bits columns: megabytes per call)
+    first = np.searchsorted(np.asarray(owner), np.arange(len(texts) + 1))
+    out = sparse.csr_matrix((per_segment.data, per_segment.indices, per_segment.indptr[first]),
+                            shape=(len(texts), per_segment.shape[1]))
+    out.sum_duplicates()
+    return out
 
 
 def _csr(m: Any) -> sparse.csr_matrix:
@@ -440,7 +491,8 @@ class Index:
         out = []
         for q, known in ((qw, self.known_word), (qc, self.known_char)):
             dots = np.zeros(len(krow))
-            step = 200_000
+            # each pair gathers a copy of its question's row: bound the copies' nonzeros (long questions)
+            step = max(1, min(200_000, NEAREST_NNZ // max(1, int(np.diff(q.indptr).max(initial=0)))))
             for s in range(0, len(krow), step):
                 sl = slice(s, s + step)
                 dots[sl] = np.asarray(q[qi[pair[sl]]].multiply(known[krow[sl]]).sum(axis=1)).ravel()

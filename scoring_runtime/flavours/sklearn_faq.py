@@ -27,7 +27,7 @@ import numpy as np
 import orjson
 
 from scoring_runtime.flavours.base import BadRequest, Job, ModelLoadError, Scorer, decode_json, media_type
-from scoring_runtime.flavours.errors import describe
+from scoring_runtime.flavours.errors import ContentTooLarge, describe
 from scoring_runtime.flavours.faq_pipeline import FAQMatcher
 from scoring_runtime.flavours.sklearn_io import artifact_path, load_estimator
 from scoring_runtime.flavours.v2 import V2Request, V2Tensor
@@ -123,12 +123,13 @@ class FAQScorer(Scorer):
         if not isinstance(items, list) or not items:
             raise BadRequest(f"{field!r} must be a question string or a non-empty list of strings")
         if len(items) > MAX_QUESTIONS:
-            raise BadRequest(f"at most {MAX_QUESTIONS} questions per request, got {len(items)}; split the request")
-        for q in items:
+            raise ContentTooLarge(f"at most {MAX_QUESTIONS} questions per request, got {len(items)}; split the request")
+        for n, q in enumerate(items):
             if not isinstance(q, str) or not q.strip():
                 raise BadRequest(f"every question in {field!r} must be a non-empty string, got {describe(q)}")
             if len(q) > MAX_QUESTION_CHARS:
-                raise BadRequest(f"a question is {len(q)} characters long; the limit is {MAX_QUESTION_CHARS}")
+                raise ContentTooLarge(f"question {n} is {len(q)} characters long; the limit is {MAX_QUESTION_CHARS} "
+                                      "characters per question: shorten it")
         return items
 
     def parse_score(self, body: bytes, content_type: str) -> Job:

@@ -165,6 +165,7 @@ class ScoringServer:
         self._admitted = 0  # scoring requests admitted whose job is not queued yet (see _Ticket)
         self._in_flight = 0  # scoring requests admitted by the connection guard, not answered yet
         self._canned: dict[str, bytes] = {}
+        self._canned_busy: bytes | None = None
         self._overload_count = self.metrics.errors.labels("overloaded")
         self._capacity: int | None = None  # requests the queue and one running batch hold (batching only)
         self._large_admitted = 0
@@ -192,6 +193,7 @@ class ScoringServer:
                                 refusal_delay_s=st.overload_refusal_delay_ms / 1000),
             on_refusal=lambda reason: self.metrics.errors.labels(reason).inc(),
             admission=self._admission,
+            fast=protocol.FastRefusal(busy=self._busy, refuse=self._refuse_fast),
         )
         self.executor = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="scoring")
         self._large_executor = ThreadPoolExecutor(1, thread_name_prefix="scoring-large")
@@ -333,6 +335,25 @@ class ScoringServer:
             return None
         self._in_flight += 1
         return self._release_in_flight
+
+    def _busy(self) -> bool:
+        """Would a scoring request be refused now (queue full, or requests in flight fill queue and batch)? A few
+        attribute reads: the connection asks this before it reads a request on the fast refusal path."""
+        if self._capacity is None or self.phase is not Phase.READY:
+            return False
+        return (self._in_flight >= self._capacity
+                or self.dispatcher.queued_rows + self._admitted >= self.settings.max_queue_rows)  # type: ignore[union-attr]
+
+    def _refuse_fast(self, target: bytes, content_length: int) -> bytes | None:
+        """The canned 503 for a POST to `target` while `_busy()`, as `_admission` would answer it (counted);
+        None for a route that is not scoring (it goes through the parser and the app)."""
+        if not (target.startswith(b"/score") or b"/infer" in target) or not self._busy():
+            return None
+        self._overload_count.inc()
+        canned = self._canned_busy
+        if canned is None:
+            canned = self._canned_busy = self._refusal_503("request queue full")
+        return canned
 
     def _refusal_503(self, why: str) -> bytes:
         """The canned overload answer; its text names the limit, not live counts, so it is built once per reason."""

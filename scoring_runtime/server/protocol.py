@@ -15,7 +15,15 @@ headers a byte at a time ("slowloris") or never finishes its body holds a connec
   the app sees the client as gone (499 in the metrics) and the connection is closed;
 - **admission**: once the headers are in, the server may answer at once without running the app
   (a 503 when the model's queue is full): the canned response is written straight to the socket
-  (no ASGI task, routing or body parsing; the body is discarded as it arrives), keep-alive kept.
+  (no ASGI task, routing or body parsing; the body is discarded as it arrives), keep-alive kept;
+- **fast refusal**: while the server says it is saturated (`FastRefusal.busy`), a request whose
+  headers arrive whole in one read and is plainly framed (HTTP/1.1 POST, one `Content-Length`, no
+  `Transfer-Encoding`, `Expect` or `Upgrade`, no `Connection` but keep-alive, nothing after its
+  body) is read by two regular expressions instead of the parser and refused without any
+  per-request object (the rest of its body, by its Content-Length, is discarded as it arrives);
+  anything else goes through the parser and the admission above: framing is the parser's whenever
+  in doubt. Overload refusals are held `refusal_delay_s` (reading paused) on one shared timer, not
+  one timer per refusal.
 
 Refusals are written straight to the socket (a few hundred bytes, no ASGI task), with
 `Connection: close`. The limits come from `configure()`, called once per process before serving.
@@ -25,6 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,19 +64,112 @@ class HttpLimits:
 #: running the app; or a callback to call once the admitted request is answered (or its connection
 #: lost): the request holds a place until then; or None
 Admission = Callable[[bytes, bytes, int], "bytes | Callable[[], None] | None"]
+
+
+@dataclass(frozen=True)
+class FastRefusal:
+    """The server's side of the fast refusal path: `busy()` says cheaply whether scoring requests are being
+    refused now; `refuse(target, content_length)` returns the complete response refusing that POST (and
+    counts it), or None to let it through the parser and admission. Neither may change anything else."""
+
+    busy: Callable[[], bool]
+    refuse: Callable[[bytes, int], bytes | None]
+
+
 _limits = HttpLimits()
 _on_refusal: Callable[[str], None] | None = None
 _admission: Admission | None = None
+_fast: FastRefusal | None = None
 
 
 def configure(
-    limits: HttpLimits, on_refusal: Callable[[str], None] | None = None, admission: Admission | None = None
+    limits: HttpLimits, on_refusal: Callable[[str], None] | None = None, admission: Admission | None = None,
+    fast: FastRefusal | None = None,
 ) -> None:
-    """Set the limits of every connection opened from now on in this process, a metrics hook, and admission."""
-    global _limits, _on_refusal, _admission
+    """Set the limits of every connection opened from now on in this process, a metrics hook, admission and
+    the fast refusal path."""
+    global _limits, _on_refusal, _admission, _fast
     _limits = limits
     _on_refusal = on_refusal
     _admission = admission
+    _fast = fast
+
+
+#: a plainly framed request head: `POST <origin-form target> HTTP/1.1`, then header lines `token:value` with no
+#: CR or LF inside (obs-fold, a bare CR or LF, a space before the colon: no match), then the empty line
+_SIMPLE_HEAD = re.compile(rb"POST (/[!-~]*) HTTP/1\.1\r\n((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*\r\n)*)\r\n")
+#: the header lines that matter for framing and connection handling; any but one Content-Length: not simple
+_FRAMING = re.compile(rb"^(content-length|transfer-encoding|connection|expect|upgrade|te|trailer):[ \t]*"
+                      rb"([^\r]*?)[ \t]*\r$", re.IGNORECASE | re.MULTILINE)
+
+
+def simple_post(data: bytes, max_header_bytes: int, max_headers: int) -> tuple[bytes, int, int] | None:
+    """(target, Content-Length, body bytes still to come) when `data` starts one plainly framed HTTP/1.1
+    POST whose headers are all there: request line `POST <target> HTTP/1.1`, well-formed header lines
+    (at most `max_headers`), exactly one Content-Length, no Transfer-Encoding, Expect, Upgrade, TE or
+    Trailer, no Connection but keep-alive, and nothing after its body (which may still be on its way).
+    None for anything else (the parser then reads it)."""
+    if not data.startswith(b"POST /"):
+        return None
+    end = data.find(b"\r\n\r\n", 0, max_header_bytes)
+    if end < 0:
+        return None
+    head = _SIMPLE_HEAD.fullmatch(data, 0, end + 4)
+    if head is None:
+        return None
+    fields = head.group(2)
+    if fields.count(b"\n") > max_headers:
+        return None
+    lengths = []
+    for name, value in _FRAMING.findall(fields):
+        name = name.lower()
+        if name == b"content-length":
+            lengths.append(value)
+        elif name != b"connection" or value.lower() != b"keep-alive":  # keep-alive: HTTP/1.1's default anyway
+            return None
+    if len(lengths) != 1:
+        return None
+    value = lengths[0]
+    if not value.isdigit() or len(value) > 15:
+        return None
+    missing = end + 4 + int(value) - len(data)
+    return None if missing < 0 else (head.group(1), int(value), missing)
+
+
+class _Tarpit:
+    """Held refusals, answered in arrival order by one timer (all are held the same time): a refusal costs
+    an append, not a timer of its own. Answers due within `slack` are sent together."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float, slack: float = 0.002) -> None:
+        self.loop, self.delay, self.slack = loop, delay, slack
+        self.held: deque[tuple[float, GuardedHttpToolsProtocol, bytes]] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def hold(self, proto: GuardedHttpToolsProtocol, response: bytes) -> None:
+        due = self.loop.time() + self.delay
+        self.held.append((due, proto, response))
+        if self.timer is None:
+            self.timer = self.loop.call_at(due, self._fire)
+
+    def _fire(self) -> None:
+        self.timer = None
+        limit = self.loop.time() + self.slack
+        held = self.held
+        while held and held[0][0] <= limit:
+            _, proto, response = held.popleft()
+            proto._release_held(response)
+        if held:
+            self.timer = self.loop.call_at(held[0][0], self._fire)
+
+
+_tarpit: _Tarpit | None = None
+
+
+def _tarpit_for(loop: asyncio.AbstractEventLoop, delay: float) -> _Tarpit:
+    global _tarpit
+    if _tarpit is None or _tarpit.loop is not loop or _tarpit.delay != delay:
+        _tarpit = _Tarpit(loop, delay)
+    return _tarpit
 
 
 def response_bytes(status: int, message: str, headers: dict[str, str] | None = None, close: bool = False) -> bytes:
@@ -101,6 +204,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._tail = b""
         self._refusal: tuple[int, str, str] | None = None
         self._releases: list[Callable[[], None]] = []  # admitted requests' places, oldest first
+        self._discard = 0  # body bytes still to come of a request refused on the fast path
 
     # ------------------------------------------------------------------ timers
     def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
@@ -169,6 +273,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._discard:  # the rest of a fast-refused request's body
+            n = min(self._discard, len(data))
+            self._discard -= n
+            data = data[n:]
+            if not data:
+                return
+        if (_fast is not None and self._header_bytes == 0 and self._header_phase and _fast.busy()
+                and (self.cycle is None or self.cycle.response_complete) and not self.pipeline):
+            simple = simple_post(data, self.limits.max_header_bytes, self.limits.max_headers)
+            if simple is not None:
+                target, length, missing = simple
+                refusal = _fast.refuse(target, length)
+                if refusal is not None:
+                    self._discard = missing
+                    self._refuse_fast(refusal)
+                    return
         if self._header_phase:
             budget = self.limits.max_header_bytes - self._header_bytes
             # over budget: fine only if the headers end within it (the rest is body or a next request)
@@ -214,6 +334,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._releases:
             self._releases.pop(0)()
         super().on_response_complete()
+
+    def _refuse_fast(self, response: bytes) -> None:
+        """Refuse a whole request that bypassed the parser (see `simple_post`); the connection stays open."""
+        self._unset_keepalive_if_required()
+        self._disarm()  # no header deadline while it waits: it has sent a whole request
+        delay = self.limits.refusal_delay_s
+        if delay > 0:
+            self.flow.pause_reading()  # nothing more from this client until it has its answer
+            _tarpit_for(self.loop, delay).hold(self, response)
+        else:
+            self._release_held(response)
+
+    def _release_held(self, response: bytes) -> None:
+        """Send a held fast refusal; then read again, with the keep-alive timeout armed as after any answer."""
+        if self.transport.is_closing():
+            return
+        self.transport.write(response)
+        self.flow.resume_reading()
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     def _answer_now(self, response: bytes) -> None:
         """Send `response` for the request whose headers just arrived, without running the app."""

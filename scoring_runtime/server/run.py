@@ -26,6 +26,7 @@ from scoring_runtime.manifest import load_manifest
 from scoring_runtime.server.app import READY_DIR_ENV
 from scoring_runtime.server.auth import read_api_keys
 from scoring_runtime.server.logs import log_config
+from scoring_runtime.server.memory import limit_malloc_arenas
 from scoring_runtime.server.metrics import MULTIPROC_ENV
 from scoring_runtime.server.protocol import GuardedHttpToolsProtocol
 from scoring_runtime.server.tls import TlsError, context_factory, server_context
@@ -89,6 +90,7 @@ def app_from_env() -> Starlette:
     from scoring_runtime.server.app import create_app
 
     settings = RuntimeSettings.model_validate_json(os.environ[SETTINGS_ENV])
+    limit_malloc_arenas(settings.malloc_arenas)
     logging.config.dictConfig(log_config(settings.log_level, settings.log_format))
     return create_app(settings, on_fatal=_stop_supervisor)
 
@@ -96,6 +98,7 @@ def app_from_env() -> Starlette:
 def serve(settings: RuntimeSettings) -> None:
     """Serve until SIGTERM/SIGINT; raises ServeError when start-up or the model load fails."""
     preflight(settings)
+    limit_malloc_arenas(settings.malloc_arenas)  # before any thread is started
     cfg = log_config(settings.log_level, settings.log_format)
     logging.config.dictConfig(cfg)
     workdir = Path(tempfile.mkdtemp(prefix="scoring-serve-"))

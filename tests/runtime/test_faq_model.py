@@ -294,3 +294,25 @@ def test_a_model_and_faq_file_that_do_not_belong_together_are_refused(tmp_path: 
 
     with pytest.raises(ModelLoadError, match="trained on 40 FAQ entries but the FAQ file has 39"):
         load_scorer(settings(d))
+
+
+def test_long_texts_are_hashed_in_segments_with_exactly_the_whole_texts_counts() -> None:
+    """Long questions are hashed a segment at a time (bounded memory); the counts must be those of the
+    whole text, whatever the spacing, case and accents (a word is never cut)."""
+    import random
+
+    from scoring_runtime.flavours.faq_pipeline import SEGMENT_CHARS, _char_counts, _segments, hashers
+
+    rng = random.Random(5)
+    alphabet = "abcdefgh ÀÉΣσς\u0301  \t\nİ.,-"
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 6 * SEGMENT_CHARS))) for _ in range(20)]
+    texts += ["x" * (3 * SEGMENT_CHARS), "ab " * SEGMENT_CHARS, " ", "ΑΣ ΑΣ " * SEGMENT_CHARS, "short one"]
+    assert all("".join(_segments(t)) == t for t in texts)
+    assert max(len(s) for s in _segments("ab " * SEGMENT_CHARS)) <= SEGMENT_CHARS
+    _, hc = hashers(18)
+    whole = hc.transform(texts).tocsr()
+    whole.sort_indices()
+    pieces = _char_counts(hc, texts)
+    assert pieces.shape == whole.shape and pieces.has_canonical_format
+    assert np.array_equal(pieces.indptr, whole.indptr) and np.array_equal(pieces.indices, whole.indices)
+    assert np.array_equal(pieces.data, whole.data.astype(np.float32))

@@ -248,3 +248,89 @@ async def test_overload_refusals_are_held_for_the_refusal_delay() -> None:
         protocol.configure(protocol.HttpLimits())
         server.should_exit = True
         await task
+
+
+def test_only_plainly_framed_whole_posts_take_the_fast_refusal_path() -> None:
+    """The fast path must frame a request exactly as the parser would, or leave it to the parser."""
+    from scoring_runtime.server.protocol import simple_post
+
+    body = b'{"question": "hi"}'
+    ok = (b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+          % len(body)) + body
+    assert simple_post(ok, 8192, 50) == (b"/score", len(body), 0)
+    assert simple_post(ok.replace(b"Content-Length", b"content-LENGTH"), 8192, 50) == (b"/score", len(body), 0)
+    assert simple_post(ok[:-5], 8192, 50) == (b"/score", len(body), 5)  # the rest of the body is on its way
+    assert simple_post(ok.replace(b"Host: x", b"Connection: Keep-Alive"), 8192, 50) == (b"/score", len(body), 0)
+    to_parser = [
+        ok.replace(b"Host: x", b"Transfer-Encoding: chunked"),  # two framings: the parser decides
+        ok.replace(b"Host: x", b"Content-Length: %d" % len(body)),  # two lengths
+        ok.replace(b"Content-Length:", b"Content-Length :"),  # space before the colon
+        ok.replace(b"Host: x\r\n", b"Host: x\r\n folded\r\n"),  # obs-fold
+        ok.replace(b"Host: x\r\n", b"Host: x\nX-A: 1\r\n"),  # bare LF
+        ok.replace(b"Host: x\r\n", b"Host: x\rX-A: 1\r\n"),  # bare CR
+        ok.replace(b"HTTP/1.1", b"HTTP/1.0"), ok.replace(b"Host: x", b"Connection: close"),
+        ok.replace(b"Host: x", b"Expect: 100-continue"), ok.replace(b"Host: x", b"Upgrade: h2c"),
+        ok[:40],  # the headers are not all there
+        ok + b"GET / HTTP/1.1\r\n\r\n",  # a pipelined request follows
+        ok.replace(b"Content-Length: %d\r\n" % len(body), b""),  # no length
+        ok.replace(b"Length: %d" % len(body), b"Length: +%d" % len(body)),
+        ok.replace(b"POST", b"GET"), ok.replace(b"POST /score", b"POST http://x/score"),
+    ]
+    assert [simple_post(r, 8192, 50) for r in to_parser] == [None] * len(to_parser)
+    assert simple_post(ok, 8192, 2) is None  # more header fields than allowed
+    assert simple_post(ok, 40, 50) is None  # headers longer than allowed
+
+
+async def test_fast_refusals_are_held_without_the_parser_and_the_connection_stays_usable() -> None:
+    """While busy, whole plainly framed POSTs are refused by the connection (held the refusal delay, on one
+    timer for all), keep-alive kept; other requests, and all requests once not busy, reach the app."""
+    import uvicorn
+    from starlette.responses import PlainTextResponse
+    from starlette.types import Receive, Scope, Send
+
+    from scoring_runtime.server import protocol
+
+    calls: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            calls.append(f"{scope['method']} {scope['path']}")
+            await PlainTextResponse("app")(scope, receive, send)
+
+    busy = [True]
+    refused: list[tuple[bytes, int]] = []
+    full = protocol.response_bytes(503, "busy", {"Retry-After": "1"})
+
+    def refuse(target: bytes, length: int) -> bytes | None:
+        if not busy[0] or target != b"/score":
+            return None
+        refused.append((target, length))
+        return full
+
+    protocol.configure(protocol.HttpLimits(refusal_delay_s=0.2), admission=lambda m, t, n: None,
+                       fast=protocol.FastRefusal(busy=lambda: busy[0], refuse=refuse))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol.GuardedHttpToolsProtocol,
+                                           lifespan="off", log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=httpx.Limits(
+                max_connections=20)) as c:
+            t0 = time.monotonic()
+            rs = await asyncio.gather(*(c.post("/score", content=b'{"q": 1}') for _ in range(20)))
+            held = time.monotonic() - t0
+            assert [r.status_code for r in rs] == [503] * 20 and rs[0].json() == {"error": "busy"}
+            assert 0.19 < held < 2 and refused == [(b"/score", 8)] * 20
+            big = await c.post("/score", content=b"x" * 300_000)  # refused on its headers, its body discarded
+            assert big.status_code == 503 and refused[-1] == (b"/score", 300_000)
+            assert (await c.post("/other", content=b"{}")).text == "app"  # not a scoring route: the app
+            busy[0] = False
+            rs = await asyncio.gather(*(c.post("/score", content=b'{"q": 1}') for _ in range(20)))
+            assert [r.text for r in rs] == ["app"] * 20  # the same connections, in step, now admitted
+        assert calls == ["POST /other"] + ["POST /score"] * 20
+    finally:
+        protocol.configure(protocol.HttpLimits())
+        server.should_exit = True
+        await task

@@ -84,6 +84,18 @@ async def test_rows_per_request_are_bounded(faq_app: Callable[..., Starlette]) -
         assert (await c.post("/score", json={"questions": QUESTIONS[:10]})).status_code == 200
 
 
+async def test_the_faq_bounds_questions_and_characters_per_request_with_413(
+    faq_app: Callable[..., Starlette]
+) -> None:
+    """At most 256 questions of at most 4,000 characters each (so at most ~1 M characters per request)."""
+    async with serving(faq_app()) as c:
+        r = await c.post("/score", json={"questions": ["reset my password", "x " * 2001]})
+        assert r.status_code == 413 and "question 1 is 4002 characters long; the limit is 4000" in r.json()["error"]
+        r = await c.post("/v2/models/faq-matcher/infer", json=v2_questions(*["q"] * 257))
+        assert r.status_code == 413 and "at most 256 questions" in r.json()["error"]
+        assert (await c.post("/score", json={"questions": ["x " * 2000] * 256})).status_code == 200
+
+
 def test_split_and_join_round_trip(faq_scorer: Scorer) -> None:
     job = Job(rows=5, data=QUESTIONS[:5], params={"top_k": 3})
     parts = faq_scorer.split(job, 2)
