@@ -402,7 +402,9 @@ class ScoringServer:
         self.metrics.labelled(self.metrics.rows, protocol).observe(job.rows)
         t0 = time.perf_counter()
         try:
-            if body_bytes > self.settings.large_request_bytes:
+            # one row cannot be split into chunks: a big single image goes to the batcher like any other
+            # image (the lane would only take its batching away)
+            if body_bytes > self.settings.large_request_bytes and job.rows > 1:
                 ticket.release()
                 return await self._predict_large(job, body_bytes)
             ticket.release()  # submit queues the job before it first yields: the place passes to it
