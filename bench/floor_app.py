@@ -3,10 +3,11 @@
 It reads the whole request body (as the runtime must) and answers with a response captured from
 the runtime for the same request shape, doing no routing, no parsing, no model and no metrics.
 Served by the same uvicorn settings as `scoring serve` (uvloop, httptools, one worker, no access
-log), it measures what HTTP alone costs on this machine: the runtime's own overhead per request
-is its time per request minus the floor's (and minus the model's), see docs/benchmarks.md.
+log, no proxy headers), it measures what HTTP alone costs on this machine: the runtime's own
+overhead per request is its time per request minus the floor's (and minus the model's), see
+docs/benchmarks.md.
 
-    FLOOR_RESPONSE=response.json uvicorn floor_app:app --loop uvloop --http httptools
+    FLOOR_RESPONSE=response.json uvicorn floor_app:app --loop uvloop --http httptools --no-proxy-headers
 """
 
 from __future__ import annotations

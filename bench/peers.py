@@ -217,11 +217,12 @@ def start_amlserver(model_dir: Path, cpus: set[int] | None) -> Server:
 
 def start_floor(cpus: set[int] | None, response_file: Path) -> Server:
     """The floor: a bare ASGI app (bench/floor_app.py) on uvicorn with `scoring serve`'s settings
-    (uvloop, httptools, one worker, no access log, no server header), answering canned bytes."""
+    (uvloop, httptools, one worker, no access log, no server header, no proxy headers), answering
+    canned bytes."""
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "floor_app:app", "--host", "127.0.0.1", "--port", str(port),
            "--loop", "uvloop", "--http", "httptools", "--workers", "1", "--no-access-log", "--no-server-header",
-           "--log-level", "warning"]
+           "--no-proxy-headers", "--log-level", "warning"]
     return _start("floor", cmd, {"FLOOR_RESPONSE": str(response_file)}, cpus, "/", port, cwd=HERE)
 
 

@@ -272,8 +272,13 @@ class AdaptiveBatcher(Generic[J, R]):
                 if remaining <= 0 or not self._more_expected():
                     break
                 self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                # a timer that sets the event, not asyncio.wait_for: that wraps each wait in a new Task,
+                # and this wait repeats for every request arriving while a batch fills
+                timer = loop.call_later(remaining, self._wakeup.set)
+                try:
+                    await self._wakeup.wait()
+                finally:
+                    timer.cancel()
             batch = self._take()
             if batch:
                 await self._run(batch, loop)

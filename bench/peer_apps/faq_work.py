@@ -24,11 +24,13 @@ class FAQModel:
         self.scorer = load_scorer(RuntimeSettings(model_dir=Path(model_dir), warmup=True))
         self.scorer.warmup()
 
-    def job(self, questions: list[str], top_k: int | None = None) -> Job:
+    def job(self, questions: list[str], top_k: int | None = None, min_score: float | None = None) -> Job:
         """A job for `questions` (the flavour validates them as it does for /score)."""
         doc: dict[str, Any] = {"questions": questions}
         if top_k is not None:
             doc["top_k"] = top_k
+        if min_score is not None:
+            doc["min_score"] = min_score
         return self.scorer.parse_score(orjson.dumps(doc), "application/json")
 
     def score_job(self, body: bytes | str) -> Job:

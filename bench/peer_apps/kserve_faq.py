@@ -46,8 +46,9 @@ class FAQKServeModel(Model):
         if not questions:
             raise ValueError("missing BYTES input 'question'")
         params: dict[str, Any] = payload.parameters or {}
-        top_k = params.get("top_k")
-        job = self.model.job(questions, int(top_k) if top_k is not None else None)
+        top_k, min_score = params.get("top_k"), params.get("min_score")
+        job = self.model.job(questions, int(top_k) if top_k is not None else None,
+                             float(min_score) if min_score is not None else None)
         tensors = self.model.render_v2(self.model.predict([job])[0], job)
         outputs = [
             InferOutput(name=t.name, shape=list(t.data.shape), datatype=t.datatype,

@@ -33,8 +33,9 @@ class FAQRuntime(MLModel):
         if not questions:
             raise ValueError("missing BYTES input 'question'")
         params: Any = payload.parameters
-        top_k = getattr(params, "top_k", None)
-        job = self.model.job(questions, int(top_k) if top_k is not None else None)
+        top_k, min_score = getattr(params, "top_k", None), getattr(params, "min_score", None)
+        job = self.model.job(questions, int(top_k) if top_k is not None else None,
+                             float(min_score) if min_score is not None else None)
         tensors = self.model.render_v2(self.model.predict([job])[0], job)
         outputs: list[ResponseOutput] = []
         for t in tensors:

@@ -89,6 +89,9 @@ class FAQScorer(Scorer):
         self.id_strings = np.array([str(i) for i in self.ids], dtype=object)
         self.texts = np.array([e["text"] for e in faq], dtype=object)
         self.answers = np.array([e["answer"] for e in faq], dtype=object)
+        # the same columns with an empty entry appended: what V2 puts in slots below min_score
+        self._padded_ids, self._padded_texts, self._padded_answers = (
+            np.append(col, np.array([""], dtype=object)) for col in (self.id_strings, self.texts, self.answers))
         self.default_top_k = self._top_k(manifest.flavour.get("default_top_k", 3), "flavour.default_top_k")
         configured = manifest.flavour.get("min_score")
         if configured is not None:
@@ -194,12 +197,16 @@ class FAQScorer(Scorer):
     def render_v2(self, result: Any, job: Job) -> list[V2Tensor]:
         top, scores = result
         kept = scores >= job.params.get("min_score", self.default_min_score)
+        # slots below min_score index the padding entry ("") at the end of each column: one integer
+        # np.where and three gathers instead of three object-array np.where (the per-request hot path)
+        slots = np.where(kept, top, len(self.ids))
+        shape = list(top.shape)
         return [
-            V2Tensor.of("id", np.where(kept, self.id_strings[top], ""), "BYTES"),
-            V2Tensor.of("score", np.where(kept, scores, 0.0), "FP32"),
-            V2Tensor.of("question", np.where(kept, self.texts[top], ""), "BYTES"),
-            V2Tensor.of("answer", np.where(kept, self.answers[top], ""), "BYTES"),
-            V2Tensor.of("no_match", ~kept[:, 0], "BOOL"),
+            V2Tensor("id", "BYTES", shape, self._padded_ids[slots]),
+            V2Tensor("score", "FP32", shape, np.where(kept, scores, 0.0).astype(np.float32)),
+            V2Tensor("question", "BYTES", shape, self._padded_texts[slots]),
+            V2Tensor("answer", "BYTES", shape, self._padded_answers[slots]),
+            V2Tensor("no_match", "BOOL", [shape[0]], ~kept[:, 0]),
         ]
 
     def v2_metadata(self) -> dict[str, Any]:

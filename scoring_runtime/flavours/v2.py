@@ -98,7 +98,22 @@ class V2Request:
         raise BadRequest(f"missing input tensor {describe(name)} (inputs sent: {sent})")
 
 
-def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+class _Input:
+    """"input 'name'" for error messages, built only when a message is (describe() is not free)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"input {describe(self.name)}"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: object) -> Any:
     if key not in obj:
         raise BadRequest(f"{where}: missing field {key!r}")
     value = obj[key]
@@ -130,7 +145,7 @@ def parse_tensor(obj: Any, index: int) -> V2Tensor:
     if not isinstance(obj, dict):
         raise BadRequest(f"inputs[{index}] must be an object with name, shape, datatype and data")
     name = _require(obj, "name", str, f"inputs[{index}]")
-    where = f"input {describe(name)}"
+    where = _Input(name)
     datatype = _require(obj, "datatype", str, where)
     shape = _require(obj, "shape", list, where)
     if "data" not in obj:
@@ -168,7 +183,7 @@ def parse_tensor(obj: Any, index: int) -> V2Tensor:
     return V2Tensor(name=name, datatype=datatype, shape=list(shape), data=data, parameters=params)
 
 
-def _numeric(flat: list[Any], datatype: str, where: str) -> np.ndarray[Any, Any]:
+def _numeric(flat: list[Any], datatype: str, where: object) -> np.ndarray[Any, Any]:
     kind = next(v for k, v in _KIND_OF.items() if datatype.startswith(k))
     for v in flat:
         ok = (

@@ -47,11 +47,12 @@ from scoring_runtime.server import protocol
 from scoring_runtime.server.auth import ApiKeyAuth
 from scoring_runtime.server.dispatch import Dispatcher, QueueFull, make_dispatcher
 from scoring_runtime.server.errors import ApiError, ErrorHandlers, NotFound, NotReady, ScoringFailed, Unauthorized
+from scoring_runtime.server.hot import HotPath
 from scoring_runtime.server.http import JSON, RequestTooLarge, read_body
 from scoring_runtime.server.logs import event
 from scoring_runtime.server.metrics import Metrics
 from scoring_runtime.server.openapi import openapi_document
-from scoring_runtime.server.served_by import ServedBy
+from scoring_runtime.server.served_by import ServedBy, served_by_headers
 from scoring_runtime.server.shadow import Mirror, ShadowTraffic
 from scoring_runtime.settings import RuntimeSettings
 
@@ -112,6 +113,27 @@ class RequestMetrics:
             if self.access_log:
                 event(log, logging.INFO, "request", method=method, path=scope["path"], status=status,
                       duration_ms=round(elapsed * 1000, 3))
+
+
+class ScoringApp(Starlette):
+    """The Starlette app with the scoring routes' fast lane (server/hot.py) in front of its stack."""
+
+    hot: HotPath | None = None
+    #: the middlewares the fast lane reproduces; with any other one added, every request takes the stack
+    hot_reproduces: frozenset[type] = frozenset()
+    _hot_checked = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hot = self.hot
+        if hot is not None and scope["type"] == "http":
+            if not self._hot_checked:  # (middleware cannot be added once the app serves)
+                self._hot_checked = True
+                hot.enabled = all(m.cls in self.hot_reproduces for m in self.user_middleware)
+            if (match := hot.match(scope)) is not None:
+                scope["app"] = self
+                await hot(scope, receive, send, *match)
+                return
+        await super().__call__(scope, receive, send)
 
 
 class _Ticket:
@@ -405,7 +427,9 @@ class ScoringServer:
         self.metrics.labelled(self.metrics.rows, protocol).observe(job.rows)
         t0 = time.perf_counter()
         try:
-            if body_bytes > self.settings.large_request_bytes:
+            # one row cannot be split into chunks: a big single image goes to the batcher like any other
+            # image (the lane would only take its batching away)
+            if body_bytes > self.settings.large_request_bytes and job.rows > 1:
                 ticket.release()
                 return await self._predict_large(job, body_bytes)
             ticket.release()  # submit queues the job before it first yields: the place passes to it
@@ -611,11 +635,8 @@ class ScoringServer:
             Route(models + "/infer", self.infer, methods=["POST"]),
             Route(versions + "/infer", self.infer, methods=["POST"]),
         ]
-        app = Starlette(
-            routes=routes,
-            lifespan=self.lifespan,
-            exception_handlers=ErrorHandlers(self.metrics, self.settings.retry_after_s).mapping(),
-        )
+        handlers = ErrorHandlers(self.metrics, self.settings.retry_after_s).mapping()
+        app = ScoringApp(routes=routes, lifespan=self.lifespan, exception_handlers=handlers)
         # Starlette's own slash redirect builds an absolute Location from the Host header; ours is relative
         app.router.redirect_slashes = False
         if self.mirror.configured:  # copies of scoring requests to a shadow runtime (server/shadow.py)
@@ -623,6 +644,10 @@ class ScoringServer:
         app.add_middleware(RequestMetrics, metrics=self.metrics, access_log=self.settings.access_log)
         app.add_middleware(telemetry.TelemetryMiddleware)  # a span per request while telemetry is on
         app.add_middleware(ServedBy, model=self.manifest.name, version=str(self.manifest.version))
+        # POST /score and /infer skip the generic stack; they get the same checks, metrics, headers, errors
+        app.hot = HotPath(self.score, self.infer, handlers, self.metrics,
+                          served_by_headers(self.manifest.name, str(self.manifest.version)), self.settings.access_log)
+        app.hot_reproduces = frozenset({RequestMetrics, telemetry.TelemetryMiddleware, ServedBy})
         app.state.server = self
         return app
 

@@ -110,6 +110,8 @@ def serve(settings: RuntimeSettings) -> None:
         "log_config": cfg,
         "access_log": False,  # ours (settings.access_log) never logs headers or bodies
         "server_header": False,
+        # nothing here reads the client's address or scheme: no X-Forwarded-* parsing on every request
+        "proxy_headers": False,
         "timeout_graceful_shutdown": GRACEFUL_S,
         "lifespan": "on",
         # httptools plus header size/count limits and header/body timeouts (see server/protocol.py)

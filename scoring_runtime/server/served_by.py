@@ -15,16 +15,21 @@ MODEL_HEADER = "x-model-name"
 VERSION_HEADER = "x-model-version"
 
 
+def served_by_headers(model: str, version: str, host: str | None = None) -> list[tuple[bytes, bytes]]:
+    """The raw headers: the pod (host name), the model and its version."""
+    return [
+        (POD_HEADER.encode(), (host or socket.gethostname()).encode()),
+        (MODEL_HEADER.encode(), model.encode()),
+        (VERSION_HEADER.encode(), version.encode()),
+    ]
+
+
 class ServedBy:
     """Pure ASGI middleware adding the pod, model and version headers to every HTTP response."""
 
     def __init__(self, app: ASGIApp, model: str, version: str, host: str | None = None) -> None:
         self.app = app
-        self.headers = [
-            (POD_HEADER.encode(), (host or socket.gethostname()).encode()),
-            (MODEL_HEADER.encode(), model.encode()),
-            (VERSION_HEADER.encode(), version.encode()),
-        ]
+        self.headers = served_by_headers(model, version, host)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -135,3 +135,27 @@ async def test_v2_bodies_over_the_limits_are_refused_before_decoding(
         r = await c.post(infer, json=quoted)
         assert r.status_code == 200, r.text
         assert len(decoded) == 1
+
+
+async def test_a_large_single_row_request_goes_to_the_batcher_not_the_lane(
+    faq_app: Callable[..., Starlette], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # one row cannot be chunked: a big image (or a long question) keeps its batching
+    app = faq_app(large_request_bytes=1024, max_batch_size=8)
+    server = app.state.server
+    lane: list[int] = []
+    original = server._predict_large
+
+    async def spy(job: Job, body_bytes: int) -> Any:
+        lane.append(job.rows)
+        return await original(job, body_bytes)
+
+    monkeypatch.setattr(server, "_predict_large", spy)
+    long_question = "how do I reset my password " * 60  # ~1.6 kB of body, one row
+    async with serving(app) as c:
+        one = await c.post("/score", json={"question": long_question, "top_k": 2})
+        many = await c.post("/score", json={"questions": [long_question, "reset my password"], "top_k": 2})
+        metrics = (await c.get("/metrics")).text
+    assert one.status_code == 200 and many.status_code == 200
+    assert lane == [2]  # only the two-row request took the lane
+    assert "scoring_batch_rows_count 1.0" in metrics  # the one-row request was a batch of the batcher
