@@ -81,6 +81,21 @@ RUNTIME_CONTAINER = "runtime"
 VERSION_ANNOTATION = "scoring.dev/model-version"
 
 
+def _exited(statuses: Any, container: str, keep: int) -> tuple[int, str] | None:
+    """(exit code, its last `keep` message lines joined) of `container` when it ended with a non-zero code."""
+    for cs in statuses or []:
+        if cs.get("name") != container:
+            continue
+        for state in (cs.get("state") or {}, cs.get("lastState") or {}):
+            term = state.get("terminated") or {}
+            code = term.get("exitCode")
+            if code is not None and code != 0:
+                why = (term.get("message") or term.get("reason") or "").strip()
+                lines = [ln for ln in why.splitlines() if ln.strip()][-keep:]
+                return int(code), " | ".join(lines) or "no message"
+    return None
+
+
 def fetch_failure(pods: Sequence[Mapping[str, Any]], version: int) -> Failure | None:
     """Why pods of `version` cannot start: their fetch init container failed, or their runtime container
     exits (e.g. an unusable spec.tls certificate), with the container's own message.
@@ -93,38 +108,22 @@ def fetch_failure(pods: Sequence[Mapping[str, Any]], version: int) -> Failure | 
         meta = pod.get("metadata") or {}
         if (meta.get("annotations") or {}).get(VERSION_ANNOTATION) != str(version):
             continue
-        for cs in (pod.get("status") or {}).get("initContainerStatuses") or []:
-            if cs.get("name") != FETCH_CONTAINER:
-                continue
-            for state in (cs.get("state") or {}, cs.get("lastState") or {}):
-                term = state.get("terminated") or {}
-                code = term.get("exitCode")
-                if code is not None and code != 0:
-                    why = (term.get("message") or term.get("reason") or "").strip()
-                    lines = [ln for ln in why.splitlines() if ln.strip()][-5:]
-                    return Failure(
-                        "ModelFetchFailed",
-                        f"pod {meta.get('name')}: init container {FETCH_CONTAINER} failed with exit code {code}: "
-                        + (" | ".join(lines) or "no message"),
-                        retryable=True,
-                    )
+        status = pod.get("status") or {}
+        if (fetch := _exited(status.get("initContainerStatuses"), FETCH_CONTAINER, 5)) is not None:
+            return Failure(
+                "ModelFetchFailed",
+                f"pod {meta.get('name')}: init container {FETCH_CONTAINER} failed with exit code {fetch[0]}: "
+                + fetch[1],
+                retryable=True,
+            )
         # The fetch worked but `scoring serve` exits (an unusable TLS pair of spec.tls, a model that will
         # not load): its one-line error is the termination message (FallbackToLogsOnError).
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            if cs.get("name") != RUNTIME_CONTAINER:
-                continue
-            for state in (cs.get("state") or {}, cs.get("lastState") or {}):
-                term = state.get("terminated") or {}
-                code = term.get("exitCode")
-                if code is not None and code != 0:
-                    why = (term.get("message") or term.get("reason") or "").strip()
-                    lines = [ln for ln in why.splitlines() if ln.strip()][-3:]
-                    return Failure(
-                        "RuntimeFailed",
-                        f"pod {meta.get('name')}: container {RUNTIME_CONTAINER} exited with code {code}: "
-                        + (" | ".join(lines) or "no message"),
-                        retryable=True,
-                    )
+        if (run := _exited(status.get("containerStatuses"), RUNTIME_CONTAINER, 3)) is not None:
+            return Failure(
+                "RuntimeFailed",
+                f"pod {meta.get('name')}: container {RUNTIME_CONTAINER} exited with code {run[0]}: " + run[1],
+                retryable=True,
+            )
     return None
 
 
