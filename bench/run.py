@@ -110,6 +110,15 @@ def run_cli(*args: str) -> str:
     return res.stdout
 
 
+def faq_model_dir() -> Path:
+    """The FAQ model fetched from the bench's own registry, trained and registered there the first time."""
+    registry = WORK / "registry"
+    if not (registry / FAQ_NAME).is_dir():
+        log("training and registering the FAQ model (examples/faq-matching/train.py)")
+        run_cli(sys.executable, str(REPO / "examples" / "faq-matching" / "train.py"), "--registry", str(registry))
+    return fetch(registry, FAQ_NAME, WORK / "models" / FAQ_NAME)
+
+
 def fetch(registry: Path, name: str, dest: Path) -> Path:
     """`scoring fetch` the latest version into a fresh directory, as a scoring pod's init container does."""
     shutil.rmtree(dest, ignore_errors=True)
@@ -318,11 +327,7 @@ def aggregate(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def section_faq(args: argparse.Namespace, failures: dict[str, str], tools_: dict[str, str | None]) -> dict[str, Any]:
     server_cpus, client_cpus = cpu_split()
-    registry = WORK / "registry"
-    if not (registry / FAQ_NAME).is_dir():
-        log("training and registering the FAQ model (examples/faq-matching/train.py)")
-        run_cli(sys.executable, str(REPO / "examples" / "faq-matching" / "train.py"), "--registry", str(registry))
-    model_dir = fetch(registry, FAQ_NAME, WORK / "models" / FAQ_NAME)
+    model_dir = faq_model_dir()
     questions = faq_questions()
     calls = faq_calls(questions, args.top_k)
     batch = args.faq_batch

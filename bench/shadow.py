@@ -43,7 +43,14 @@ sys.path.insert(0, str(HERE))
 
 import peers  # noqa: E402
 from loadgen import LoadResult, closed_loop, open_loop, vegeta_targets, wrk_script  # noqa: E402
-from run import FAQ_NAME, REPO, WORK, bench_lock, cpu_split, faq_calls, faq_questions, fetch, run_cli, tools  # noqa: E402
+from run import (  # noqa: E402
+    bench_lock,
+    cpu_split,
+    faq_calls,
+    faq_model_dir,
+    faq_questions,
+    tools,
+)
 
 
 def log(msg: str) -> None:
@@ -101,11 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     wrk, vegeta = found["wrk"], found["vegeta"]
     assert wrk is not None
     server_cpus, client_cpus = cpu_split()
-    registry = WORK / "registry"
-    if not (registry / FAQ_NAME).is_dir():
-        log("training and registering the FAQ model (examples/faq-matching/train.py)")
-        run_cli(sys.executable, str(REPO / "examples" / "faq-matching" / "train.py"), "--registry", str(registry))
-    model_dir = fetch(registry, FAQ_NAME, WORK / "models" / FAQ_NAME)
+    model_dir = faq_model_dir()
     calls = faq_calls(faq_questions(), 3)["score"]
     scripts = Path(tempfile.mkdtemp(prefix="shadow-bench-"))
     config = scripts / "shadow.json"
