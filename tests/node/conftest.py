@@ -24,6 +24,7 @@ import pytest
 from scoring_runtime.registry import LocalFileRegistry
 from tests.kube.controlplane import ControlPlane, KubeCluster
 from tests.kube.node import RealNode, in_client_netns, node_problem
+from tests.operator.kubehelpers import CHART
 from tests.runtime import support
 
 ENV_SKIP_NODE = "SCORING_SKIP_NODE"
@@ -160,3 +161,18 @@ class Load:
 @pytest.fixture(scope="session")
 def client(real_node: RealNode) -> NodeClient:
     return NodeClient()
+
+
+def install_operator(cluster: KubeCluster, real_node: RealNode, release: str, release_ns: str,
+                     watch: list[str]) -> None:
+    """The Helm chart with this run's operator and runtime images, watching `watch` (real-node tests)."""
+    op_repo, op_tag = real_node.images["operator"]["ref"].rsplit(":", 1)
+    cluster.helm(
+        "install", release, CHART, "-n", release_ns, "--wait", "--timeout=5m",
+        "--set", f"image.repository={op_repo}", "--set", f"image.tag={op_tag}",
+        "--set", f"runtime.image={real_node.images['runtime']['ref']}",
+        "--set", "localRegistry.claimName=model-registry",
+        "--set", "logLevel=DEBUG",
+        "--set", "watchNamespaces={" + ",".join(watch) + "}",
+        timeout=400,
+    )

@@ -24,9 +24,9 @@ from scoring_runtime.registry import LocalFileRegistry
 from scoring_runtime.settings import RuntimeSettings
 from tests.kube.controlplane import KubeCluster, namespace_name_for
 from tests.kube.node import RealNode
-from tests.node.conftest import NodeClient, make_readable, registry_claim
+from tests.node.conftest import NodeClient, install_operator, make_readable, registry_claim
 from tests.node.test_real_pods import report
-from tests.operator.kubehelpers import CHART, get, wait_for
+from tests.operator.kubehelpers import get, wait_for
 
 pytestmark = [pytest.mark.node, pytest.mark.cluster, pytest.mark.slow]
 
@@ -83,16 +83,7 @@ def env(cluster: KubeCluster, real_node: RealNode, client: NodeClient,
     for n in (release_ns, ns):
         real_node.prepare_namespace(n)
         pvs.append(registry_claim(cluster, n, registry))
-    op_repo, op_tag = real_node.images["operator"]["ref"].rsplit(":", 1)
-    cluster.helm(
-        "install", release, CHART, "-n", release_ns, "--wait", "--timeout=5m",
-        "--set", f"image.repository={op_repo}", "--set", f"image.tag={op_tag}",
-        "--set", f"runtime.image={real_node.images['runtime']['ref']}",
-        "--set", "localRegistry.claimName=model-registry",
-        "--set", "logLevel=DEBUG",
-        "--set", "watchNamespaces={" + ns + "}",
-        timeout=400,
-    )
+    install_operator(cluster, real_node, release, release_ns, [ns])
     try:
         yield Env(cluster, client, ns, release, release_ns)
     finally:

@@ -27,8 +27,8 @@ from scoring_runtime.server.app import create_app
 from scoring_runtime.settings import RuntimeSettings
 from tests.kube.controlplane import KubeCluster, namespace_name_for
 from tests.kube.node import RealNode
-from tests.node.conftest import MODEL, Faq, NodeClient, make_readable, registry_claim, set_label
-from tests.operator.kubehelpers import CHART, get, wait_for
+from tests.node.conftest import MODEL, Faq, NodeClient, install_operator, make_readable, registry_claim, set_label
+from tests.operator.kubehelpers import get, wait_for
 
 pytestmark = [pytest.mark.node, pytest.mark.cluster, pytest.mark.slow]
 
@@ -72,16 +72,7 @@ def env(cluster: KubeCluster, real_node: RealNode, client: NodeClient, faq: Faq)
         pvs.append(registry_claim(cluster, ns, faq.registry))
     for ns in namespaces.values():
         cluster.kubectl("create", "secret", "generic", "faq-api-key", "-n", ns, f"--from-literal=api-key={api_key}")
-    op_repo, op_tag = real_node.images["operator"]["ref"].rsplit(":", 1)
-    cluster.helm(
-        "install", release, CHART, "-n", release_ns, "--wait", "--timeout=5m",
-        "--set", f"image.repository={op_repo}", "--set", f"image.tag={op_tag}",
-        "--set", f"runtime.image={real_node.images['runtime']['ref']}",
-        "--set", "localRegistry.claimName=model-registry",
-        "--set", "logLevel=DEBUG",
-        "--set", "watchNamespaces={" + ",".join(namespaces.values()) + "}",
-        timeout=400,
-    )
+    install_operator(cluster, real_node, release, release_ns, list(namespaces.values()))
     e = Env(cluster, real_node, client, faq, release, release_ns, namespaces, api_key)
     try:
         yield e
