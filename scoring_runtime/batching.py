@@ -116,6 +116,12 @@ class BatchingMetrics:
             f"{prefix}_batch_queue_wait_seconds", "Time a request waited before its batch started",
             buckets=_WAIT_BUCKETS, registry=registry,
         )
+        # the model's own time, apart from queueing: with scoring_model_seconds (queue + model per request)
+        # it says whether latency is spent waiting or computing
+        self.batch_seconds = Histogram(
+            f"{prefix}_batch_seconds", "Time of one model call (one batch), queueing excluded",
+            buckets=_WAIT_BUCKETS, registry=registry,
+        )
 
 
 @dataclass(eq=False)
@@ -338,7 +344,10 @@ class AdaptiveBatcher(Generic[J, R]):
         finally:
             self._running = False
             self._last_event = loop.time()
-        log.debug("batch: %d requests in %.1f ms", len(batch), (time.perf_counter() - t0) * 1000)
+        elapsed = time.perf_counter() - t0
+        if self._metrics:
+            self._metrics.batch_seconds.observe(elapsed)
+        log.debug("batch: %d requests in %.1f ms", len(batch), elapsed * 1000)
         for i, r in zip(batch, results, strict=True):
             self._succeed(i, r)
 

@@ -288,6 +288,23 @@ async def test_metrics_record_rows_queue_wait_and_depth() -> None:
     assert reg.get_sample_value("t_batch_queue_rows") == 0
 
 
+async def test_metrics_record_the_model_time_apart_from_the_queue() -> None:
+    reg = CollectorRegistry()
+    model = RowModel(delay_s=0.03)
+    b: AdaptiveBatcher[Job, Any] = AdaptiveBatcher(
+        model.predict, BatchingConfig(1, 0.0, 64), BatchingMetrics(registry=reg, prefix="t")
+    )
+    await b.start()
+    # two one-row batches back to back: the second waits ~30 ms in the queue, but each model call takes ~30 ms
+    await asyncio.gather(b.submit(job(1)), b.submit(job(1)))
+    await b.stop()
+    assert reg.get_sample_value("t_batch_seconds_count") == 2
+    total = reg.get_sample_value("t_batch_seconds_sum")
+    assert total is not None and 0.06 <= total < 0.5
+    waited = reg.get_sample_value("t_batch_queue_wait_seconds_sum")
+    assert waited is not None and waited >= 0.025  # the queue wait is counted there, not in the model time
+
+
 def test_config_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="max_queue_rows"):
         BatchingConfig(max_batch_rows=32, max_delay_s=0.01, max_queue_rows=8)
