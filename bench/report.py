@@ -115,10 +115,12 @@ def _faq_md(sec: dict[str, Any]) -> list[str]:
         md.append("")
         measured = [r for r in an["overhead"] if r.get("served_model_us_per_req")]
         if measured:
-            md += ["Measured inside the server instead of estimated from the in-process limit: the time of its "
-                   "model calls (predict) per request (its `scoring_batch_seconds` histogram over the point; the "
-                   "model is CPU-bound, so their wall time is CPU time) and the rest of the server's CPU per "
-                   "request, the request path (HTTP, routing, parsing, rendering, batching, metrics). The same "
+            md += ["Measured inside the server instead of estimated from the in-process limit, at one client: "
+                   "the time of its model calls (predict) per request (its `scoring_batch_seconds` histogram over "
+                   "the point; a lone request's model call runs on the event loop, so its wall time is CPU time; "
+                   "under load the model thread shares the core with the loop and its calls' wall time includes "
+                   "the loop's turns, so the split is shown for one client only) and the rest of the server's CPU "
+                   "per request, the request path (HTTP, routing, parsing, rendering, batching, metrics). The same "
                    "predict calls cost more in the server than in the in-process loop, where nothing runs between "
                    "calls and the model's data stays in the CPU caches (see docs/benchmarks.md); the estimate above "
                    "counts that difference as overhead, this table does not.", "",
@@ -181,11 +183,12 @@ def markdown(run: dict[str, Any]) -> str:
         "",
         f"Generated {run['generated']} by `{run['command']}` ({run['mode']} mode, {run['elapsed_s']:.0f} s).",
         "",
-        f"Machine: {m['cpu_model']}, {m['cpus']} CPUs visible, {m['memory_gb']} GB RAM, no GPU. **Shared**: other "
-        f"engineers' builds and tests ran at the same time (load average before/after: {m['loadavg_before']} / "
-        f"{m.get('loadavg_after')}), so absolute numbers are noisy; compare ratios within this run and read the "
-        "spread column. The server CPU µs/request column counts only CPU the server actually got, so it is the "
-        "steadiest measure of cost.",
+        f"Machine: {m['cpu_model']}, {m['cpus']} CPUs visible, {m['memory_gb']} GB RAM, no GPU. "
+        + (m["note"] if m.get("note") else
+           "**Shared**: other engineers' builds and tests ran at the same time")
+        + f" (load average before/after: {m['loadavg_before']} / {m.get('loadavg_after')}). Absolute numbers vary "
+        "between runs; compare ratios within this run and read the spread column. The server CPU µs/request column "
+        "counts only CPU the server actually got, so it is the steadiest measure of cost.",
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(run["versions"].items()) if v != "absent"),
         "",

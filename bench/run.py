@@ -519,8 +519,11 @@ def faq_analysis(sec: dict[str, Any]) -> dict[str, Any]:
                     "cpu_overhead_us": round(cpu_over, 1),
                     "floor_cpu_us_per_req": floor["server_cpu_us_per_req"],
                     "cpu_overhead_vs_floor": round(cpu_over / floor["server_cpu_us_per_req"], 2)}
-            if r.get("model_us_per_req"):
-                # measured inside the server: its model calls' time per request; the rest of its CPU is the path
+            if r.get("model_us_per_req") and c == 1:
+                # measured inside the server: its model calls' time per request; the rest of its CPU is the path.
+                # Only at one client: the lone request's model call runs on the event loop, so its wall time is
+                # its CPU time; under load the model thread shares the core with the loop, and the wall time of
+                # a model call includes the loop's turns (it can exceed the server's CPU per request)
                 path = r["server_cpu_us_per_req"] - r["model_us_per_req"]
                 row |= {"served_model_us_per_req": r["model_us_per_req"], "path_cpu_us": round(path, 1),
                         "path_vs_floor": round(path / floor["server_cpu_us_per_req"], 2)}
