@@ -31,6 +31,7 @@ from scoring_operator import config as cfg
 from scoring_operator import metrics
 from scoring_operator import spec as api
 from scoring_operator.builders import meta
+from scoring_operator.cache import trimmed
 from scoring_operator.kube import Kube
 from scoring_operator.reconcile import Reconciler
 from scoring_operator.resolver import Resolver
@@ -53,12 +54,6 @@ CHILD_KINDS = (
     ("ConfigMap", "", "v1", "configmaps"),  # the shadow's (spec.rollout.strategy Shadow)
 )
 _MANAGED = ",".join(f"{k}={v}" for k, v in meta.MANAGED_SELECTOR.items())
-#: Of a child's spec, the cache keeps only what reconciles read (the rollout's and the handoff's
-#: replicas, a Service's ports): drift is judged on the watch event itself, not on the cache, and a
-#: pod template would cost ~50 kB per Deployment in memory.
-_KEPT_SPEC = {"Deployment": ("replicas",), "Service": ("type", "ports")}
-_KEPT_META = ("name", "namespace", "uid", "resourceVersion", "generation", "labels", "annotations",
-              "ownerReferences", "deletionTimestamp")
 
 
 class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
@@ -98,22 +93,6 @@ def _poll_interval(body: Mapping[str, Any]) -> float:
 
 def _index_name(kind: str) -> str:
     return f"children_{kind.lower()}"
-
-
-def trimmed(body: Mapping[str, Any], kind: str) -> dict[str, Any]:
-    """What the cache keeps of a child: enough for ownership, rollout and the replicas handoff."""
-    metadata = body.get("metadata") or {}
-    kept: dict[str, Any] = {k: metadata[k] for k in _KEPT_META if k in metadata}
-    if kind == "Deployment":  # who owns spec.replicas (the handoff to the HPA reads it)
-        kept["managedFields"] = [
-            {"manager": m.get("manager"), "operation": m.get("operation"), "fieldsV1": {"f:spec": {"f:replicas": {}}}}
-            for m in metadata.get("managedFields") or []
-            if "f:replicas" in (((m.get("fieldsV1") or {}).get("f:spec")) or {})
-        ]
-    spec = body.get("spec") or {}
-    return {"apiVersion": body.get("apiVersion"), "kind": kind, "metadata": kept,
-            "spec": {k: spec[k] for k in _KEPT_SPEC.get(kind, ()) if k in spec},
-            "status": dict(body.get("status") or {}) if kind == "Deployment" else {}}
 
 
 class IndexedChildren:
