@@ -259,6 +259,30 @@ def pipeline(cp: ControlPlane, since_wall: float) -> dict[str, Any]:
     return out
 
 
+def apiserver_requests(cp: ControlPlane) -> Counter[str]:
+    """All clients' requests so far by "verb resource[/subresource]" (apiserver_request_total; watches excluded).
+
+    The audit log holds only the operator's; this shows what the whole cluster asked of the apiserver.
+    """
+    counts: Counter[str] = Counter()
+    for line in cp.kubectl("get", "--raw", "/metrics", timeout=60).stdout.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(part.split("=", 1) for part in line[line.index("{") + 1:line.rindex("}")].split(",")
+                      if "=" in part)
+        labels = {k: v.strip('"') for k, v in labels.items()}
+        if labels.get("verb") in ("WATCH", "CONNECT"):
+            continue
+        what = labels.get("resource", "") + (f"/{labels['subresource']}" if labels.get("subresource") else "")
+        counts[f"{labels.get('verb', '').lower()} {what}"] += int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+def top_requests(before: Counter[str], after: Counter[str], n: int = 12) -> dict[str, int]:
+    diff = after - before
+    return dict(diff.most_common(n))
+
+
 class CpuMeter:
     """CPU seconds of the operator and of each control-plane component (who used the 2 cores)."""
 
@@ -334,6 +358,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             # -- 1. creates
             docs = [manifest(i, args.poll) for i in range(args.models)]
+            requests0 = apiserver_requests(cp)
             cpu0, t_first, wall_first, cpus0 = cpu_seconds(pid), time.monotonic(), time.time(), cpu.now()
             apply_all(cp, docs)
             t_last, wall_last = time.monotonic(), time.time()
@@ -346,6 +371,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "operator_cpu_s": round(cpu_seconds(pid) - cpu0, 1),
                 "cpu_s_by_process": CpuMeter.since(cpus0, cpu.now()),
                 "api_requests": dict(audit.since(0)),
+                "all_clients_top_requests": top_requests(requests0, apiserver_requests(cp)),
+                "peak_rss_mb_so_far": round(peak_rss_mb(pid), 1),
                 "after_last_create": cluster_side(cp, wall_last),
                 "stages_after_first_create": pipeline(cp, wall_first),
             }
@@ -371,6 +398,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log(f"idle: {out['idle']}")
 
             # -- 3. label move
+            requests0 = apiserver_requests(cp)
             off, t0, wall0, cpus0 = audit.offset(), time.monotonic(), time.time(), cpu.now()
             version = register(registry, work)
             t_ready = wait_all_ready(cp, args.models, version, 600, "label move")
@@ -378,6 +406,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "all_ready_on_new_version_s": round(t_ready - t0, 1) if t_ready else None,
                 "cpu_s_by_process": CpuMeter.since(cpus0, cpu.now()),
                 "api_requests": dict(audit.since(off)),
+                "all_clients_top_requests": top_requests(requests0, apiserver_requests(cp)),
                 "after_the_move": cluster_side(cp, wall0),
                 "stages_after_the_move": pipeline(cp, wall0),
             }

@@ -67,7 +67,7 @@ POD_CHECK_AFTER = 10.0
 #: counts and messages moved) is written at most this often per object: a rollout's Deployment
 #: changes several times within a second or two, and each write is also an event every watcher
 #: of ScoringModels receives. Transitions (a new version, Ready, a failure) are written at once.
-PROGRESS_EVERY = 5.0
+PROGRESS_EVERY = 15.0
 
 #: post_event(body, type, reason, message): how Events reach Kubernetes (kopf's poster in production).
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
