@@ -215,9 +215,9 @@ def _transition(obj: dict[str, Any], ctype: str) -> float | None:
     return None
 
 
-def _applied_at(obj: dict[str, Any], manager: str) -> float | None:
+def _applied_at(obj: dict[str, Any], manager: str, subresource: str = "") -> float | None:
     times = [_ts(m["time"]) for m in obj["metadata"].get("managedFields") or [] if m.get("manager") == manager
-             and m.get("time")]
+             and m.get("time") and m.get("subresource", "") == subresource]
     return max(times) if times else None
 
 
@@ -249,6 +249,9 @@ def pipeline(cp: ControlPlane, since_wall: float) -> dict[str, Any]:
         "scheduler_bound_pod": [t for p in new_pods if (t := _transition(p, "PodScheduled")) is not None],
         "kwok_pod_ready": [t for p in new_pods if (t := _transition(p, "Ready")) is not None],
         "kcm_deployment_complete": [t for d in deps if (t := _transition(d, "Available")) is not None],
+        # The controller-manager's last write of the Deployment's status: the rollout completed (old pods gone).
+        "kcm_last_deployment_status": [t for d in deps
+                                       if (t := _applied_at(d, "kube-controller-manager", "status")) is not None],
         "operator_scoringmodel_ready": [t for sm in statuses(cp) if (t := _transition(sm, "Ready")) is not None],
     }
     out: dict[str, Any] = {}
