@@ -157,7 +157,8 @@ class ModelState:
     applied: dict[str, Applied] = field(default_factory=dict)
     #: The main Deployment as this process last applied it (trimmed): a reconcile that runs before the
     #: watch has delivered that apply reads this, not the older cached one (which would still show the
-    #: previous version's rollout as complete, and the object falsely Ready on the new one).
+    #: previous version's rollout as complete, and the object falsely Ready on the new one). Dropped
+    #: once the watch has caught up.
     deployment: dict[str, Any] | None = None
     #: Whether the Deployment's replicas are known to be left to the HPA.
     handed_over: bool = False

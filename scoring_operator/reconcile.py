@@ -461,6 +461,7 @@ class Reconciler:
             return live  # not applied by this process, or someone changed it since (the record was cleared)
         if live is None or resource_version(live) < record.resource_version:
             return mine  # the watch has not delivered the apply yet
+        state.deployment = None  # caught up (the watch never goes back): no need to keep a copy
         return live
 
     async def _cached(self, api_version: str, kind: str, owner: meta.Owner, name: str) -> dict[str, Any] | None:

@@ -86,6 +86,7 @@ async def test_a_reconcile_before_the_watch_caught_up_with_the_apply_is_not_read
     watched.objects["Deployment"] = _deployment(owner, version=2, rv="120", generation=2, observed=2)
     await rec.reconcile(body, trigger="wake")
     assert kube.status["phase"] == "Ready" and kube.status["model"]["version"] == 2
+    assert rec.state(owner.key).deployment is None, "no copy kept once the watch caught up"
 
 
 async def test_a_deployment_someone_else_changed_is_read_from_the_watch(owner: Owner, config: OperatorConfig) -> None:
