@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Mapping
 from typing import Any, cast
@@ -174,10 +175,27 @@ async def startup(
     kube = await Kube.connect(max_connections=config.max_concurrent_reconciles)
     resolver = Resolver(config.local_registry_root, timeout=config.registry_timeout)
     memo.reconciler = Reconciler(config, kube, resolver, _post_event, children=IndexedChildren(kwargs))
+    _freeze_startup_objects()
     logger.info(
         "scoring-operator ready: namespaces=%s local registry=%s",
         ",".join(config.namespaces) or "(all)", config.local_registry_root or "(none)",
     )
+
+
+def _freeze_startup_objects() -> None:
+    """Move everything alive after start-up (modules, classes: ~70 MB) out of the cyclic GC's reach.
+
+    Why: every watch event kopf processes is wrapped in a `Body` that references itself through
+    its `Meta`/`Spec` views, so the event's parsed object (~50-100 kB for a Deployment) is freed
+    only by a collection of the generation it reached. Under a burst (500 rollouts completing
+    together) many reach the oldest generation, which Python collects only once the objects
+    promoted there since the last full collection exceed a quarter of those already there:
+    with the start-up objects counted, hundreds of events piled up (+13-20 MB of peak RSS in a
+    500-model label move). Frozen, they are neither counted nor scanned: full collections come
+    sooner and cost less.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 @kopf.on.cleanup()
