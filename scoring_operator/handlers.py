@@ -40,6 +40,8 @@ from scoring_operator.resolver import Resolver
 FINALIZER = f"{api.GROUP}/operator"
 #: Connections kopf may use for its own writes besides its watch streams.
 KOPF_WRITERS = 8
+#: Seconds kopf keeps an object's event worker (and the last event it processed) after its last event.
+WORKER_IDLE_TIMEOUT = 1.0
 #: Coalesce bursts of Deployment events (a rollout produces several) into one reconcile.
 WAKE_DEBOUNCE = 0.5
 #: The children the operator watches: (kind, group, version, plural), each into its own kopf index.
@@ -169,6 +171,10 @@ async def startup(
     settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix=api.GROUP, key="last-handled-configuration")
     settings.posting.level = logging.CRITICAL  # Events are posted deliberately, on status transitions
     settings.execution.max_workers = 4
+    # kopf's per-object worker keeps the object's last event (a parsed Deployment: ~50-100 kB) until it
+    # exits, idle_timeout after that event (default 5 s): when 500 rollouts complete together, nearly
+    # every worker is alive holding one. Exiting after 1 s of quiet bounds that; a new event respawns it.
+    settings.queueing.idle_timeout = WORKER_IDLE_TIMEOUT
     for _, group, _version, plural in CHILD_KINDS:  # watch only our children, filtered by the apiserver
         settings.watching.label_selectors[(group, plural) if group else plural] = _MANAGED
     metrics.serve(config.metrics_port, config.bind_address)  # also under plain `kopf run`
