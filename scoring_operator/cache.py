@@ -73,6 +73,30 @@ def resource_version(obj: Mapping[str, Any] | None) -> int:
         return 0
 
 
+#: Of a child's spec, the cache keeps only what reconciles read (the rollout's and the handoff's
+#: replicas, a Service's ports): drift is judged on the watch event itself, not on the cache, and a
+#: pod template would cost ~50 kB per Deployment in memory.
+_KEPT_SPEC = {"Deployment": ("replicas",), "Service": ("type", "ports")}
+_KEPT_META = ("name", "namespace", "uid", "resourceVersion", "generation", "labels", "annotations",
+              "ownerReferences", "deletionTimestamp")
+
+
+def trimmed(body: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """What the cache keeps of a child: enough for ownership, rollout and the replicas handoff."""
+    metadata = body.get("metadata") or {}
+    kept: dict[str, Any] = {k: metadata[k] for k in _KEPT_META if k in metadata}
+    if kind == "Deployment":  # who owns spec.replicas (the handoff to the HPA reads it)
+        kept["managedFields"] = [
+            {"manager": m.get("manager"), "operation": m.get("operation"), "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+            for m in metadata.get("managedFields") or []
+            if "f:replicas" in (((m.get("fieldsV1") or {}).get("f:spec")) or {})
+        ]
+    spec = body.get("spec") or {}
+    return {"apiVersion": body.get("apiVersion"), "kind": kind, "metadata": kept,
+            "spec": {k: spec[k] for k in _KEPT_SPEC.get(kind, ()) if k in spec},
+            "status": dict(body.get("status") or {}) if kind == "Deployment" else {}}
+
+
 @dataclass(frozen=True)
 class Applied:
     """One child as this process last applied it."""
@@ -131,6 +155,11 @@ class ModelState:
     status: dict[str, Any] | None = None
     #: Per child kind: what was last applied (cleared when a watch event shows drift).
     applied: dict[str, Applied] = field(default_factory=dict)
+    #: The main Deployment as this process last applied it (trimmed): a reconcile that runs before the
+    #: watch has delivered that apply reads this, not the older cached one (which would still show the
+    #: previous version's rollout as complete, and the object falsely Ready on the new one). Dropped
+    #: once the watch has caught up.
+    deployment: dict[str, Any] | None = None
     #: Whether the Deployment's replicas are known to be left to the HPA.
     handed_over: bool = False
     #: Consecutive reconciles that ended in a temporary failure (drives `retry_delay`).

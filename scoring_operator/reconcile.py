@@ -41,7 +41,16 @@ from scoring_operator.builders.status import (
     transition_events,
 )
 from scoring_operator.builders.workload import HANDOFF_MANAGER, replicas_handoff, with_node_ports
-from scoring_operator.cache import Applied, ChildCache, ModelState, States, desired_digest, retry_delay
+from scoring_operator.cache import (
+    Applied,
+    ChildCache,
+    ModelState,
+    States,
+    desired_digest,
+    resource_version,
+    retry_delay,
+    trimmed,
+)
 from scoring_operator.config import OperatorConfig
 from scoring_operator.kube import Kube, KubeError
 from scoring_operator.resolver import Question, Resolver
@@ -58,7 +67,7 @@ POD_CHECK_AFTER = 10.0
 #: counts and messages moved) is written at most this often per object: a rollout's Deployment
 #: changes several times within a second or two, and each write is also an event every watcher
 #: of ScoringModels receives. Transitions (a new version, Ready, a failure) are written at once.
-PROGRESS_EVERY = 5.0
+PROGRESS_EVERY = 15.0
 
 #: post_event(body, type, reason, message): how Events reach Kubernetes (kopf's poster in production).
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
@@ -264,7 +273,7 @@ class Reconciler:
         rollout = None
         try:
             if dep is None:
-                dep = await self._live("apps/v1", "Deployment", owner)
+                dep = await self._deployment(owner, state)
             # A same-named Deployment of someone else is not our rollout (that clash is a ChildConflict).
             rollout = evaluate_rollout(dep if meta.is_owned_by(dep, owner) else None)
         except KubeError as e:
@@ -303,7 +312,7 @@ class Reconciler:
         if registry_down and old_rollout and old_rollout.get("phase") in progress.IN_FLIGHT:
             target = int(old_rollout.get("candidateVersion") or target)  # keep going while the registry is away
         now = self.clock()
-        dep = await self._live("apps/v1", "Deployment", owner)
+        dep = await self._deployment(owner, state)
         dep = dep if meta.is_owned_by(dep, owner) else None
         name = canary.shadow_name(owner) if spec.strategy == "Shadow" else canary.canary_name(owner)
         cand = await self._cached("apps/v1", "Deployment", owner, name)
@@ -444,6 +453,17 @@ class Reconciler:
                 return cached
         return await self.kube.get(api_version, kind, owner.namespace, name)
 
+    async def _deployment(self, owner: meta.Owner, state: ModelState) -> dict[str, Any] | None:
+        """The main Deployment: the watch cache's, unless it is older than this process's last apply of it."""
+        live = await self._live("apps/v1", "Deployment", owner)
+        mine, record = state.deployment, state.applied.get("Deployment")
+        if mine is None or record is None or resource_version(mine) != record.resource_version:
+            return live  # not applied by this process, or someone changed it since (the record was cleared)
+        if live is None or resource_version(live) < record.resource_version:
+            return mine  # the watch has not delivered the apply yet
+        state.deployment = None  # caught up (the watch never goes back): no need to keep a copy
+        return live
+
     async def _cached(self, api_version: str, kind: str, owner: meta.Owner, name: str) -> dict[str, Any] | None:
         """A child that usually does not exist: the watch cache's answer when there is one (no GET)."""
         if self.children is not None:
@@ -489,7 +509,7 @@ class Reconciler:
                     return tuple(done), missing, None
                 state.applied[key] = Applied.record(obj, result)
                 if kind == "Deployment" and main:
-                    deployment = result
+                    deployment, state.deployment = result, trimmed(result, "Deployment")
                 if main:
                     done.append(kind)
             for ref in children.prune:

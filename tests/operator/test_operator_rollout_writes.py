@@ -79,14 +79,15 @@ async def test_progress_is_written_at_most_every_few_seconds_but_transitions_at_
     clock.now += 1
     await rec.reconcile(body)
     assert len(kube.writes) == 1
-    assert rec.next_delay(owner.key, 60) == pytest.approx(PROGRESS_EVERY - 1)  # the poller writes it then
+    assert rec.state(owner.key).progress_due == pytest.approx(clock.now + PROGRESS_EVERY - 1)  # the poller writes it
+    assert rec.next_delay(owner.key, 60) == pytest.approx(min(PROGRESS_EVERY, POD_CHECK_AFTER) - 1)
 
     clock.now += PROGRESS_EVERY
     await rec.reconcile(body, trigger="poll")
     assert len(kube.writes) == 2
     progress = {c["type"]: c for c in kube.writes[1]["conditions"]}["Ready"]["message"]
     assert progress != first and "0 of 1 updated replicas available" in progress
-    assert rec.next_delay(owner.key, 60) <= POD_CHECK_AFTER  # no write pending, only the pod check
+    assert rec.state(owner.key).progress_due is None  # no write pending
 
     kube.objects["Deployment"] = deployment(owner, updated=1, available=1)  # Ready: a transition
     clock.now += 0.5
@@ -109,7 +110,7 @@ async def test_pods_are_listed_only_for_a_rollout_that_takes_a_while_and_the_ans
     clock.now += POD_CHECK_AFTER + 1
     await rec.reconcile(body)
     assert kube.lists() == 0  # no pod of the new spec can exist yet
-    assert rec.next_delay(owner.key, 60) == pytest.approx(POD_CHECK_AFTER)  # looks again later
+    assert rec.state(owner.key).pods_check_due == pytest.approx(clock.now + POD_CHECK_AFTER)  # looks again later
 
     kube.objects["Deployment"] = deployment(owner, generation=2, observed=2, updated=1)
     clock.now += 1
