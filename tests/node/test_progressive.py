@@ -355,37 +355,54 @@ def _runtime_mirrors() -> bool:
     return any(k.startswith("shadow") for k in RuntimeSettings.model_fields)
 
 
+def shadow_copies_sent(env: Env, pod: str) -> float:
+    """The stable pod's own count of copies the shadow answered (scoring_shadow_requests_total{outcome=sent})."""
+    text = env.cluster.kubectl(
+        "exec", "-n", env.ns, pod, "-c", "runtime", "--", "python", "-c",
+        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/metrics').read().decode())",
+    ).stdout
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("scoring_shadow_requests_total{") and 'outcome="sent"' in line)
+
+
 @pytest.mark.skipif(not _runtime_mirrors(), reason="this runtime cannot mirror requests yet (SCORING_SHADOW_* "
                     "settings come with the runtime side of issue 14, part a)")
 def test_shadow_gets_copies_and_clients_only_stable_answers(env: Env) -> None:
-    # The latency threshold is wide here: one shadow pod takes the copies of two stable pods on the
-    # same 2 cores, so its p99 is legitimately worse; this test is about the copies, and automatic
-    # rollback on a bad analysis is the canary tests' business.
-    rollout = {"strategy": "Shadow", "shadow": {"percent": 100, "durationSeconds": 3600},
-               "analysis": {"intervalSeconds": 5, "minRequests": 20, "maxP99LatencyRatio": 50, "failureLimit": 5}}
-    apply(env, model("mirror", env.ns, 1, replicas=2, rollout=rollout))
+    """Every request copied to the shadow; clients get stable answers only; the stable p99 rises < 10 %.
+
+    What the 10 % compares: the clients' p99 with mirroring on against off, on the same stable pods
+    in the same minute. Mirroring is switched per block of 3 s by the clients themselves: a request
+    carrying `x-scoring-shadow: 1` is never copied (the header that stops loops between runtimes),
+    so in those blocks the stable runtime copies nothing and the shadow pod idles; in the other
+    blocks every request is copied (percent 100) and the shadow scores each copy. The blocks
+    alternate for 60 s and each group's p99 is taken over all its blocks (~2,000 requests each), so
+    a drift of this shared machine weighs on both alike. (Switching through the ConfigMap instead
+    takes the kubelet's sync, 10-20 s a switch here: too slow to interleave.) The load is paced (2
+    clients, 20 ms between requests, ~70 requests/s): the target is about a service with headroom;
+    flat out, any extra CPU on the node lengthens every queue.
+
+    What is isolated, and why: this one node has 2 cores for the stable pods, the shadow pod, the
+    client and the control plane; in a cluster the shadow usually gets CPU of its own. Here it
+    gets a low CPU weight instead, with the product's `rollout.shadow.resources` (requests.cpu 10m
+    against the stable pods' 500m: the kernel's CPU shares, 10 against 512, let a stable pod run
+    first whenever both want a core). The copying itself (the stable side's CPU per copy) is not
+    isolated: it is part of what is measured.
+    """
+    small = {"requests": {"cpu": "10m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+    rollout = {"strategy": "Shadow", "shadow": {"percent": 100, "durationSeconds": 3600, "resources": small},
+               # The low-priority shadow answers slower than stable: only errors are judged here.
+               "analysis": {"intervalSeconds": 5, "minRequests": 20, "maxP99LatencyRatio": 1000, "failureLimit": 100}}
+    doc = model("mirror", env.ns, 1, replicas=2, rollout=rollout)
+    doc["spec"]["resources"] = {"requests": {"cpu": "500m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+    apply(env, doc)
     wait_for("mirror Ready on version 1", lambda: ready(env, "mirror", 1, 2), timeout=300, interval=1)
-
-    def p99_ms() -> float:
-        """The clients' p99 (stable answers), median of 3 rounds of 400 requests: one round is noisy here.
-
-        Paced (each of 2 clients waits 20 ms between requests, ~70 requests/s), not flat out: the
-        shadow pod shares this node's 2 cores with the stable pods and the client, so at saturation
-        every copy's scoring would be taken from the stable pods' CPU; in a cluster the shadow has
-        CPU of its own (its requests). What is checked is the cost of copying on the stable side.
-        """
-        rounds = []
-        for _ in range(3):
-            stats = env.client.start_load(url(env, "mirror"), BODY, {}, concurrency=2, requests=400,
-                                          pause=0.02).wait(timeout=300)
-            assert stats["failures"] == 0 and set(stats["versions"]) == {"1"}, stats
-            rounds.append(float(stats["p99_ms"]))
-        return sorted(rounds)[1]
-
-    before = p99_ms()
     set_version(env, "mirror", 4)
     wait_for("the shadow pod ready", lambda: len(ready_pods(env, "mirror-shadow", "shadow")) == 1, timeout=300,
              interval=1)
+    shadow_pod = ready_pods(env, "mirror-shadow", "shadow")[0]
+    assert shadow_pod["spec"]["containers"][0]["resources"] == small, "rollout.shadow.resources not applied"
+    stable = [p["metadata"]["name"] for p in ready_pods(env, "mirror", "stable")]
+    assert len(stable) == 2
     load = env.client.start_load(url(env, "mirror"), BODY, {}, concurrency=2, max_seconds=300)
     try:
         def copies() -> bool:
@@ -393,19 +410,30 @@ def test_shadow_gets_copies_and_clients_only_stable_answers(env: Env) -> None:
             return ((ro.get("lastAnalysis") or {}).get("candidate") or {}).get("requests", 0) > 0
         wait_for("the shadow answered copies (its own metrics, read by the operator)", copies, timeout=120,
                  interval=1)
+        wait_for("both stable pods copying (the ConfigMap reached each)",
+                 lambda: all(shadow_copies_sent(env, p) > 0 for p in stable), timeout=120, interval=2)
     finally:
         stats = load.stop()
     assert stats["failures"] == 0 and set(stats["versions"]) == {"1"}, stats  # clients: stable answers only
-    after = p99_ms()
-    report("shadow", {"stable_p99_ms_before": before, "stable_p99_ms_with_shadow": after})
-    # Issue 14's target (the stable p99 rises by less than 10 %) is reported here, not asserted: on
-    # this 2-core node every copy is scored by a shadow pod on the same cores as the stable pods and
-    # the client, so the number says more about the machine than about the copying (measured +15 %
-    # paced when run alone, +131 % flat out, more within the full suite). The stable runtime's own
-    # cost per copy is measured by bench/shadow.py; copies never delay an answer
-    # (tests/runtime/test_runtime_shadow.py: clients stay fast while the shadow takes 3 s).
-    assert before > 0 and after > 0, (before, after)
+
+    time.sleep(2)  # the copies of that load are all answered
+    sent_before = sum(shadow_copies_sent(env, p) for p in stable)
+    stats = env.client.start_load(url(env, "mirror"), BODY, {}, concurrency=2, max_seconds=60, pause=0.02,
+                                  alternate_header="x-scoring-shadow: 1", alternate_seconds=3).wait(timeout=120)
+    time.sleep(2)
+    sent = sum(shadow_copies_sent(env, p) for p in stable) - sent_before
+    assert stats["failures"] == 0 and set(stats["versions"]) == {"1"}, stats
+    off, on = stats["groups"]["with"], stats["groups"]["without"]
+    ratio = on["p99_ms"] / off["p99_ms"]
+    report("shadow", {"stable_p99_ms_mirroring_off": off["p99_ms"], "stable_p99_ms_mirroring_on": on["p99_ms"],
+                      "p99_ratio": round(ratio, 3), "p50_ms_off": off["p50_ms"], "p50_ms_on": on["p50_ms"],
+                      "requests_off": off["requests"], "requests_on": on["requests"], "copies_sent": sent,
+                      "block_p99_ms_off": off["block_p99_ms"], "block_p99_ms_on": on["block_p99_ms"]})
+    # The copies went out in the mirroring blocks, and only there (a copy is sent once its answer is out,
+    # so a request at a block's end may be copied in the next one: hence the small slack).
+    assert on["requests"] * 0.98 <= sent <= on["requests"] + 10, (sent, on["requests"], off["requests"])
+    assert ratio < 1.10, (f"the stable p99 rose by {100 * (ratio - 1):.0f}% with mirroring "
+                          f"({off['p99_ms']} -> {on['p99_ms']} ms)", stats["groups"])
     ro = status(env, "mirror")["rollout"]
     assert ro["phase"] == "Progressing" and ro["candidateVersion"] == 4 and ro["stableVersion"] == 1, ro
     delete(env, "mirror")
-
