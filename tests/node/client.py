@@ -10,7 +10,8 @@
         ``--alternate-header K:V --alternate-seconds S``: time is cut in blocks of S seconds, the
         requests of even blocks carry the header and those of odd blocks do not; the summary then
         has ``groups`` {"with": ..., "without": ...}: requests, p50/p99 over all of a group's blocks
-        (interleaved, so a slow drift of the machine weighs on both alike) and each block's p99.
+        (interleaved, so a slow drift of the machine weighs on both alike) and each block's p99;
+        with ``--raw`` also every latency of the group (ms), to pool several runs.
 
 Every request uses a fresh connection (``Connection: close``), as a client without keep-alive
 would, so each one is routed by kube-proxy anew and counts on its own.
@@ -148,6 +149,8 @@ def cmd_load(a: argparse.Namespace) -> int:
             blocks = [v for b, v in sorted(by_block.items()) if b % 2 == parity]
             stats["groups"][name] = {**summary([x for v in blocks for x in v]),
                                      "block_p99_ms": [summary(v).get("p99_ms") for v in blocks]}
+            if a.raw:
+                stats["groups"][name]["latencies_ms"] = [round(1000 * x, 3) for v in blocks for x in v]
     print(json.dumps(stats), flush=True)
     return 0
 
@@ -172,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     ld.add_argument("--requests", type=int, default=0, help="stop after this many requests (0: until stopped)")
     ld.add_argument("--alternate-header", help="K:V sent with the requests of every other block of time")
     ld.add_argument("--alternate-seconds", type=float, default=3.0, help="length of those blocks")
+    ld.add_argument("--raw", action="store_true", help="with --alternate-header: each group's latencies too")
     a = ap.parse_args(argv)
     return cmd_request(a) if a.cmd == "request" else cmd_load(a)
 
