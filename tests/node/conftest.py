@@ -124,11 +124,8 @@ class NodeClient:
 
     def start_load(self, url: str, body: Any, headers: dict[str, str], *, concurrency: int = 4,
                    max_seconds: float = 300, pause: float = 0.0, requests: int = 0,
-                   alternate_header: str | None = None, alternate_seconds: float = 3.0, raw: bool = False,
-                   nice: int = 0) -> Load:
-        """`nice` below 0: the load generator's CPU priority over the node's pods (see the shadow test)."""
-        cmd = [*(["nice", "-n", str(nice)] if nice else []),
-               sys.executable, str(CLIENT), "load", url, "--json", json.dumps(body),
+                   alternate_header: str | None = None, alternate_seconds: float = 3.0, raw: bool = False) -> Load:
+        cmd = [sys.executable, str(CLIENT), "load", url, "--json", json.dumps(body),
                "--concurrency", str(concurrency), "--max-seconds", str(max_seconds), "--pause", str(pause),
                "--requests", str(requests)]
         if alternate_header:

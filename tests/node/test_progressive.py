@@ -389,10 +389,13 @@ def test_shadow_gets_copies_and_clients_only_stable_answers(env: Env) -> None:
     blocks every request is copied (percent 100) and the shadow scores each copy. Interleaving
     puts every drift of this machine on both groups alike. (Switching through the ConfigMap
     instead takes the kubelet's sync, 10-20 s a switch here: too slow to interleave.) The load is
-    paced (3 clients, 20 ms between requests, ~120 requests/s on fresh connections): the target is
-    about a service with headroom; flat out, any extra CPU on the node lengthens every queue.
+    paced (2 clients, 20 ms between requests, ~85 requests/s on fresh connections): the target is
+    about a service with headroom. At ~120 requests/s (3 clients) this node's 2 cores no longer
+    have it: the p99 rose 5-22 % a run (pooled 1.14x over four runs), the shadow's scoring and
+    its packets landing on the cores the stable pods and the client need; at ~85 requests/s one run
+    measured 0.82x to 1.10x, 0.98x on average over nine.
 
-    How sure: the p99 of ~3,500 requests per group still moves by about ±10 % between identical
+    How sure: the p99 of ~2,500 requests per group still moves by about ±10 % between identical
     runs here (the slowest 1 % are a few dozen requests: scheduling hiccups of a busy 2-core
     machine), more than the effect (the p50 moves by 0-5 %). So a run's requests are pooled with
     the next run's, up to MAX_RUNS runs of 60 s, until the pooled p99 ratio is under the bound:
@@ -403,10 +406,11 @@ def test_shadow_gets_copies_and_clients_only_stable_answers(env: Env) -> None:
     client and the control plane; in a cluster the shadow usually gets CPU of its own, and the
     clients are elsewhere. Here the shadow gets a low CPU weight instead, with the product's
     `rollout.shadow.resources` (requests.cpu 10m against the stable pods' 500m: the kernel's CPU
-    shares, 10 against 512, let a stable pod run first whenever both want a core), and the load
-    generator runs at nice -10 so that its own wake-up, which ends each measured latency, does not
-    queue behind the pods (that weight works only among the pods). The copying itself (the stable
-    side's CPU per copy) is not isolated: it is part of what is measured.
+    shares, 10 against 512, let a stable pod run first whenever both want a core). That weight
+    counts only among the pods (the client and the control plane are outside them) and not for
+    the kernel's packet work, and at this load it made no measurable difference (with the shadow
+    at 500m too: 1.01x and 0.83x). The copying itself (the stable side's CPU per copy, ~25-45 µs)
+    is not isolated: it is part of what is measured.
     """
     small = {"requests": {"cpu": "10m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
     rollout = {"strategy": "Shadow", "shadow": {"percent": 100, "durationSeconds": 3600, "resources": small},
@@ -442,9 +446,9 @@ def test_shadow_gets_copies_and_clients_only_stable_answers(env: Env) -> None:
     while len(runs) < MAX_RUNS:
         time.sleep(2)  # the copies of the previous load are all answered
         sent_before = sum(shadow_copies_sent(env, p) for p in stable)
-        stats = env.client.start_load(url(env, "mirror"), BODY, {}, concurrency=3, max_seconds=60, pause=0.02,
+        stats = env.client.start_load(url(env, "mirror"), BODY, {}, concurrency=2, max_seconds=60, pause=0.02,
                                       alternate_header="x-scoring-shadow: 1", alternate_seconds=0.5,
-                                      raw=True, nice=-10).wait(timeout=120)
+                                      raw=True).wait(timeout=120)
         time.sleep(2)
         sent = sum(shadow_copies_sent(env, p) for p in stable) - sent_before
         assert stats["failures"] == 0 and set(stats["versions"]) == {"1"}, stats  # stable answers only
