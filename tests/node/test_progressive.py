@@ -393,7 +393,7 @@ def test_shadow_gets_copies_and_clients_only_stable_answers(env: Env) -> None:
     about a service with headroom. At ~120 requests/s (3 clients) this node's 2 cores no longer
     have it: the p99 rose 5-22 % a run (pooled 1.14x over four runs), the shadow's scoring and
     its packets landing on the cores the stable pods and the client need; at ~85 requests/s one run
-    measured 0.82x to 1.10x, 0.98x on average over nine.
+    measured 0.82x to 1.17x, 1.00x on average over eleven.
 
     How sure: the p99 of ~2,500 requests per group still moves by about ±10 % between identical
     runs here (the slowest 1 % are a few dozen requests: scheduling hiccups of a busy 2-core
