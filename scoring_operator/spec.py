@@ -830,6 +830,14 @@ class ShadowSpec(_Model):
         default=300, ge=0, le=604800,
         description="Seconds the shadow is judged before it is promoted (when its analyses pass).",
     )
+    resources: Resources | None = Field(
+        default=None,
+        description="CPU/memory requests and limits of the shadow's runtime container, instead of "
+        "spec.resources (unset: the same as the stable pods). A smaller CPU request keeps the shadow "
+        "from taking CPU the stable pods need where they share nodes (the kernel shares CPU in "
+        "proportion to requests); a shadow with less CPU answers slower, so judge it with "
+        "analysis.maxP99LatencyRatio set accordingly or with maxErrorRate only.",
+    )
 
 
 class RolloutSpec(_Model):

@@ -7,6 +7,8 @@
 - Shadow: Deployment and Service `NAME-shadow` (instance `NAME-shadow`: never selected by the main
   Service), and the ConfigMap `NAME-shadow` the stable pods read (SCORING_SHADOW_CONFIG_FILE) to
   know where to copy requests to, re-read on change, so shadowing starts and stops without a restart.
+  Its pods take rollout.shadow.resources when set (e.g. a small CPU request: a low CPU weight where
+  it shares nodes with the stable pods), spec.resources otherwise.
 
 Every scoring pod carries `scoring.dev/track`: stable, canary or shadow. Stable pods get it (and
 the shadow ConfigMap's volume) only when spec.rollout asks for Canary or Shadow, so turning the
@@ -86,11 +88,19 @@ def candidate_selector(owner: meta.Owner, spec: api.ScoringModelSpec, track: str
     return {**meta.selector_labels(owner), INSTANCE: _instance(owner, spec, track), LABEL_TRACK: track}
 
 
+def _candidate_spec(spec: api.ScoringModelSpec, track: str) -> api.ScoringModelSpec:
+    """The spec the candidate's pods are built from: a shadow's own resources (rollout.shadow.resources)."""
+    shadow = spec.rollout.shadow if spec.rollout is not None else None
+    if track == "shadow" and shadow is not None and shadow.resources is not None:
+        return spec.model_copy(update={"resources": shadow.resources})
+    return spec
+
+
 def candidate_deployment(owner: meta.Owner, spec: api.ScoringModelSpec, version: int, replicas: int, track: str,
                          config: OperatorConfig) -> dict[str, Any]:
     """`NAME-canary` or `NAME-shadow`: the new version, beside the stable Deployment."""
     name = shadow_name(owner) if track == "shadow" else canary_name(owner)
-    template = pod_template(owner, spec, version, config)
+    template = pod_template(owner, _candidate_spec(spec, track), version, config)
     template["metadata"]["labels"].update({INSTANCE: _instance(owner, spec, track), LABEL_TRACK: track})
     return {
         "apiVersion": "apps/v1",

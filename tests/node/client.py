@@ -7,6 +7,11 @@
         requests, failures (any non-200 or connection error, with samples), per-version and per-pod
         counts, when each version answered first and last, the version that answered last, and per
         second since the start [requests, failures]. ``--requests N`` stops after N requests.
+        ``--alternate-header K:V --alternate-seconds S``: time is cut in blocks of S seconds, the
+        requests of even blocks carry the header and those of odd blocks do not; the summary then
+        has ``groups`` {"with": ..., "without": ...}: requests, p50/p99 over all of a group's blocks
+        (interleaved, so a slow drift of the machine weighs on both alike) and each block's p99;
+        with ``--raw`` also every latency of the group (ms), to pool several runs.
 
 Every request uses a fresh connection (``Connection: close``), as a client without keep-alive
 would, so each one is routed by kube-proxy anew and counts on its own.
@@ -67,12 +72,23 @@ def cmd_request(a: argparse.Namespace) -> int:
     return 0
 
 
+def summary(latencies: list[float]) -> dict[str, Any]:
+    """requests, p50_ms and p99_ms (nearest rank) of latencies in seconds."""
+    if not latencies:
+        return {"requests": 0}
+    ordered = sorted(latencies)
+    return {"requests": len(ordered), "p50_ms": round(1000 * ordered[len(ordered) // 2], 2),
+            "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 2)}
+
+
 def cmd_load(a: argparse.Namespace) -> int:
     headers = {"Content-Type": "application/json", **parse_headers(a.header)}
     body = a.json.encode()
     stop = threading.Event()
     lock = threading.Lock()
     latencies: list[float] = []
+    alternate = parse_headers([a.alternate_header]) if a.alternate_header else {}
+    by_block: dict[int, list[float]] = {}
     t0 = time.monotonic()
     stats: dict[str, Any] = {"requests": 0, "failures": 0, "failure_samples": [], "versions": {}, "pods": {},
                              "first_seen": {}, "last_seen": {}, "last_version": None, "per_second": {},
@@ -80,9 +96,11 @@ def cmd_load(a: argparse.Namespace) -> int:
 
     def worker() -> None:
         while not stop.is_set():
+            block = int((time.monotonic() - t0) / a.alternate_seconds) if alternate else 0
+            sent = {**headers, **alternate} if alternate and block % 2 == 0 else headers
             started = time.perf_counter()
             try:
-                status, hdrs, data = one(a.url, "POST", body, headers, a.timeout)
+                status, hdrs, data = one(a.url, "POST", body, sent, a.timeout)
                 err = None if status == 200 else f"HTTP {status}: {data[:200].decode(errors='replace')}"
             except OSError as e:
                 status, hdrs, err = 0, {}, f"{type(e).__name__}: {e}"
@@ -100,6 +118,7 @@ def cmd_load(a: argparse.Namespace) -> int:
                         stats["failure_samples"].append({"t": round(time.monotonic() - t0, 2), "error": err})
                     continue
                 latencies.append(time.perf_counter() - started)
+                by_block.setdefault(block, []).append(latencies[-1])
                 version = hdrs.get("x-model-version", "?")
                 pod = hdrs.get("x-scoring-pod", "?")
                 stats["versions"][version] = stats["versions"].get(version, 0) + 1
@@ -123,10 +142,15 @@ def cmd_load(a: argparse.Namespace) -> int:
     for t in threads:
         t.join(a.timeout + 1)
     stats["seconds"] = round(time.monotonic() - t0, 2)
-    if latencies:
-        ordered = sorted(latencies)
-        stats["p50_ms"] = round(1000 * ordered[len(ordered) // 2], 2)
-        stats["p99_ms"] = round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 2)
+    stats.update({k: v for k, v in summary(latencies).items() if k != "requests"})
+    if alternate:
+        stats["groups"] = {}
+        for name, parity in (("with", 0), ("without", 1)):
+            blocks = [v for b, v in sorted(by_block.items()) if b % 2 == parity]
+            stats["groups"][name] = {**summary([x for v in blocks for x in v]),
+                                     "block_p99_ms": [summary(v).get("p99_ms") for v in blocks]}
+            if a.raw:
+                stats["groups"][name]["latencies_ms"] = [round(1000 * x, 3) for v in blocks for x in v]
     print(json.dumps(stats), flush=True)
     return 0
 
@@ -149,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     ld.add_argument("--timeout", type=float, default=10)
     ld.add_argument("--pause", type=float, default=0.0, help="seconds each worker waits between requests")
     ld.add_argument("--requests", type=int, default=0, help="stop after this many requests (0: until stopped)")
+    ld.add_argument("--alternate-header", help="K:V sent with the requests of every other block of time")
+    ld.add_argument("--alternate-seconds", type=float, default=3.0, help="length of those blocks")
+    ld.add_argument("--raw", action="store_true", help="with --alternate-header: each group's latencies too")
     a = ap.parse_args(argv)
     return cmd_request(a) if a.cmd == "request" else cmd_load(a)
 

@@ -123,10 +123,14 @@ class NodeClient:
         return dict(json.loads(out.stdout))
 
     def start_load(self, url: str, body: Any, headers: dict[str, str], *, concurrency: int = 4,
-                   max_seconds: float = 300, pause: float = 0.0, requests: int = 0) -> Load:
+                   max_seconds: float = 300, pause: float = 0.0, requests: int = 0,
+                   alternate_header: str | None = None, alternate_seconds: float = 3.0, raw: bool = False) -> Load:
         cmd = [sys.executable, str(CLIENT), "load", url, "--json", json.dumps(body),
                "--concurrency", str(concurrency), "--max-seconds", str(max_seconds), "--pause", str(pause),
                "--requests", str(requests)]
+        if alternate_header:
+            cmd += ["--alternate-header", alternate_header, "--alternate-seconds", str(alternate_seconds)]
+            cmd += ["--raw"] if raw else []
         for k, v in headers.items():
             cmd += ["--header", f"{k}: {v}"]
         proc = subprocess.Popen(in_client_netns(*cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -332,6 +332,31 @@ def test_shadow_children(cfg: OperatorConfig) -> None:
     assert idle[("Deployment", "faq")]["spec"]["template"] == stable["spec"]["template"]
 
 
+def test_shadow_resources_apply_to_the_shadow_pods_only(cfg: OperatorConfig) -> None:
+    resources = {"requests": {"cpu": "1", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+    small = {"requests": {"cpu": "10m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+    spec = make_spec(replicas=2, resources=resources,
+                     rollout={"strategy": "Shadow", "shadow": {"percent": 30, "resources": small}})
+    d = Decision(stable_version=1, candidate=Track("shadow", 2, 1), shadow_percent=30)
+    objs = by_name(desired_children(OWNER, spec, 2, cfg, d).apply)
+
+    def pod(name: str) -> dict[str, Any]:
+        return dict(objs[("Deployment", name)]["spec"]["template"]["spec"])
+
+    assert pod("faq")["containers"][0]["resources"] == resources
+    assert pod("faq")["initContainers"][0]["resources"] == resources
+    assert pod("faq-shadow")["containers"][0]["resources"] == small
+    assert pod("faq-shadow")["initContainers"][0]["resources"] == small
+    # Unset: the shadow's pods are sized like the stable ones.
+    same = make_spec(replicas=2, resources=resources, rollout={"strategy": "Shadow"})
+    objs = by_name(desired_children(OWNER, same, 2, cfg, d).apply)
+    assert pod("faq-shadow")["containers"][0]["resources"] == resources
+    # Checked like spec.resources.
+    with pytest.raises(ValidationError, match="must not exceed"):
+        make_spec(rollout={"strategy": "Shadow", "shadow": {"resources": {
+            "requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}}})
+
+
 def test_route_plan() -> None:
     spec = make_spec()
     backends, mirror = canary.route_plan(OWNER, spec)
