@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -138,9 +139,33 @@ async def test_a_kept_alive_connection_gets_a_fresh_header_deadline(server: Serv
     assert rest.startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < HEADER_TIMEOUT_S + 1.5
 
 
+@contextlib.asynccontextmanager
+async def guarded_server(app: Any, **configure: Any) -> AsyncIterator[int]:
+    """A uvicorn server on the guarded protocol, configured with `protocol.configure(**configure)`; its port.
+
+    The protocol's module-level configuration is reset when the server stops, so tests never leak it.
+    """
+    import uvicorn
+
+    from scoring_runtime.server import protocol
+
+    protocol.configure(**configure)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol.GuardedHttpToolsProtocol,
+                                           lifespan="off", log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        yield port
+    finally:
+        protocol.configure(protocol.HttpLimits())
+        server.should_exit = True
+        await task
+
+
 async def test_admission_answers_a_full_queue_without_running_the_app() -> None:
     """The canned 503 is written by the connection itself; the body is discarded and keep-alive kept."""
-    import uvicorn
     from starlette.responses import PlainTextResponse
     from starlette.types import Receive, Scope, Send
 
@@ -155,15 +180,8 @@ async def test_admission_answers_a_full_queue_without_running_the_app() -> None:
         await PlainTextResponse("app")(scope, receive, send)
 
     full = protocol.response_bytes(503, "queue full", {"Retry-After": "2"})
-    protocol.configure(protocol.HttpLimits(),
-                       admission=lambda m, t, n: full if m == b"POST" and t == b"/score" else None)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol.GuardedHttpToolsProtocol,
-                                           lifespan="off", log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            await asyncio.sleep(0.01)
+    async with guarded_server(app, limits=protocol.HttpLimits(),
+                              admission=lambda m, t, n: full if m == b"POST" and t == b"/score" else None) as port:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
             r = await c.post("/score", content=b'{"question": "' + b"x" * 200_000 + b'"}')
             assert r.status_code == 503 and r.headers["retry-after"] == "2"
@@ -171,10 +189,6 @@ async def test_admission_answers_a_full_queue_without_running_the_app() -> None:
             r = await c.get("/score")  # same connection: the discarded body did not corrupt it
             assert r.status_code == 200 and r.text == "app"
         assert calls == ["/score"]
-    finally:
-        protocol.configure(protocol.HttpLimits())
-        server.should_exit = True
-        await task
 
 
 async def test_a_full_queue_is_refused_before_the_body_is_read(faq_app: Callable[..., Starlette]) -> None:
@@ -217,7 +231,6 @@ async def test_admission_counts_requests_in_flight_up_to_queue_plus_one_batch(
 
 
 async def test_overload_refusals_are_held_for_the_refusal_delay() -> None:
-    import uvicorn
     from starlette.responses import PlainTextResponse
     from starlette.types import Receive, Scope, Send
 
@@ -228,26 +241,15 @@ async def test_overload_refusals_are_held_for_the_refusal_delay() -> None:
             await PlainTextResponse("app")(scope, receive, send)
 
     full = protocol.response_bytes(503, "busy", {"Retry-After": "1"})
-    protocol.configure(protocol.HttpLimits(refusal_delay_s=0.2),
-                       admission=lambda m, t, n: full if m == b"POST" else None)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol.GuardedHttpToolsProtocol,
-                                           lifespan="off", log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
-            t0 = time.monotonic()
-            r = await c.post("/score", content=b"{}")
-            held = time.monotonic() - t0
-            assert r.status_code == 503 and 0.19 < held < 2
-            t0 = time.monotonic()
-            assert (await c.get("/")).text == "app" and time.monotonic() - t0 < 0.19  # only refusals wait
-    finally:
-        protocol.configure(protocol.HttpLimits())
-        server.should_exit = True
-        await task
+    async with guarded_server(app, limits=protocol.HttpLimits(refusal_delay_s=0.2),
+                              admission=lambda m, t, n: full if m == b"POST" else None) as port, \
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+        t0 = time.monotonic()
+        r = await c.post("/score", content=b"{}")
+        held = time.monotonic() - t0
+        assert r.status_code == 503 and 0.19 < held < 2
+        t0 = time.monotonic()
+        assert (await c.get("/")).text == "app" and time.monotonic() - t0 < 0.19  # only refusals wait
 
 
 def test_only_plainly_framed_whole_posts_take_the_fast_refusal_path() -> None:
@@ -284,7 +286,6 @@ def test_only_plainly_framed_whole_posts_take_the_fast_refusal_path() -> None:
 async def test_fast_refusals_are_held_without_the_parser_and_the_connection_stays_usable() -> None:
     """While busy, whole plainly framed POSTs are refused by the connection (held the refusal delay, on one
     timer for all), keep-alive kept; other requests, and all requests once not busy, reach the app."""
-    import uvicorn
     from starlette.responses import PlainTextResponse
     from starlette.types import Receive, Scope, Send
 
@@ -307,15 +308,8 @@ async def test_fast_refusals_are_held_without_the_parser_and_the_connection_stay
         refused.append((target, length))
         return full
 
-    protocol.configure(protocol.HttpLimits(refusal_delay_s=0.2), admission=lambda m, t, n: None,
-                       fast=protocol.FastRefusal(busy=lambda: busy[0], refuse=refuse))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol.GuardedHttpToolsProtocol,
-                                           lifespan="off", log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            await asyncio.sleep(0.01)
+    async with guarded_server(app, limits=protocol.HttpLimits(refusal_delay_s=0.2), admission=lambda m, t, n: None,
+                              fast=protocol.FastRefusal(busy=lambda: busy[0], refuse=refuse)) as port:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=httpx.Limits(
                 max_connections=20)) as c:
             t0 = time.monotonic()
@@ -330,7 +324,3 @@ async def test_fast_refusals_are_held_without_the_parser_and_the_connection_stay
             rs = await asyncio.gather(*(c.post("/score", content=b'{"q": 1}') for _ in range(20)))
             assert [r.text for r in rs] == ["app"] * 20  # the same connections, in step, now admitted
         assert calls == ["POST /other"] + ["POST /score"] * 20
-    finally:
-        protocol.configure(protocol.HttpLimits())
-        server.should_exit = True
-        await task
