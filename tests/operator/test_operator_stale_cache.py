@@ -15,19 +15,11 @@ from scoring_operator.builders.meta import ANNOTATION_MODEL_VERSION, Owner, owne
 from scoring_operator.builders.status import Resolved
 from scoring_operator.config import FIELD_MANAGER, OperatorConfig
 from scoring_operator.reconcile import Reconciler
-from tests.operator.test_operator_review_fixes import FakeKube, _body
+from tests.operator.test_operator_review_fixes import FakeKube, FakeResolver, _body
 
 
-class SpecResolver:
-    """Resolves a pinned reference to the version it names."""
-
-    on_change = None
-
-    def question(self, ref: api.ModelRef) -> tuple[str, str, str]:
-        return ("fake://", ref.name, str(ref.version))
-
-    def forget(self, question: tuple[str, str, str]) -> None:
-        pass
+class SpecResolver(FakeResolver):
+    """Resolves a pinned reference to the version it names (FakeResolver always says version 1)."""
 
     async def resolve(self, ref: api.ModelRef, max_age: float = 0.0) -> Resolved:
         return Resolved(name=ref.name, version=int(ref.version or 1), resolved_from="version")
