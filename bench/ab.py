@@ -82,14 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                 for c in [int(x) for x in args.clients.split(",")]:
                     for name in order:
                         srv, script = targets[name]
-                        before = run.scrape_batches(srv.url) if name != "floor" else None
-                        r = run.show(closed_loop(wrk, srv.url, script, target=name, connections=c,
-                                                 duration_s=args.duration, client_cpus=client_cpus,
-                                                 server_pid=srv.pid)).as_dict()
-                        if before is not None:
-                            after = run.scrape_batches(srv.url)
-                            n = after[1] - before[1]
-                            r["mean_batch"] = round((after[0] - before[0]) / n, 3) if n else 1.0
+                        r = run.closed_loop_point(wrk, srv, script, target=name, connections=c,
+                                                  duration_s=args.duration, client_cpus=client_cpus,
+                                                  batches=name != "floor")
                         r["repeat"] = rep
                         raw.append(r)
                         order = order[1:] + order[:1]

@@ -311,6 +311,23 @@ def scrape_batches(url: str) -> tuple[float, float, float]:
     return total, count, secs
 
 
+def closed_loop_point(wrk: str, srv: peers.Server, script: Path, *, target: str, connections: int, duration_s: float,
+                      client_cpus: set[int] | None, batches: bool) -> dict[str, Any]:
+    """One closed-loop point against a started server, shown and as a dict; with `batches` (this runtime)
+    also the mean batch and the model's own time per request, from its /metrics before and after."""
+    before = scrape_batches(srv.url) if batches else None
+    r = show(closed_loop(wrk, srv.url, script, target=target, connections=connections, duration_s=duration_s,
+                         client_cpus=client_cpus, server_pid=srv.pid)).as_dict()
+    if before is not None:
+        after = scrape_batches(srv.url)
+        calls_n = after[1] - before[1]
+        r["mean_batch"] = round((after[0] - before[0]) / calls_n, 3) if calls_n else 1.0
+        answered = r["throughput_rps"] * r["duration_s"]
+        if answered and after[2] > before[2]:  # the model's own time in this server, per request
+            r["model_us_per_req"] = round(1e6 * (after[2] - before[2]) / answered, 1)
+    return r
+
+
 def aggregate(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (target, mode, point): medians over the repeats, plus the throughput spread."""
     groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
@@ -421,17 +438,9 @@ def section_faq(args: argparse.Namespace, failures: dict[str, str], tools_: dict
                 for c in args.concurrency:
                     for name in order:  # every point runs all targets back to back: drift hits them alike
                         srv, _cl = targets[name]
-                        before = scrape_batches(srv.url) if name.startswith("this-runtime") else None
-                        r = show(closed_loop(wrk, srv.url, wrk_scripts[name], target=name, connections=c,
-                                             duration_s=args.duration, client_cpus=client_cpus,
-                                             server_pid=srv.pid)).as_dict()
-                        if before is not None:
-                            after = scrape_batches(srv.url)
-                            calls_n = after[1] - before[1]
-                            r["mean_batch"] = round((after[0] - before[0]) / calls_n, 3) if calls_n else 1.0
-                            answered = r["throughput_rps"] * r["duration_s"]
-                            if answered and after[2] > before[2]:  # the model's own time in this server, per request
-                                r["model_us_per_req"] = round(1e6 * (after[2] - before[2]) / answered, 1)
+                        r = closed_loop_point(wrk, srv, wrk_scripts[name], target=name, connections=c,
+                                              duration_s=args.duration, client_cpus=client_cpus,
+                                              batches=name.startswith("this-runtime"))
                         r["repeat"] = rep
                         raw.append(r)
                         order = order[1:] + order[:1]  # and who goes first rotates

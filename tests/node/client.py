@@ -72,13 +72,18 @@ def cmd_request(a: argparse.Namespace) -> int:
     return 0
 
 
+def nearest_rank(values: list[float], q: float) -> float:
+    """The q-quantile of values, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def summary(latencies: list[float]) -> dict[str, Any]:
     """requests, p50_ms and p99_ms (nearest rank) of latencies in seconds."""
     if not latencies:
         return {"requests": 0}
-    ordered = sorted(latencies)
-    return {"requests": len(ordered), "p50_ms": round(1000 * ordered[len(ordered) // 2], 2),
-            "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 2)}
+    return {"requests": len(latencies), "p50_ms": round(1000 * nearest_rank(latencies, 0.5), 2),
+            "p99_ms": round(1000 * nearest_rank(latencies, 0.99), 2)}
 
 
 def cmd_load(a: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from scoring_runtime.registry import LocalFileRegistry
 from scoring_runtime.settings import RuntimeSettings
 from tests.kube.controlplane import KubeCluster, namespace_name_for
 from tests.kube.node import RealNode
+from tests.node.client import nearest_rank  # as the load generator computes its p50/p99
 from tests.node.conftest import NodeClient, install_operator, make_readable, registry_claim
 from tests.node.test_real_pods import report
 from tests.operator.kubehelpers import get, wait_for
@@ -363,12 +364,6 @@ def shadow_copies_sent(env: Env, pod: str) -> float:
     ).stdout
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("scoring_shadow_requests_total{") and 'outcome="sent"' in line)
-
-
-def nearest_rank(values: list[float], q: float) -> float:
-    """The q-quantile of values, nearest rank (as the load generator computes its p50/p99)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 #: Mirroring may raise the stable p99 by less than this (issue 14).
