@@ -10,10 +10,12 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+#: Settings that name a file which must exist, and what the error message calls it.
+_FILES = {"api_key_file": "API key file", "shadow_ca_file": "shadow CA file"}
 
 
 def default_threads() -> int:
@@ -105,11 +107,11 @@ class RuntimeSettings(BaseSettings):
             raise ValueError(f"model directory {v} does not exist (fetch one with `scoring fetch --dest DIR`)")
         return v
 
-    @field_validator("api_key_file")
+    @field_validator(*_FILES)
     @classmethod
-    def _key_file_exists(cls, v: Path | None) -> Path | None:
+    def _file_exists(cls, v: Path | None, info: ValidationInfo) -> Path | None:
         if v is not None and not v.is_file():
-            raise ValueError(f"API key file {v} does not exist or is not a file")
+            raise ValueError(f"{_FILES[str(info.field_name)]} {v} does not exist or is not a file")
         return v
 
     @field_validator("shadow_url")
@@ -121,13 +123,6 @@ class RuntimeSettings(BaseSettings):
         if problem:
             raise ValueError(problem)
         return v.rstrip("/")
-
-    @field_validator("shadow_ca_file")
-    @classmethod
-    def _ca_file_exists(cls, v: Path | None) -> Path | None:
-        if v is not None and not v.is_file():
-            raise ValueError(f"shadow CA file {v} does not exist or is not a file")
-        return v
 
     @field_validator("log_level", mode="before")
     @classmethod
