@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -83,12 +84,17 @@ class BatchingConfig:
     max_queue_rows: int
     #: a lone request up to this many rows runs on the event loop (0: never; see the module docstring)
     inline_max_rows: int = 0
+    #: how long a just-freed model may wait for the clients it just answered, as a share of the batch's
+    #: own duration (capped by max_delay_s); 0: never (see `AdaptiveBatcher._batch_done`)
+    hold_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
             raise ValueError(f"max_batch_size must be at least 1 row, got {self.max_batch_rows}")
         if self.max_delay_s < 0:
             raise ValueError(f"max_batch_delay_ms must be >= 0, got {self.max_delay_s * 1000:g}")
+        if not 0 <= self.hold_fraction <= 1:
+            raise ValueError(f"hold_fraction must be between 0 and 1, got {self.hold_fraction:g}")
         if self.max_queue_rows < self.max_batch_rows:
             raise ValueError(
                 f"max_queue_rows ({self.max_queue_rows}) must be at least max_batch_size ({self.max_batch_rows}), "
@@ -158,6 +164,17 @@ class AdaptiveBatcher(Generic[J, R]):
         self._last_event: float | None = None  # the last arrival or batch end
         self._overlap = 0.0  # moving share of arrivals that found others queued or running
         self._wait_ok = False
+        # Closed-loop clients send their next request right after an answer: while they are seen to come
+        # back (_return_share), the next batch waits for as many rows as were in the system lately (_peak),
+        # no more, and may wait for them past max_delay, until _hold_until (see _batch_done).
+        self._peak = 0.0  # rows in the system at a batch's end (its own plus those queued), decaying
+        self._expect_returns = False
+        self._hold_until = 0.0
+        self._window_end = 0.0  # arrivals until then count as returns of the last batch's clients
+        self._window_rows = 0  # that batch's rows
+        self._returned = 0  # rows arrived within the window
+        self._return_share = 0.0  # moving share of a batch's rows that came back within its window
+        self._batches = 0
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -220,7 +237,7 @@ class AdaptiveBatcher(Generic[J, R]):
             )
         loop = asyncio.get_running_loop()
         item: _Queued[J, R] = _Queued(job, rows, loop.time(), loop.create_future())
-        self._note_arrival(item.enqueued)
+        self._note_arrival(item.enqueued, rows)
         self._queue.append(item)
         self._set_queued_rows(self._queued_rows + rows)
         self._wakeup.set()
@@ -239,7 +256,9 @@ class AdaptiveBatcher(Generic[J, R]):
         if self._metrics:
             self._metrics.queue_rows.set(n)
 
-    def _note_arrival(self, now: float) -> None:
+    def _note_arrival(self, now: float, rows: int) -> None:
+        if now <= self._window_end:
+            self._returned += rows
         busy = bool(self._queue or self._running)
         # quiet: nothing arrived and nothing ran for longer than max_delay before this request
         quiet = not busy and (self._last_event is None or now - self._last_event > self.config.max_delay_s)
@@ -271,11 +290,15 @@ class AdaptiveBatcher(Generic[J, R]):
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            # Fill the batch until it is full or its first request has waited max_delay.
-            while self._queue and self._queued_rows < cfg.max_batch_rows and not self._closed:
-                now = loop.time()
-                remaining = self._queue[0].enqueued + cfg.max_delay_s - now
-                if remaining <= 0 or not self._more_expected():
+            # Fill the batch until it is full or its first request has waited max_delay; when the clients
+            # of the last batch come back (see _batch_done), until as many rows as were in the system
+            # lately are queued, or (past max_delay) the hold for them is over.
+            while self._queue and not self._closed:
+                deadline, target = self._queue[0].enqueued + cfg.max_delay_s, cfg.max_batch_rows
+                if self._expect_returns:
+                    deadline, target = max(deadline, self._hold_until), max(1, min(target, math.ceil(self._peak)))
+                remaining = deadline - loop.time()
+                if self._queued_rows >= target or remaining <= 0 or not self._more_expected():
                     break
                 self._wakeup.clear()
                 # a timer that sets the event, not asyncio.wait_for: that wraps each wait in a new Task,
@@ -285,8 +308,10 @@ class AdaptiveBatcher(Generic[J, R]):
                     await self._wakeup.wait()
                 finally:
                     timer.cancel()
+            self._hold_until, self._expect_returns = 0.0, False
             batch = self._take()
             if batch:
+                self._peak = max(self._peak, sum(i.rows for i in batch))
                 await self._run(batch, loop)
 
     def _take(self) -> list[_Queued[J, R]]:
@@ -344,12 +369,42 @@ class AdaptiveBatcher(Generic[J, R]):
         finally:
             self._running = False
             self._last_event = loop.time()
+            self._batch_done(batch, time.perf_counter() - t0, self._last_event)
         elapsed = time.perf_counter() - t0
         if self._metrics:
             self._metrics.batch_seconds.observe(elapsed)
         log.debug("batch: %d requests in %.1f ms", len(batch), elapsed * 1000)
         for i, r in zip(batch, results, strict=True):
             self._succeed(i, r)
+
+    def _batch_done(self, batch: list[_Queued[J, R]], elapsed: float, now: float) -> None:
+        """After a model call: how the next batch is filled.
+
+        Closed-loop clients (each sends its next request when it has its answer) come back a network
+        round trip after their answers. Two ways to waste the model's time follow, both measured (see
+        docs/benchmarks.md): a batch whose requests were all answered waits for company up to max_delay
+        although every client it could get is already queued; and the requests queued during a call go
+        at once while the clients just answered queue behind them, so the clients split into cohorts that
+        take turns with half batches, each paying the model's fixed cost per call. So, while at least
+        half of a batch's rows have been coming back within `hold_fraction` of its duration (at most
+        max_delay) after it ended, on average: the next batch goes as soon as it holds as many rows as
+        were in the system at the end of this one (its rows plus those queued), and under concurrent load
+        (`_wait_ok`: never for a lone client) it may wait for them that long past max_delay. Arrivals
+        that do not follow answers (open-loop traffic) keep the plain rule; every 16th batch tries the
+        closed-loop rule anyway, to notice when they start to.
+        """
+        cfg = self.config
+        rows = sum(i.rows for i in batch)
+        if self._window_rows:
+            share = min(1.0, self._returned / self._window_rows)
+            self._return_share = 0.5 * self._return_share + 0.5 * share
+        self._batches += 1
+        self._peak = max(self._peak - 1, rows + self._queued_rows)
+        window = min(cfg.max_delay_s, cfg.hold_fraction * elapsed)
+        self._window_end = now + window
+        self._window_rows, self._returned = rows, 0
+        self._expect_returns = window > 0 and (self._return_share >= 0.5 or self._batches % 16 == 0)
+        self._hold_until = self._window_end if self._expect_returns and self._wait_ok and not self._closed else 0.0
 
     async def _call(self, batch: list[_Queued[J, R]], loop: asyncio.AbstractEventLoop) -> Sequence[R]:
         """One model call on the inference thread; one result per job or an error."""

@@ -8,6 +8,7 @@ requests shows up as a wrong answer.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import threading
 import time
@@ -159,6 +160,89 @@ async def test_a_lone_request_after_a_quiet_spell_is_not_held() -> None:
     elapsed = time.monotonic() - t0
     assert elapsed < 0.5, f"lone requests were held for company that never came ({elapsed:.3f}s)"
     await b.stop()
+
+
+async def test_closed_loop_clients_all_back_do_not_wait_for_rows_that_cannot_come() -> None:
+    # 4 closed-loop clients, batches of up to 32 rows, a long max_delay. Once the batcher has seen the
+    # clients come back after their answers, a batch goes as soon as all 4 are queued again, instead of
+    # waiting max_delay for 28 more rows that no client can send.
+    model = RowModel(delay_s=0.01)
+    b = await started(model, max_batch_rows=32, max_delay_s=0.2, max_queue_rows=256)
+    rounds = 12
+
+    async def client(n: int) -> None:
+        for i in range(rounds):
+            r = await b.submit(job(1, base=100 * n + i))
+            assert int(r[0]) == 3 * (100 * n + i) + 1
+            await asyncio.sleep(0.001)  # the network round trip before the next request
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(client(n) for n in range(4)))
+    elapsed = time.monotonic() - t0
+    await b.stop()
+    full = [sum(batch) for batch in model.batches]
+    assert full.count(4) >= rounds - 3, f"the clients were not batched together: {full}"
+    # waiting max_delay for every batch would take rounds x 0.21 s = 2.5 s; a few waits while it learns
+    assert elapsed < 1.2, f"batches waited for rows that could not come ({elapsed:.2f} s, batches {full})"
+
+
+async def test_clients_split_into_cohorts_are_joined_again() -> None:
+    # 8 closed-loop clients in two cohorts: 4 arrive while the model scores the other 4. Without a hold,
+    # the second cohort has waited past max_delay when the model frees and goes alone, the first cohort
+    # comes back behind it, and the two take turns with half batches for ever. Holding the freed model for
+    # the clients it just answered (a fraction of its call, capped by max_delay) joins them.
+    model = RowModel(delay_s=0.02)
+    b = await started(model, max_batch_rows=16, max_delay_s=0.01, max_queue_rows=256)
+
+    async def client(n: int) -> None:
+        if n >= 4:
+            await asyncio.sleep(0.015)  # the second cohort, during the first cohort's model call
+        for i in range(12):
+            r = await b.submit(job(1, base=100 * n + i))
+            assert int(r[0]) == 3 * (100 * n + i) + 1
+            await asyncio.sleep(0.002)
+
+    await asyncio.gather(*(client(n) for n in range(8)))
+    await b.stop()
+    sizes = [sum(batch) for batch in model.batches]
+    assert sizes[:2] == [4, 4], f"the test did not start with two cohorts: {sizes}"
+    assert sizes[-6:-1].count(8) >= 4, f"the cohorts kept taking turns: {sizes}"
+
+
+async def test_a_hold_never_outlasts_max_delay_past_the_model_call() -> None:
+    # the hold for returning clients is bounded: clients that come back late do not stall the others
+    # for longer than hold_fraction of a model call, and never longer than max_delay
+    cfg = BatchingConfig(max_batch_rows=16, max_delay_s=0.01, max_queue_rows=64)
+    assert cfg.hold_fraction == 0.5
+    with pytest.raises(ValueError, match="hold_fraction"):
+        BatchingConfig(max_batch_rows=16, max_delay_s=0.01, max_queue_rows=64, hold_fraction=2)
+    model = RowModel(delay_s=0.02)
+    b = await started(model, max_batch_rows=16, max_delay_s=0.01, max_queue_rows=256)
+
+    prompt_done = 0.0
+
+    async def client(n: int, late: float) -> None:
+        nonlocal prompt_done
+        for i in range(10):
+            await b.submit(job(1, base=100 * n + i))
+            await asyncio.sleep(late)
+        prompt_done = max(prompt_done, time.monotonic()) if late < 0.01 else prompt_done
+
+    started_at: list[float] = []
+    original = model.predict
+
+    def timed(jobs: list[Job]) -> list[Any]:
+        started_at.append(time.monotonic())
+        return original(jobs)
+
+    b._predict = timed
+    # 4 prompt clients teach it to hold; one client always comes back 60 ms late
+    await asyncio.gather(*(client(n, 0.001) for n in range(4)), client(9, 0.06))
+    await b.stop()
+    busy = [t for t in started_at if t < prompt_done]  # while the prompt clients keep the model busy
+    gaps = [t1 - t0 for t0, t1 in itertools.pairwise(busy)]
+    # a call takes 20 ms; the next one starts at most max_delay (10 ms) after it ended, plus slack
+    assert len(gaps) >= 5 and max(gaps) < 0.02 + 0.01 + 0.015, f"a hold outlasted its bound: {gaps}"
 
 
 async def test_full_queue_fails_fast_with_queue_full() -> None:
