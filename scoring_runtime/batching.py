@@ -9,6 +9,12 @@ times the cost of one. `AdaptiveBatcher` queues requests and hands them to the m
   load; when the model is idle, a request waits for company (up to `max_delay_s`) only under
   concurrent load (recent requests arrived while others were queued or running, and the model has
   not sat idle with nothing arriving for longer than `max_delay_s`): a lone client is never held;
+- closed-loop clients (each sends its next request when it has its answer; the batcher sees them come
+  back right after a batch ends): the next batch goes as soon as it holds as many rows as were in the
+  system when the last one ended, instead of waiting `max_delay_s` for rows no client can send, and a
+  just-freed model may wait a little (half its last call, at most `max_delay_s`) for the clients it
+  has just answered, so they are not split into cohorts taking turns with half batches
+  (`AdaptiveBatcher._batch_done`); arrivals that do not follow answers (open loop) keep the plain rule;
 - a request with more rows than `max_batch_rows` is never split: it runs alone, as one batch;
 - requests are taken in arrival order (a big request is never overtaken forever by small ones);
 - the queue is bounded (`max_queue_rows`): when full, `submit` raises `QueueFull` at once, so the
