@@ -14,7 +14,8 @@ times the cost of one. `AdaptiveBatcher` queues requests and hands them to the m
   system when the last one ended, instead of waiting `max_delay_s` for rows no client can send, and a
   just-freed model may wait a little (half its last call, at most `max_delay_s`) for the clients it
   has just answered, so they are not split into cohorts taking turns with half batches
-  (`AdaptiveBatcher._batch_done`); arrivals that do not follow answers (open loop) keep the plain rule;
+  (`AdaptiveBatcher._batch_done`); arrivals that do not follow answers (open loop) mostly keep the
+  plain rule (on one busy core they partly look like returns: docs/benchmarks.md has the cost);
 - a request with more rows than `max_batch_rows` is never split: it runs alone, as one batch;
 - requests are taken in arrival order (a big request is never overtaken forever by small ones);
 - the queue is bounded (`max_queue_rows`): when full, `submit` raises `QueueFull` at once, so the
@@ -396,8 +397,10 @@ class AdaptiveBatcher(Generic[J, R]):
         max_delay) after it ended, on average: the next batch goes as soon as it holds as many rows as
         were in the system at the end of this one (its rows plus those queued), and under concurrent load
         (`_wait_ok`: never for a lone client) it may wait for them that long past max_delay. Arrivals
-        that do not follow answers (open-loop traffic) keep the plain rule; every 16th batch tries the
-        closed-loop rule anyway, to notice when they start to.
+        that do not follow answers (open-loop traffic) keep the plain rule, except that on one core,
+        where the event loop reads what arrived during a call only once the call frees the GIL, some of
+        them look like returns; every 16th batch tries the closed-loop rule anyway, to notice when
+        clients start coming back.
         """
         cfg = self.config
         rows = sum(i.rows for i in batch)
