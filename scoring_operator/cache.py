@@ -170,11 +170,14 @@ class ModelState:
     recheck: float | None = None
     #: Its analysis baseline: (candidate version, per-pod samples of the candidate, of the stable pods).
     analysis: tuple[int, dict[str, Any], dict[str, Any]] | None = None
-    #: While a rollout is in progress: when its pods are next listed (monotonic seconds), and
+    #: While a rollout is in progress: when its pods are next listed (monotonic seconds, unless it
+    #: progresses meanwhile), and
     #: (version, why its pods could not start) from the last listing, kept between listings so the
     #: status does not flap.
     pods_check_due: float | None = None
     pod_error: tuple[int, Any] | None = None
+    #: The rollout's replica counts when it last progressed (a change moves `pods_check_due` on).
+    rollout_counts: tuple[int, ...] | None = None
     #: When this process last wrote the status (monotonic), and when a held-back write of mere
     #: rollout progress is due (see `reconcile.PROGRESS_EVERY`).
     status_written_at: float = 0.0

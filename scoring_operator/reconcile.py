@@ -59,15 +59,19 @@ from scoring_runtime.registry import RegistryError
 
 log = logging.getLogger(__name__)
 
-#: Seconds a rollout may progress before its pods are listed for a failed model fetch (and between
-#: listings while it stays stuck): a healthy rollout finishes without a pod list (each list is read
-#: from every pod of the namespace: 500 rollouts listing on each Deployment event loaded the apiserver).
+#: Seconds a rollout may go without progress (no change in its Deployment's replica counts) before
+#: its pods are listed for a failed model fetch: a healthy rollout, however slow, lists no pods
+#: (each list is read from every pod of the namespace: in a 500-model label move on a saturated
+#: cluster nearly every rollout took longer than this and listed). Once its new pods are all
+#: available, what is left (old pods going away) is no failure of the new version: no list either.
 POD_CHECK_AFTER = 10.0
 #: A status change that is mere rollout progress (same phase, conditions and reasons; only the
 #: counts and messages moved) is written at most this often per object: a rollout's Deployment
 #: changes several times within a second or two, and each write is also an event every watcher
-#: of ScoringModels receives. Transitions (a new version, Ready, a failure) are written at once.
-PROGRESS_EVERY = 15.0
+#: of ScoringModels receives. Transitions (a new version, Ready, a failure) are written at once,
+#: so a healthy rollout of under a minute costs two writes (Deploying, Ready); a longer one shows
+#: its counts refreshed every minute (`kubectl rollout status` shows them live).
+PROGRESS_EVERY = 60.0
 
 #: post_event(body, type, reason, message): how Events reach Kubernetes (kopf's poster in production).
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
@@ -279,8 +283,7 @@ class Reconciler:
         except KubeError as e:
             metrics.KUBE_ERRORS.labels(e.reason).inc()
             apply_error = apply_error or Failure(e.reason, str(e), e.retryable)
-        new_pods = _has_new_pods(dep)
-        pod_error = await self._pod_error(owner, state, rollout, resolved, new_pods, spec.model.poll_interval)
+        pod_error = await self._pod_error(owner, state, rollout, resolved, dep, spec.model.poll_interval)
         exposed = any(kind in applied for kind in _EXPOSURE_KINDS)
         obs = Observation(
             generation,
@@ -393,20 +396,23 @@ class Reconciler:
 
     async def _pod_error(
         self, owner: meta.Owner, state: ModelState, rollout: Rollout | None, resolved: Resolved | None,
-        new_pods: bool, interval: float,
+        dep: Mapping[str, Any] | None, interval: float,
     ) -> Failure | None:
-        """Why the new pods cannot start (e.g. the model fetch fails), for a rollout that is taking a while.
+        """Why the new pods cannot start (e.g. the model fetch fails), for a rollout that is stuck.
 
-        Pods are listed once a rollout has been progressing for POD_CHECK_AFTER seconds (or has
-        stalled) and the Deployment has pods of the new version, then again every poll interval
-        while it stays stuck; the answer is kept between.
+        Pods are listed once a rollout has made no progress for POD_CHECK_AFTER seconds (or has
+        stalled) while the Deployment has pods of the new version not yet available, then again
+        every poll interval while it stays stuck; the answer is kept between.
         """
-        if resolved is None or rollout is None or rollout.state not in ("Progressing", "Stalled"):
-            state.pods_check_due, state.pod_error = None, None
+        if (resolved is None or rollout is None or rollout.state not in ("Progressing", "Stalled")
+                or _new_pods_available(dep)):
+            state.pods_check_due, state.pod_error, state.rollout_counts = None, None, None
             return None
         now = time.monotonic()
-        if state.pods_check_due is None:
-            state.pods_check_due = now + POD_CHECK_AFTER
+        counts = _replica_counts(dep)
+        if state.pods_check_due is None or counts != state.rollout_counts:  # started, or progressed
+            state.pods_check_due, state.rollout_counts = now + POD_CHECK_AFTER, counts
+        new_pods = _has_new_pods(dep)
         if now >= state.pods_check_due and not new_pods:  # nothing to look at yet: look again later
             state.pods_check_due = now + POD_CHECK_AFTER
         elif rollout.state == "Stalled" or now >= state.pods_check_due:
@@ -650,6 +656,25 @@ def _has_new_pods(dep: Mapping[str, Any] | None) -> bool:
     status = (dep or {}).get("status") or {}
     seen = int(status.get("observedGeneration") or 0) >= int(((dep or {}).get("metadata") or {}).get("generation") or 0)
     return seen and int(status.get("updatedReplicas") or 0) > 0
+
+
+def _replica_counts(dep: Mapping[str, Any] | None) -> tuple[int, ...]:
+    """What a rollout's progress shows in its Deployment: the generation seen and the replica counts."""
+    status = (dep or {}).get("status") or {}
+    return tuple(int(status.get(k) or 0) for k in ("observedGeneration", "replicas", "updatedReplicas",
+                                                   "readyReplicas", "availableReplicas"))
+
+
+def _new_pods_available(dep: Mapping[str, Any] | None) -> bool:
+    """Whether the Deployment controller has made every pod of the current spec and all its pods are available."""
+    if not _has_new_pods(dep):
+        return False
+    assert dep is not None
+    status = dep.get("status") or {}
+    want = (dep.get("spec") or {}).get("replicas")
+    want = 1 if want is None else int(want)
+    updated, replicas = int(status.get("updatedReplicas") or 0), int(status.get("replicas") or 0)
+    return updated >= want and int(status.get("availableReplicas") or 0) >= replicas
 
 
 def _progress_only(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:

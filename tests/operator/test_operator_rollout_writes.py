@@ -80,7 +80,8 @@ async def test_progress_is_written_at_most_every_few_seconds_but_transitions_at_
     await rec.reconcile(body)
     assert len(kube.writes) == 1
     assert rec.state(owner.key).progress_due == pytest.approx(clock.now + PROGRESS_EVERY - 1)  # the poller writes it
-    assert rec.next_delay(owner.key, 60) == pytest.approx(min(PROGRESS_EVERY, POD_CHECK_AFTER) - 1)
+    # the rollout progressed just now: its pods are looked at only if it stops for POD_CHECK_AFTER
+    assert rec.next_delay(owner.key, 60) == pytest.approx(min(PROGRESS_EVERY - 1, POD_CHECK_AFTER))
 
     clock.now += PROGRESS_EVERY
     await rec.reconcile(body, trigger="poll")
@@ -150,3 +151,36 @@ async def test_a_quick_rollout_lists_no_pods(owner: Owner, config: OperatorConfi
         clock.now += 2
         await rec.reconcile(body)
     assert kube.lists() == 0 and kube.status["phase"] == "Ready"
+
+
+async def test_a_slow_but_progressing_rollout_lists_no_pods_a_stuck_one_does(
+    owner: Owner, config: OperatorConfig, clock: Clock
+) -> None:
+    """In a mass rollout every step waits on a saturated control plane: each step is progress, so no
+    list; one that stops with its new pod not available is looked at after POD_CHECK_AFTER."""
+    kube = CountingKube()
+    kube.pods = [crashing("faq-new", 1)]
+    rec = _reconciler(kube, config)
+    body = _body(owner, replicas=1)
+    body["spec"]["model"]["pollInterval"] = 60
+    await rec.reconcile(body)
+    steps = [dict(observed=0), dict(replicas=2, updated=1, available=1), dict(replicas=2, updated=1, available=2)]
+    for step in steps:  # each step comes just before the previous one would have been looked at
+        kube.objects["Deployment"] = deployment(owner, **step)
+        clock.now += POD_CHECK_AFTER - 0.5
+        await rec.reconcile(body, trigger="poll")
+    assert kube.lists() == 0
+    # the new pod is available, the old one still going away (slowly): no failure of the new version
+    clock.now += 5 * POD_CHECK_AFTER
+    await rec.reconcile(body, trigger="poll")
+    assert kube.lists() == 0 and kube.status["phase"] == "Deploying"
+
+    # a second rollout whose new pod never becomes available: listed once it stops progressing
+    kube.objects["Deployment"] = deployment(owner, generation=2, observed=2, replicas=2, updated=1, available=1)
+    clock.now += 1
+    await rec.reconcile(body, trigger="poll")
+    assert kube.lists() == 0
+    clock.now += POD_CHECK_AFTER
+    await rec.reconcile(body, trigger="poll")
+    assert kube.lists() == 1
+    assert {c["type"]: c for c in kube.status["conditions"]}["Ready"]["reason"] == "ModelFetchFailed"
