@@ -155,6 +155,9 @@ class ModelState:
     status: dict[str, Any] | None = None
     #: Per child kind: what was last applied (cleared when a watch event shows drift).
     applied: dict[str, Applied] = field(default_factory=dict)
+    #: Per owned Deployment (ModelState.applied key): what reconciles read of it, as its last watch
+    #: event showed it (`reconcile._rollout_view`); an event that leaves it unchanged wakes nobody.
+    deployment_views: dict[str, Any] = field(default_factory=dict)
     #: The main Deployment as this process last applied it (trimmed): a reconcile that runs before the
     #: watch has delivered that apply reads this, not the older cached one (which would still show the
     #: previous version's rollout as complete, and the object falsely Ready on the new one). Dropped

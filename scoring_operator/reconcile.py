@@ -206,8 +206,10 @@ class Reconciler:
     def observe_child(self, kind: str, obj: Mapping[str, Any], *, deleted: bool = False) -> None:
         """A watch event of an owned child: drift clears what was applied, and the owner looks again.
 
-        Deployments always wake their owner (readiness reaches the status promptly); other kinds only
-        when they no longer look as applied (edited, deleted or recreated by someone else).
+        Deployments wake their owner when anything a reconcile reads of them changed (readiness
+        reaches the status promptly; a rollout's Deployment is written ~8 times, not all of them
+        news to the operator); other kinds only when they no longer look as applied (edited,
+        deleted or recreated by someone else).
         """
         key = meta.controller_of(obj)
         state = self.states.peek(key) if key is not None else None
@@ -221,7 +223,12 @@ class Reconciler:
         if drifted:
             state.applied.pop(key_, None)
             log.debug("%s/%s: %s %s", key[0], key[1], kind, "deleted" if deleted else "changed by someone else")
-        if drifted or kind == "Deployment":
+        news = False
+        if kind == "Deployment":
+            view = None if deleted else _rollout_view(obj)
+            news = state.deployment_views.get(key_, ()) != view
+            state.deployment_views[key_] = view
+        if drifted or news:
             state.wake.set()
 
     # ------------------------------------------------------------------ the reconcile
@@ -656,6 +663,17 @@ def _has_new_pods(dep: Mapping[str, Any] | None) -> bool:
     status = (dep or {}).get("status") or {}
     seen = int(status.get("observedGeneration") or 0) >= int(((dep or {}).get("metadata") or {}).get("generation") or 0)
     return seen and int(status.get("updatedReplicas") or 0) > 0
+
+
+def _rollout_view(dep: Mapping[str, Any]) -> tuple[Any, ...]:
+    """All that reconciles read of a Deployment (its identity, spec generation, version, replicas and
+    rollout status); a watch event that leaves it unchanged is no news to the owner."""
+    metadata = dep.get("metadata") or {}
+    status = dep.get("status") or {}
+    conditions = tuple((c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or [])
+    return (metadata.get("uid"), metadata.get("generation"), metadata.get("deletionTimestamp"),
+            (metadata.get("annotations") or {}).get(meta.ANNOTATION_MODEL_VERSION),
+            (dep.get("spec") or {}).get("replicas"), _replica_counts(dep), conditions)
 
 
 def _replica_counts(dep: Mapping[str, Any] | None) -> tuple[int, ...]:

@@ -184,3 +184,39 @@ async def test_a_slow_but_progressing_rollout_lists_no_pods_a_stuck_one_does(
     await rec.reconcile(body, trigger="poll")
     assert kube.lists() == 1
     assert {c["type"]: c for c in kube.status["conditions"]}["Ready"]["reason"] == "ModelFetchFailed"
+
+
+async def test_a_deployment_event_wakes_the_owner_only_when_it_shows_something_new(
+    owner: Owner, config: OperatorConfig, clock: Clock
+) -> None:
+    """The Deployment controller writes a rolling Deployment ~8 times; an event that changes nothing
+    a reconcile reads (a condition's timestamps, say) costs no reconcile."""
+    rec = _reconciler(CountingKube(), config)
+    await rec.reconcile(_body(owner, replicas=1))
+    state = rec.state(owner.key)
+    state.applied.clear()  # drift is judged separately: here only the rollout's news count
+    state.wake.clear()
+
+    def woken(dep: dict[str, Any], *, deleted: bool = False) -> bool:
+        rec.observe_child("Deployment", dep, deleted=deleted)
+        was = state.wake.is_set()
+        state.wake.clear()
+        return was
+
+    dep = deployment(owner, updated=1, available=0)
+    dep["status"]["conditions"] = [{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
+                                    "lastUpdateTime": "2026-01-01T00:00:00Z"}]
+    assert woken(dep)
+    dep["metadata"]["resourceVersion"] = "2"
+    dep["status"]["conditions"][0]["lastUpdateTime"] = "2026-01-01T00:00:01Z"
+    assert not woken(dep)
+    dep["status"]["availableReplicas"] = dep["status"]["readyReplicas"] = 1
+    assert woken(dep)
+    dep["status"]["conditions"][0]["reason"] = "NewReplicaSetAvailable"
+    assert woken(dep)
+    dep["metadata"]["annotations"] = {"scoring.dev/model-version": "9"}
+    assert woken(dep)
+    assert woken(dep, deleted=True)
+    other = deployment(Owner(owner.name, owner.namespace, "someone-else"))
+    other["metadata"]["ownerReferences"][0]["uid"] = "another-uid"
+    assert not woken(other)  # not a child of this object
