@@ -155,6 +155,9 @@ class ModelState:
     status: dict[str, Any] | None = None
     #: Per child kind: what was last applied (cleared when a watch event shows drift).
     applied: dict[str, Applied] = field(default_factory=dict)
+    #: Per owned Deployment (ModelState.applied key): what reconciles read of it, as its last watch
+    #: event showed it (`reconcile._rollout_view`); an event that leaves it unchanged wakes nobody.
+    deployment_views: dict[str, Any] = field(default_factory=dict)
     #: The main Deployment as this process last applied it (trimmed): a reconcile that runs before the
     #: watch has delivered that apply reads this, not the older cached one (which would still show the
     #: previous version's rollout as complete, and the object falsely Ready on the new one). Dropped
@@ -170,11 +173,14 @@ class ModelState:
     recheck: float | None = None
     #: Its analysis baseline: (candidate version, per-pod samples of the candidate, of the stable pods).
     analysis: tuple[int, dict[str, Any], dict[str, Any]] | None = None
-    #: While a rollout is in progress: when its pods are next listed (monotonic seconds), and
+    #: While a rollout is in progress: when its pods are next listed (monotonic seconds, unless it
+    #: progresses meanwhile), and
     #: (version, why its pods could not start) from the last listing, kept between listings so the
     #: status does not flap.
     pods_check_due: float | None = None
     pod_error: tuple[int, Any] | None = None
+    #: The rollout's replica counts when it last progressed (a change moves `pods_check_due` on).
+    rollout_counts: tuple[int, ...] | None = None
     #: When this process last wrote the status (monotonic), and when a held-back write of mere
     #: rollout progress is due (see `reconcile.PROGRESS_EVERY`).
     status_written_at: float = 0.0

@@ -208,6 +208,7 @@ def _freeze_startup_objects() -> None:
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     rec = getattr(memo, "reconciler", None)
     if rec is not None:
+        await rec.resolver.close()
         await rec.kube.close()
 
 

@@ -59,15 +59,19 @@ from scoring_runtime.registry import RegistryError
 
 log = logging.getLogger(__name__)
 
-#: Seconds a rollout may progress before its pods are listed for a failed model fetch (and between
-#: listings while it stays stuck): a healthy rollout finishes without a pod list (each list is read
-#: from every pod of the namespace: 500 rollouts listing on each Deployment event loaded the apiserver).
+#: Seconds a rollout may go without progress (no change in its Deployment's replica counts) before
+#: its pods are listed for a failed model fetch: a healthy rollout, however slow, lists no pods
+#: (each list is read from every pod of the namespace: in a 500-model label move on a saturated
+#: cluster nearly every rollout took longer than this and listed). Once its new pods are all
+#: available, what is left (old pods going away) is no failure of the new version: no list either.
 POD_CHECK_AFTER = 10.0
 #: A status change that is mere rollout progress (same phase, conditions and reasons; only the
 #: counts and messages moved) is written at most this often per object: a rollout's Deployment
 #: changes several times within a second or two, and each write is also an event every watcher
-#: of ScoringModels receives. Transitions (a new version, Ready, a failure) are written at once.
-PROGRESS_EVERY = 15.0
+#: of ScoringModels receives. Transitions (a new version, Ready, a failure) are written at once,
+#: so a healthy rollout of under a minute costs two writes (Deploying, Ready); a longer one shows
+#: its counts refreshed every minute (`kubectl rollout status` shows them live).
+PROGRESS_EVERY = 60.0
 
 #: post_event(body, type, reason, message): how Events reach Kubernetes (kopf's poster in production).
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
@@ -202,8 +206,10 @@ class Reconciler:
     def observe_child(self, kind: str, obj: Mapping[str, Any], *, deleted: bool = False) -> None:
         """A watch event of an owned child: drift clears what was applied, and the owner looks again.
 
-        Deployments always wake their owner (readiness reaches the status promptly); other kinds only
-        when they no longer look as applied (edited, deleted or recreated by someone else).
+        Deployments wake their owner when anything a reconcile reads of them changed (readiness
+        reaches the status promptly; a rollout's Deployment is written ~8 times, not all of them
+        news to the operator); other kinds only when they no longer look as applied (edited,
+        deleted or recreated by someone else).
         """
         key = meta.controller_of(obj)
         state = self.states.peek(key) if key is not None else None
@@ -217,7 +223,12 @@ class Reconciler:
         if drifted:
             state.applied.pop(key_, None)
             log.debug("%s/%s: %s %s", key[0], key[1], kind, "deleted" if deleted else "changed by someone else")
-        if drifted or kind == "Deployment":
+        news = False
+        if kind == "Deployment":
+            view = None if deleted else _rollout_view(obj)
+            news = state.deployment_views.get(key_, ()) != view
+            state.deployment_views[key_] = view
+        if drifted or news:
             state.wake.set()
 
     # ------------------------------------------------------------------ the reconcile
@@ -279,8 +290,7 @@ class Reconciler:
         except KubeError as e:
             metrics.KUBE_ERRORS.labels(e.reason).inc()
             apply_error = apply_error or Failure(e.reason, str(e), e.retryable)
-        new_pods = _has_new_pods(dep)
-        pod_error = await self._pod_error(owner, state, rollout, resolved, new_pods, spec.model.poll_interval)
+        pod_error = await self._pod_error(owner, state, rollout, resolved, dep, spec.model.poll_interval)
         exposed = any(kind in applied for kind in _EXPOSURE_KINDS)
         obs = Observation(
             generation,
@@ -393,20 +403,23 @@ class Reconciler:
 
     async def _pod_error(
         self, owner: meta.Owner, state: ModelState, rollout: Rollout | None, resolved: Resolved | None,
-        new_pods: bool, interval: float,
+        dep: Mapping[str, Any] | None, interval: float,
     ) -> Failure | None:
-        """Why the new pods cannot start (e.g. the model fetch fails), for a rollout that is taking a while.
+        """Why the new pods cannot start (e.g. the model fetch fails), for a rollout that is stuck.
 
-        Pods are listed once a rollout has been progressing for POD_CHECK_AFTER seconds (or has
-        stalled) and the Deployment has pods of the new version, then again every poll interval
-        while it stays stuck; the answer is kept between.
+        Pods are listed once a rollout has made no progress for POD_CHECK_AFTER seconds (or has
+        stalled) while the Deployment has pods of the new version not yet available, then again
+        every poll interval while it stays stuck; the answer is kept between.
         """
-        if resolved is None or rollout is None or rollout.state not in ("Progressing", "Stalled"):
-            state.pods_check_due, state.pod_error = None, None
+        if (resolved is None or rollout is None or rollout.state not in ("Progressing", "Stalled")
+                or _new_pods_available(dep)):
+            state.pods_check_due, state.pod_error, state.rollout_counts = None, None, None
             return None
         now = time.monotonic()
-        if state.pods_check_due is None:
-            state.pods_check_due = now + POD_CHECK_AFTER
+        counts = _replica_counts(dep)
+        if state.pods_check_due is None or counts != state.rollout_counts:  # started, or progressed
+            state.pods_check_due, state.rollout_counts = now + POD_CHECK_AFTER, counts
+        new_pods = _has_new_pods(dep)
         if now >= state.pods_check_due and not new_pods:  # nothing to look at yet: look again later
             state.pods_check_due = now + POD_CHECK_AFTER
         elif rollout.state == "Stalled" or now >= state.pods_check_due:
@@ -650,6 +663,36 @@ def _has_new_pods(dep: Mapping[str, Any] | None) -> bool:
     status = (dep or {}).get("status") or {}
     seen = int(status.get("observedGeneration") or 0) >= int(((dep or {}).get("metadata") or {}).get("generation") or 0)
     return seen and int(status.get("updatedReplicas") or 0) > 0
+
+
+def _rollout_view(dep: Mapping[str, Any]) -> tuple[Any, ...]:
+    """All that reconciles read of a Deployment (its identity, spec generation, version, replicas and
+    rollout status); a watch event that leaves it unchanged is no news to the owner."""
+    metadata = dep.get("metadata") or {}
+    status = dep.get("status") or {}
+    conditions = tuple((c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or [])
+    return (metadata.get("uid"), metadata.get("generation"), metadata.get("deletionTimestamp"),
+            (metadata.get("annotations") or {}).get(meta.ANNOTATION_MODEL_VERSION),
+            (dep.get("spec") or {}).get("replicas"), _replica_counts(dep), conditions)
+
+
+def _replica_counts(dep: Mapping[str, Any] | None) -> tuple[int, ...]:
+    """What a rollout's progress shows in its Deployment: the generation seen and the replica counts."""
+    status = (dep or {}).get("status") or {}
+    return tuple(int(status.get(k) or 0) for k in ("observedGeneration", "replicas", "updatedReplicas",
+                                                   "readyReplicas", "availableReplicas"))
+
+
+def _new_pods_available(dep: Mapping[str, Any] | None) -> bool:
+    """Whether the Deployment controller has made every pod of the current spec and all its pods are available."""
+    if not _has_new_pods(dep):
+        return False
+    assert dep is not None
+    status = dep.get("status") or {}
+    want = (dep.get("spec") or {}).get("replicas")
+    want = 1 if want is None else int(want)
+    updated, replicas = int(status.get("updatedReplicas") or 0), int(status.get("replicas") or 0)
+    return updated >= want and int(status.get("availableReplicas") or 0) >= replicas
 
 
 def _progress_only(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +56,14 @@ class ModelRegistry(abc.ABC):
     @abc.abstractmethod
     def fetch(self, name: str, version: int, dest: Path, progress: Progress | None = None) -> ModelManifest:
         """Copy a version into `dest` (created, must be empty) and verify every checksum."""
+
+    def labels_stamp(self, name: str) -> Hashable | None:
+        """A cheap token that changes whenever `name`'s labels may have changed; None: this registry
+        cannot tell without reading them (callers then poll at their own interval).
+
+        Lets the operator see a label move within a second without re-reading every label.
+        """
+        return None
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> ResolvedModel:
         """Pin a reference: an explicit version, or the version a label points at now."""

@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from pathlib import Path
 
 from scoring_runtime.manifest import (
@@ -189,6 +189,19 @@ class LocalFileRegistry(ModelRegistry):
         if not d.is_dir():
             raise ModelNotFound(f"model {name!r} not found in registry {self.uri}")
         return self._read_labels(d)
+
+    def labels_stamp(self, name: str) -> Hashable | None:
+        """The labels file's identity and times: every writer replaces it (`write_atomic`), so any
+        change gives a new inode or mtime. One stat, no read; errors are part of the stamp (a mount
+        that vanishes or comes back is a change too). On network mounts the stat may come from the
+        client's attribute cache (NFS: `actimeo`), so a change is seen once that expires."""
+        try:
+            st = (self._model_dir(name) / LABELS_FILE).stat()
+        except InvalidReference:
+            return None
+        except OSError as e:
+            return ("unreadable", e.errno)
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
     def get_manifest(self, name: str, version: int) -> ModelManifest:
         self._check_root()

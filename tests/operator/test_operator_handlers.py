@@ -185,6 +185,39 @@ def test_a_label_move_wakes_every_tracker_at_once(inproc: InProcess, cluster: Ku
         wait_for(f"{name} on version 2", lambda n=name: _ready(cluster, ns, n, 2), timeout=30)
 
 
+def test_a_label_move_in_a_local_registry_rolls_well_within_the_poll_interval(
+    inproc: InProcess, cluster: KubeCluster, ns: str
+) -> None:
+    """`scoring register` (or `scoring label`) is picked up from the labels file within about a second,
+    not at the next poll: here nobody polls within the test's time."""
+    model, names = f"watch-{ns[-6:]}", ["w0", "w1"]
+    inproc.register(model)
+    manifests = [scoring_model(name, ns, {"name": model, "label": "latest"}) for name in names]
+    for manifest in manifests:
+        manifest["spec"]["model"]["pollInterval"] = 600
+    apply(cluster, *manifests)
+    for name in names:
+        wait_for(f"{name} Ready", lambda n=name: _ready(cluster, ns, n, 1))
+    reads = inproc.rec.resolver.reads
+    moved = time.monotonic()
+    inproc.register(model)
+    applied: dict[str, float] = {}
+
+    def both_applied() -> bool:
+        for name in names:
+            dep = get(cluster, "deployment", ns, name) or {}
+            version = (dep.get("metadata") or {}).get("annotations", {}).get("scoring.dev/model-version")
+            if version == "2" and name not in applied:
+                applied[name] = time.monotonic() - moved
+        return len(applied) == len(names)
+
+    wait_for("both Deployments on version 2", both_applied, timeout=20, interval=0.2)
+    assert max(applied.values()) < 10, applied  # 600 s pollers: only the watch can explain this
+    assert inproc.rec.resolver.reads - reads <= 3, "the move was read once, not once per tracker"
+    for name in names:
+        wait_for(f"{name} Ready on version 2", lambda n=name: _ready(cluster, ns, n, 2), timeout=30)
+
+
 def test_registry_outage_backs_off_without_reapplying_and_recovers(
     inproc: InProcess, cluster: KubeCluster, ns: str
 ) -> None:
@@ -199,10 +232,10 @@ def test_registry_outage_backs_off_without_reapplying_and_recovers(
     reads: list[float] = []
     real_read = rec.resolver._read
 
-    async def timed_read(uri: str, ref: Any) -> Any:
-        if sub in uri:
+    async def timed_read(question: tuple[str, str, str]) -> Any:
+        if sub in question[0]:
             reads.append(time.monotonic())
-        return await real_read(uri, ref)
+        return await real_read(question)
 
     rec.resolver._read = timed_read  # type: ignore[method-assign]
     share = inproc.root / sub

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -70,6 +71,52 @@ async def test_errors_carry_reason_and_retryability(tmp_path: Path) -> None:
     with pytest.raises(RegistryCorrupt) as corrupt:
         await resolver.resolve(_ref(label="latest"))
     assert corrupt.value.reason == "RegistryCorrupt"
+
+
+async def test_a_label_move_in_a_local_registry_is_seen_without_waiting_for_the_interval(tmp_path: Path) -> None:
+    """The resolver stats the labels file every `watch_every` and re-reads a question whose file changed:
+    the askers are woken within about a second, although their answers may be an interval old."""
+    root = tmp_path / "reg"
+    _register(root, "faq", tmp_path)
+    resolver = Resolver(root, watch_every=0.05)
+    changed: list[tuple[str, str, str]] = []
+    moved = asyncio.Event()
+
+    def on_change(question: tuple[str, str, str]) -> None:
+        changed.append(question)
+        moved.set()
+
+    resolver.on_change = on_change
+    try:
+        assert (await resolver.resolve(_ref(label="latest"), max_age=3600)).version == 1
+        assert (await resolver.resolve(_ref(version=1), max_age=3600)).version == 1
+        await asyncio.sleep(0.3)
+        assert resolver.reads == 2 and not changed  # nothing changed: stats only, no reads
+        _register(root, "faq", tmp_path)  # `scoring register`: latest -> 2
+        await asyncio.wait_for(moved.wait(), timeout=5)
+        assert changed == [(root.as_uri(), "faq", "label:latest")]  # the pinned version is not watched
+        assert resolver.reads == 3
+        assert (await resolver.resolve(_ref(label="latest"), max_age=3600)).version == 2  # no read needed
+        assert resolver.reads == 3
+        LocalFileRegistry(root).set_label("faq", "prod", 1)  # the file changed, latest's answer did not
+        await asyncio.sleep(0.5)
+        assert resolver.reads == 4 and len(changed) == 1
+        # The registry vanishes (a lost mount) and comes back: both are seen at once too.
+        moved.clear()
+        root.rename(tmp_path / "away")
+        await asyncio.wait_for(moved.wait(), timeout=5)
+        with pytest.raises(RegistryUnavailable):
+            await resolver.resolve(_ref(label="latest"), max_age=3600)
+        moved.clear()
+        (tmp_path / "away").rename(root)
+        await asyncio.wait_for(moved.wait(), timeout=5)
+        assert (await resolver.resolve(_ref(label="latest"), max_age=3600)).version == 2
+        # Nobody asks any more: the watch stops.
+        resolver.forget((root.as_uri(), "faq", "label:latest"))
+        await asyncio.sleep(0.2)
+        assert resolver._watcher is None or resolver._watcher.done()
+    finally:
+        await resolver.close()
 
 
 def test_config_from_env_and_bad_values() -> None:

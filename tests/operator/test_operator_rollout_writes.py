@@ -80,7 +80,8 @@ async def test_progress_is_written_at_most_every_few_seconds_but_transitions_at_
     await rec.reconcile(body)
     assert len(kube.writes) == 1
     assert rec.state(owner.key).progress_due == pytest.approx(clock.now + PROGRESS_EVERY - 1)  # the poller writes it
-    assert rec.next_delay(owner.key, 60) == pytest.approx(min(PROGRESS_EVERY, POD_CHECK_AFTER) - 1)
+    # the rollout progressed just now: its pods are looked at only if it stops for POD_CHECK_AFTER
+    assert rec.next_delay(owner.key, 60) == pytest.approx(min(PROGRESS_EVERY - 1, POD_CHECK_AFTER))
 
     clock.now += PROGRESS_EVERY
     await rec.reconcile(body, trigger="poll")
@@ -150,3 +151,72 @@ async def test_a_quick_rollout_lists_no_pods(owner: Owner, config: OperatorConfi
         clock.now += 2
         await rec.reconcile(body)
     assert kube.lists() == 0 and kube.status["phase"] == "Ready"
+
+
+async def test_a_slow_but_progressing_rollout_lists_no_pods_a_stuck_one_does(
+    owner: Owner, config: OperatorConfig, clock: Clock
+) -> None:
+    """In a mass rollout every step waits on a saturated control plane: each step is progress, so no
+    list; one that stops with its new pod not available is looked at after POD_CHECK_AFTER."""
+    kube = CountingKube()
+    kube.pods = [crashing("faq-new", 1)]
+    rec = _reconciler(kube, config)
+    body = _body(owner, replicas=1)
+    body["spec"]["model"]["pollInterval"] = 60
+    await rec.reconcile(body)
+    steps = [dict(observed=0), dict(replicas=2, updated=1, available=1), dict(replicas=2, updated=1, available=2)]
+    for step in steps:  # each step comes just before the previous one would have been looked at
+        kube.objects["Deployment"] = deployment(owner, **step)
+        clock.now += POD_CHECK_AFTER - 0.5
+        await rec.reconcile(body, trigger="poll")
+    assert kube.lists() == 0
+    # the new pod is available, the old one still going away (slowly): no failure of the new version
+    clock.now += 5 * POD_CHECK_AFTER
+    await rec.reconcile(body, trigger="poll")
+    assert kube.lists() == 0 and kube.status["phase"] == "Deploying"
+
+    # a second rollout whose new pod never becomes available: listed once it stops progressing
+    kube.objects["Deployment"] = deployment(owner, generation=2, observed=2, replicas=2, updated=1, available=1)
+    clock.now += 1
+    await rec.reconcile(body, trigger="poll")
+    assert kube.lists() == 0
+    clock.now += POD_CHECK_AFTER
+    await rec.reconcile(body, trigger="poll")
+    assert kube.lists() == 1
+    assert {c["type"]: c for c in kube.status["conditions"]}["Ready"]["reason"] == "ModelFetchFailed"
+
+
+async def test_a_deployment_event_wakes_the_owner_only_when_it_shows_something_new(
+    owner: Owner, config: OperatorConfig, clock: Clock
+) -> None:
+    """The Deployment controller writes a rolling Deployment ~8 times; an event that changes nothing
+    a reconcile reads (a condition's timestamps, say) costs no reconcile."""
+    rec = _reconciler(CountingKube(), config)
+    await rec.reconcile(_body(owner, replicas=1))
+    state = rec.state(owner.key)
+    state.applied.clear()  # drift is judged separately: here only the rollout's news count
+    state.wake.clear()
+
+    def woken(dep: dict[str, Any], *, deleted: bool = False) -> bool:
+        rec.observe_child("Deployment", dep, deleted=deleted)
+        was = state.wake.is_set()
+        state.wake.clear()
+        return was
+
+    dep = deployment(owner, updated=1, available=0)
+    dep["status"]["conditions"] = [{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
+                                    "lastUpdateTime": "2026-01-01T00:00:00Z"}]
+    assert woken(dep)
+    dep["metadata"]["resourceVersion"] = "2"
+    dep["status"]["conditions"][0]["lastUpdateTime"] = "2026-01-01T00:00:01Z"
+    assert not woken(dep)
+    dep["status"]["availableReplicas"] = dep["status"]["readyReplicas"] = 1
+    assert woken(dep)
+    dep["status"]["conditions"][0]["reason"] = "NewReplicaSetAvailable"
+    assert woken(dep)
+    dep["metadata"]["annotations"] = {"scoring.dev/model-version": "9"}
+    assert woken(dep)
+    assert woken(dep, deleted=True)
+    other = deployment(Owner(owner.name, owner.namespace, "someone-else"))
+    other["metadata"]["ownerReferences"][0]["uid"] = "another-uid"
+    assert not woken(other)  # not a child of this object
