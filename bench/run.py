@@ -623,6 +623,7 @@ def section_resnet(args: argparse.Namespace, failures: dict[str, str], tools_: d
     calls = [Call("/score", img, "image/jpeg") for img in test_images(4)]
     wrk = tools_["wrk"]
     assert wrk is not None
+    (WORK / "scripts").mkdir(parents=True, exist_ok=True)  # a resnet-only run has not made it yet
     script = wrk_script(calls, WORK / "scripts" / "resnet.lua")
     batch = args.img_batch
     variants = {

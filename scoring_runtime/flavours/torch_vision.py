@@ -29,6 +29,7 @@ from scoring_runtime.flavours.torch_model import (
     TorchThread,
     configure_threads,
     load_module,
+    optimize_for_cpu,
     place,
     resolve_dtype,
     select_device,
@@ -108,12 +109,15 @@ class ImageClassifier(Scorer):
         labels = _read_labels(model_dir, manifest.flavour)
         t0 = time.perf_counter()
         module = place(load_module(model_dir, manifest.flavour, num_classes=len(labels)), device, dtype)
+        graph = "not rewritten (SCORING_TORCH_OPTIMIZE=0)" if device.type == "cpu" else "cuDNN"
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
+        elif device.type == "cpu" and opts.optimize:
+            module, graph = optimize_for_cpu(module, Preprocess.from_flavour(manifest.flavour).shape)
         log.info(
-            "loaded %s v%s (%s) on %s as %s in %.1f s; torch threads intra=%d inter=%d",
+            "loaded %s v%s (%s) on %s as %s in %.1f s; torch threads intra=%d inter=%d; graph: %s",
             manifest.name, manifest.version, manifest.flavour.get("format", "state_dict"), device,
-            str(dtype).removeprefix("torch."), time.perf_counter() - t0, intra, inter,
+            str(dtype).removeprefix("torch."), time.perf_counter() - t0, intra, inter, graph,
         )
         if note := manifest.flavour.get("weights"):
             log.warning("model %s: weights: %s", manifest.name, note)
