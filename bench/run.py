@@ -836,11 +836,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.quick:
         args.concurrency, args.repeats, args.duration = [1, 16, 64], 2, 2.0
         args.rates, args.open_repeats = [400.0], 1
-        args.img_concurrency, args.img_rounds, args.img_seconds, args.img_limit_seconds = [4], 2, 8.0, 5.0
+        args.img_concurrency, args.img_rounds, args.img_seconds, args.img_limit_seconds = [4], 2, 8.0, 3.0
     else:
         args.concurrency, args.repeats, args.duration = [1, 4, 16, 64], 3, 2.0
         args.rates, args.open_repeats = [200.0, 800.0], 2
-        args.img_concurrency, args.img_rounds, args.img_seconds, args.img_limit_seconds = [1, 4], 3, 10.0, 6.0
+        args.img_concurrency, args.img_rounds, args.img_seconds, args.img_limit_seconds = [1, 4], 3, 10.0, 4.0
     args.top_k, args.limit_seconds = 3, 3.0
     # the peers' batching (MLServer, LitServe): the same limits as this runtime's FAQ default
     from scoring_runtime.flavours import DEFAULT_BATCHING
