@@ -713,11 +713,15 @@ def section_resnet(args: argparse.Namespace, failures: dict[str, str], tools_: d
     script = wrk_script(calls, WORK / "scripts" / "resnet.lua")
     from scoring_runtime.flavours.torch_vision import CPU_BATCHING
 
-    batch, delay_ms = CPU_BATCHING.max_batch_size, CPU_BATCHING.max_batch_delay_ms
-    variants = {
-        "batching off": {"SCORING_MAX_BATCH_SIZE": "1"},
-        "batching on (default)": {},  # the flavour's CPU default: what a ScoringModel without tuning gets
-    }
+    batch = args.img_batch or CPU_BATCHING.max_batch_size
+    delay_ms = args.img_delay_ms if args.img_delay_ms >= 0 else CPU_BATCHING.max_batch_delay_ms
+    on: dict[str, str] = {}  # by default the flavour's CPU default: what a ScoringModel without tuning gets
+    if args.img_batch:
+        on["SCORING_MAX_BATCH_SIZE"] = str(batch)
+    if args.img_delay_ms >= 0:
+        on["SCORING_MAX_BATCH_DELAY_MS"] = f"{delay_ms:g}"
+    variants = {"batching off": {"SCORING_MAX_BATCH_SIZE": "1"},
+                "batching on (default)" if not on else f"batching on ({batch}, {delay_ms:g} ms)": on}
     # the same thread settings for the servers and the in-process limit: every CPU, pinned explicitly
     threads = str(len(os.sched_getaffinity(0)))
     torch_env = {"SCORING_DEVICE": "cpu", "SCORING_TORCH_THREADS": threads}
@@ -795,8 +799,9 @@ def section_resnet(args: argparse.Namespace, failures: dict[str, str], tools_: d
         "short_title": args.arch,
         "setup": (
             f"640x480 JPEG bytes per request (decode + resize 256 + crop 224 in the server), top_k 5; CPU; "
-            f"random weights (speed does not depend on them). Batching on = the flavour's CPU default "
-            f"(max_batch_size={batch}, max_batch_delay={delay_ms:g} ms), off = SCORING_MAX_BATCH_SIZE=1. "
+            f"random weights (speed does not depend on them). Batching on: max_batch_size={batch}, "
+            f"max_batch_delay={delay_ms:g} ms ({'set explicitly' if on else 'the flavour CPU default'}); "
+            f"off: SCORING_MAX_BATCH_SIZE=1. "
             f"wrk closed loop, {args.img_seconds:g} s per point, {args.img_rounds} round(s), servers taking turns "
             f"(order reversing). The in-process limit (forward pass + top-k on preprocessed tensors, batch sizes "
             f"{', '.join(map(str, sizes))}, {args.img_limit_seconds:g} s each) is measured by a separate warm process "
@@ -825,6 +830,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-peers", action="store_true", help="only this runtime and the floor (no virtualenvs needed)")
     p.add_argument("--peers", default=",".join(peers.PEERS),
                    help=f"peers to run (default all: {','.join(peers.PEERS)})")
+    p.add_argument("--img-batch", type=int, default=0,
+                   help="image section: the 'batching on' server's max batch size (default: the flavour's)")
+    p.add_argument("--img-delay-ms", type=float, default=-1.0,
+                   help="image section: the 'batching on' server's max batch delay (default: the flavour's)")
     p.add_argument("--out", type=Path, default=HERE / "results", help="output directory")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run that only checks the machinery")
     args = p.parse_args(argv)
