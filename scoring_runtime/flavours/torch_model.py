@@ -12,6 +12,9 @@ Formats (manifest `flavour.format`, file `flavour.file`):
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import logging
 import math
 import os
@@ -232,6 +235,10 @@ def optimize_for_cpu(module: torch.nn.Module, sample_shape: tuple[int, ...]) -> 
     images/s at batch 1 and 4 (docs/benchmarks.md). The rewrite is checked on a random batch against the
     original module (logits within 1e-4 of their scale); a module that cannot be traced (TorchScript,
     data-dependent control flow) or disagrees is served as it is, with a log line saying so.
+
+    Memory: the rewrite copies the weights on its way (ResNet-152: the process peaks at ~2x its plain
+    size during the load); the copies are freed and handed back to the OS afterwards (`malloc_trim`),
+    leaving ~15 % more resident memory than the plain module.
     """
     if isinstance(module, torch.jit.ScriptModule):
         return module, "not rewritten (TorchScript)"
@@ -255,6 +262,19 @@ def optimize_for_cpu(module: torch.nn.Module, sample_shape: tuple[int, ...]) -> 
     if not diff <= 1e-4 * scale:  # (NaN fails too)
         return module, f"not rewritten (outputs differ by {diff:.3g} at a scale of {scale:.3g})"
     return fast, "oneDNN (batch norms folded into convolutions)"
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed inside the process back to the OS (glibc keeps it otherwise): after a load
+    that made and dropped copies of the weights, the resident size shrinks to what is still used. The
+    dropped copies sit in reference cycles (torch.fx graphs point back at their modules): collect first."""
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        if hasattr(libc, "gnu_get_libc_version"):  # glibc only (musl has no malloc_trim)
+            libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class TorchThread:

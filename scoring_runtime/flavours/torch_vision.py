@@ -31,6 +31,7 @@ from scoring_runtime.flavours.torch_model import (
     load_module,
     optimize_for_cpu,
     place,
+    release_freed_memory,
     resolve_dtype,
     select_device,
 )
@@ -121,6 +122,7 @@ class ImageClassifier(Scorer):
             torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
         elif device.type == "cpu" and opts.optimize:
             module, graph = optimize_for_cpu(module, Preprocess.from_flavour(manifest.flavour).shape)
+            release_freed_memory()  # the rewrite's intermediate copies of the weights
         log.info(
             "loaded %s v%s (%s) on %s as %s in %.1f s; torch threads intra=%d inter=%d; graph: %s",
             manifest.name, manifest.version, manifest.flavour.get("format", "state_dict"), device,
