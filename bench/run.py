@@ -48,7 +48,16 @@ import numpy as np
 import orjson
 import peers
 import report
-from loadgen import Call, LoadResult, closed_loop, find_tool, open_loop, vegeta_targets, wrk_script
+from loadgen import (
+    Call,
+    LoadResult,
+    closed_loop,
+    find_tool,
+    open_loop,
+    tree_cpu_seconds,
+    vegeta_targets,
+    wrk_script,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -312,12 +321,12 @@ def scrape_batches(url: str) -> tuple[float, float, float]:
 
 
 def closed_loop_point(wrk: str, srv: peers.Server, script: Path, *, target: str, connections: int, duration_s: float,
-                      client_cpus: set[int] | None, batches: bool) -> dict[str, Any]:
+                      client_cpus: set[int] | None, batches: bool, timeout_s: float = 10.0) -> dict[str, Any]:
     """One closed-loop point against a started server, shown and as a dict; with `batches` (this runtime)
     also the mean batch and the model's own time per request, from its /metrics before and after."""
     before = scrape_batches(srv.url) if batches else None
     r = show(closed_loop(wrk, srv.url, script, target=target, connections=connections, duration_s=duration_s,
-                         client_cpus=client_cpus, server_pid=srv.pid)).as_dict()
+                         client_cpus=client_cpus, server_pid=srv.pid, timeout_s=timeout_s)).as_dict()
     if before is not None:
         after = scrape_batches(srv.url)
         calls_n = after[1] - before[1]
@@ -588,8 +597,7 @@ def test_images(n: int) -> list[bytes]:
     return out
 
 
-def resnet_limit(model_dir: str, batch: int, seconds: float, rounds: int) -> dict[str, Any]:
-    """ResNet forward passes in-process on preprocessed tensors: batch 1 and batch `batch`."""
+def _resnet_scorer(model_dir: str, batch: int) -> Any:
     from scoring_runtime.flavours import load_scorer
     from scoring_runtime.flavours.torch_vision import ImageClassifier
     from scoring_runtime.settings import RuntimeSettings
@@ -598,17 +606,95 @@ def resnet_limit(model_dir: str, batch: int, seconds: float, rounds: int) -> dic
     scorer = load_scorer(RuntimeSettings(model_dir=Path(model_dir), max_batch_size=batch))
     assert isinstance(scorer, ImageClassifier)
     scorer.warmup()
-    out: dict[str, float] = {}
-    for size in sorted({1, batch}):
+    return scorer
+
+
+def _measure_limit(scorer: Any, sizes: list[int], seconds: float) -> dict[int, tuple[float, float]]:
+    """{batch size: (images per wall second, images per CPU second of this process)}, `seconds` each."""
+    out = {}
+    for size in sizes:
         x = np.random.default_rng(1).normal(size=(size, *scorer.pre.shape)).astype(np.float32)
-        for _ in range(rounds):  # best of rounds, as for the served numbers
-            n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < seconds or n == 0:
-                scorer.infer(x, 5)
-                n += size
-            out[str(size)] = max(out.get(str(size), 0.0), n / (time.perf_counter() - t0))
-    log("  in-process limit (images/s by batch size): " + ", ".join(f"{k}: {v:.2f}" for k, v in out.items()))
-    return {"by_batch": out}
+        scorer.infer(x, 5)  # a size seen for the first time builds its kernels: not counted
+        n, t0, c0 = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - t0 < seconds or n == 0:
+            scorer.infer(x, 5)
+            n += size
+        out[size] = (n / (time.perf_counter() - t0), n / max(time.process_time() - c0, 1e-9))
+    return out
+
+
+def resnet_limit_worker(model_dir: str, batch: int) -> None:
+    """Serve limit measurements over stdin/stdout (one JSON line each way) from one loaded, warm model."""
+    scorer = _resnet_scorer(model_dir, batch)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        res = _measure_limit(scorer, req["sizes"], req["seconds"])
+        print(json.dumps({str(k): v for k, v in res.items()}), flush=True)
+
+
+class LimitWorker:
+    """A fresh process (like a server: no scikit-learn/scipy loaded next to PyTorch) holding the model warm,
+    asked for the in-process limit right before and after every served point, so each served number is
+    divided by a limit measured seconds away from it (the machine's speed drifts, see docs/benchmarks.md)."""
+
+    def __init__(self, model_dir: Path, batch: int, env: dict[str, str]) -> None:
+        code = f"import run; run.resnet_limit_worker({str(model_dir)!r}, {batch})"
+        self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=HERE, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env={**os.environ, **env})
+        self._read()
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the limit worker exited ({self.proc.wait()})")
+        out: dict[str, Any] = json.loads(line)
+        return out
+
+    def measure(self, sizes: list[int], seconds: float) -> dict[str, Any]:
+        """{"by_batch": {size: images/s}, "by_batch_cpu": {size: images/CPU-s}, "other_cpu": cores used by
+        everything else on the machine meanwhile}."""
+        assert self.proc.stdin is not None
+        with busy_cores() as busy:
+            cpu0 = tree_cpu_seconds(self.proc.pid)
+            self.proc.stdin.write(json.dumps({"sizes": sizes, "seconds": seconds}) + "\n")
+            self.proc.stdin.flush()
+            res = self._read()
+            own = tree_cpu_seconds(self.proc.pid) - cpu0
+        return {"by_batch": {k: round(v[0], 3) for k, v in res.items()},
+                "by_batch_cpu": {k: round(v[1], 3) for k, v in res.items()},
+                "other_cpu": round(max(0.0, busy.cores - own / busy.wall), 3)}
+
+    def stop(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class _Busy:
+    cores = 0.0  # CPUs busy on the whole machine, on average over the block
+    wall = 0.0
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from /proc/stat (idle and iowait count as not busy)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(f) - f[3] - f[4], sum(f)
+
+
+@contextlib.contextmanager
+def busy_cores() -> Iterator[_Busy]:
+    """How many CPUs the whole machine kept busy during the block (`.cores`), and its wall time (`.wall`)."""
+    out = _Busy()
+    b0, t0, w0 = *_cpu_ticks(), time.perf_counter()
+    yield out
+    b1, t1 = _cpu_ticks()
+    out.wall = time.perf_counter() - w0
+    out.cores = len(os.sched_getaffinity(0)) * (b1 - b0) / max(1, t1 - t0)
 
 
 def section_resnet(args: argparse.Namespace, failures: dict[str, str], tools_: dict[str, str | None]) -> dict[str, Any]:
@@ -623,77 +709,115 @@ def section_resnet(args: argparse.Namespace, failures: dict[str, str], tools_: d
     calls = [Call("/score", img, "image/jpeg") for img in test_images(4)]
     wrk = tools_["wrk"]
     assert wrk is not None
+    (WORK / "scripts").mkdir(parents=True, exist_ok=True)  # a resnet-only run has not made it yet
     script = wrk_script(calls, WORK / "scripts" / "resnet.lua")
-    batch = args.img_batch
-    variants = {
-        "batching off": {"SCORING_MAX_BATCH_SIZE": "1"},
-        "batching on": {"SCORING_MAX_BATCH_SIZE": str(batch), "SCORING_MAX_BATCH_DELAY_MS": str(args.img_delay_ms)},
-    }
+    from scoring_runtime.flavours.torch_vision import CPU_BATCHING
+
+    batch = args.img_batch or CPU_BATCHING.max_batch_size
+    delay_ms = args.img_delay_ms if args.img_delay_ms >= 0 else CPU_BATCHING.max_batch_delay_ms
+    on: dict[str, str] = {}  # by default the flavour's CPU default: what a ScoringModel without tuning gets
+    if args.img_batch:
+        on["SCORING_MAX_BATCH_SIZE"] = str(batch)
+    if args.img_delay_ms >= 0:
+        on["SCORING_MAX_BATCH_DELAY_MS"] = f"{delay_ms:g}"
+    variants = {"batching off": {"SCORING_MAX_BATCH_SIZE": "1"},
+                "batching on (default)" if not on else f"batching on ({batch}, {delay_ms:g} ms)": on}
     # the same thread settings for the servers and the in-process limit: every CPU, pinned explicitly
     threads = str(len(os.sched_getaffinity(0)))
     torch_env = {"SCORING_DEVICE": "cpu", "SCORING_TORCH_THREADS": threads}
-    limit_args = {"model_dir": str(model_dir), "batch": batch, "seconds": args.img_limit_seconds, "rounds": 1}
+    sizes = sorted({1, 2, batch})
     raw: list[dict[str, Any]] = []
-    limits: list[dict[str, float]] = []
+    limits: list[dict[str, Any]] = []
     servers: dict[str, peers.Server] = {}
+    worker: LimitWorker | None = None
     with bench_lock():
         try:
             for name, env in variants.items():
                 log(f"starting this runtime ({args.arch}, {name})")
-                servers[name] = peers.start_ours(f"resnet-{name.replace(' ', '-')}", model_dir, None,
+                servers[name] = peers.start_ours(f"resnet-{name.split()[1]}", model_dir, None,
                                                  {**torch_env, **env, "SCORING_WORKERS": "1"})
                 servers[name].wait_ready(600)  # one at a time: loading and warming up are CPU heavy
-            for name, srv in servers.items():  # warm-up, not counted
-                closed_loop(wrk, srv.url, script, target=name, connections=2, duration_s=2, timeout_s=60)
-            # Both servers stay up (an idle server costs nothing). Each round measures the in-process limit
-            # (a fresh process) and then every server point, so each served number has a limit measured
-            # minutes apart, not a whole run apart: on a shared machine the limit itself drifts.
-            order = list(variants)
-            for rnd in range(args.img_rounds):
-                lim = in_fresh_process("resnet_limit", None, torch_env, **limit_args)["by_batch"]
+            worker = LimitWorker(model_dir, batch, torch_env)
+            for name, srv in servers.items():  # warm-up (every batch size the batcher may form), not counted
+                closed_loop(wrk, srv.url, script, target=name, connections=batch, duration_s=3, timeout_s=60)
+            sweep = worker.measure([1, 2, 4, 8], args.img_limit_seconds)
+            log("  in-process limit sweep (images/s by batch size): "
+                + ", ".join(f"{k}: {v:.2f}" for k, v in sweep["by_batch"].items()))
+
+            def limit() -> dict[str, Any]:
+                assert worker is not None
+                lim = worker.measure(sizes, args.img_limit_seconds)
+                log("  in-process limit (images/s by batch size): "
+                    + ", ".join(f"{k}: {v:.2f}" for k, v in lim["by_batch"].items())
+                    + f"; other work on the machine: {lim['other_cpu']:.2f} CPUs")
                 limits.append(lim)
+                return lim
+
+            # Both servers and the limit worker stay up (idle, they cost nothing) and take turns: limit, point,
+            # limit, point, ...; each point is divided by the mean of the limits measured right before and after.
+            order = list(variants)
+            before = limit()
+            for rnd in range(args.img_rounds):
                 for c in args.img_concurrency:
                     for name in order:
-                        r = show(closed_loop(wrk, servers[name].url, script, target=name, connections=c,
-                                             duration_s=args.img_seconds, timeout_s=60,
-                                             server_pid=servers[name].pid)).as_dict()
-                        r["repeat"] = rnd
-                        r["round_limit"] = max(lim.values())
-                        r["limit_ratio"] = round(r["rows_per_s"] / r["round_limit"], 4)
+                        srv = servers[name]
+                        with busy_cores() as busy:
+                            r = closed_loop_point(wrk, srv, script, target=name, connections=c,
+                                                  duration_s=args.img_seconds, client_cpus=None, batches=True,
+                                                  timeout_s=60)
+                        after = limit()
+                        best = [max(lim["by_batch"].values()) for lim in (before, after)]
+                        best_cpu = [max(lim["by_batch_cpu"].values()) for lim in (before, after)]
+                        r |= {"repeat": rnd, "round_limit": round(statistics.mean(best), 3),
+                              "limit_ratio": round(r["rows_per_s"] / statistics.mean(best), 4),
+                              # images per server CPU-second against images per CPU-second in-process: what the
+                              # serving costs in CPU beyond the model, which other work on the machine hardly moves
+                              "cpu_ratio": round(r["rows_per_s"] / max(r["server_cpu"], 1e-9)
+                                                 / statistics.mean(best_cpu), 4),
+                              "other_cpu": round(max(0.0, busy.cores - r["server_cpu"] - r["client_cpu"]), 3),
+                              "limit_other_cpu": max(before["other_cpu"], after["other_cpu"])}
                         raw.append(r)
+                        before = after
                     order.reverse()
         finally:
+            if worker is not None:
+                worker.stop()
             for srv in servers.values():
                 srv.stop()
     results = aggregate(raw)
-    for row in results:  # served / limit per round: median and range over the rounds
-        ratios = [r["limit_ratio"] for r in raw
-                  if r["target"] == row["target"] and r["concurrency"] == row["concurrency"]]
+    for row in results:  # served / limit per point: median and range over the rounds
+        rs = [r for r in raw if r["target"] == row["target"] and r["concurrency"] == row["concurrency"]]
+        ratios = [r["limit_ratio"] for r in rs]
         row |= {"limit_ratio": round(statistics.median(ratios), 3), "limit_ratio_min": round(min(ratios), 3),
-                "limit_ratio_max": round(max(ratios), 3)}
-    by_batch = {k: round(statistics.median(lim[k] for lim in limits), 3) for k in limits[0]}
-    best = [max(lim.values()) for lim in limits]
+                "limit_ratio_max": round(max(ratios), 3),
+                "cpu_ratio": round(statistics.median(r["cpu_ratio"] for r in rs), 3),
+                "other_cpu_max": round(max(max(r["other_cpu"], r["limit_other_cpu"]) for r in rs), 3)}
+    by_batch = {k: round(statistics.median(lim["by_batch"][k] for lim in limits), 3) for k in limits[0]["by_batch"]}
+    best = [max(lim["by_batch"].values()) for lim in limits]
     return {
         "title": f"{args.arch} image classification on CPU: this runtime with adaptive batching off vs on",
         "short_title": args.arch,
         "setup": (
             f"640x480 JPEG bytes per request (decode + resize 256 + crop 224 in the server), top_k 5; CPU; "
             f"random weights (speed does not depend on them). Batching on: max_batch_size={batch}, "
-            f"max_batch_delay={args.img_delay_ms:g} ms. wrk closed loop, {args.img_seconds:g} s per point, "
-            f"{args.img_rounds} round(s); each round first measures the in-process limit ({args.img_limit_seconds:g} s "
-            f"per batch size, fresh process) and then every server point, servers taking turns (order reversing); "
-            f"both servers up, one measured at a time, whole machine, torch intra-op threads = {threads} for the "
-            f"servers and the limit alike (wrk's share of the CPU is recorded). Served / limit is computed per "
-            f"round against that round's limit; medians and min-max over the rounds are reported."
+            f"max_batch_delay={delay_ms:g} ms ({'set explicitly' if on else 'the flavour CPU default'}); "
+            f"off: SCORING_MAX_BATCH_SIZE=1. "
+            f"wrk closed loop, {args.img_seconds:g} s per point, {args.img_rounds} round(s), servers taking turns "
+            f"(order reversing). The in-process limit (forward pass + top-k on preprocessed tensors, batch sizes "
+            f"{', '.join(map(str, sizes))}, {args.img_limit_seconds:g} s each) is measured by a separate warm process "
+            f"right before and after every point, and each point is divided by the mean of those two (best batch "
+            f"size). Two servers and the limit process stay up, one measured at a time; whole machine, torch "
+            f"intra-op threads = {threads} for the servers and the limit alike. Recorded per point: wrk's CPU, the "
+            f"server's CPU, and the CPU that everything else on the machine used meanwhile ('other work')."
         ),
         "unit": "images",
         "order": list(variants),
         "results": results,
         "raw": raw,
         "limit": {"by_batch": by_batch, "rows_per_s": round(statistics.median(best), 3),
-                  "rounds": limits, "best_min": round(min(best), 3), "best_max": round(max(best), 3),
-                  "description": "forward pass + top-k on preprocessed tensors in a fresh process, the same threads, "
-                                 "measured once per round; medians over the rounds"},
+                  "rounds": limits, "sweep": sweep, "best_min": round(min(best), 3), "best_max": round(max(best), 3),
+                  "description": "forward pass + top-k on preprocessed tensors in a separate warm process, the same "
+                                 "threads, measured before and after every point; medians over all measurements"},
     }
 
 
@@ -706,6 +830,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-peers", action="store_true", help="only this runtime and the floor (no virtualenvs needed)")
     p.add_argument("--peers", default=",".join(peers.PEERS),
                    help=f"peers to run (default all: {','.join(peers.PEERS)})")
+    p.add_argument("--img-batch", type=int, default=0,
+                   help="image section: the 'batching on' server's max batch size (default: the flavour's)")
+    p.add_argument("--img-delay-ms", type=float, default=-1.0,
+                   help="image section: the 'batching on' server's max batch delay (default: the flavour's)")
     p.add_argument("--out", type=Path, default=HERE / "results", help="output directory")
     p.add_argument("--smoke", action="store_true", help="a seconds-long run that only checks the machinery")
     args = p.parse_args(argv)
@@ -717,11 +845,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.quick:
         args.concurrency, args.repeats, args.duration = [1, 16, 64], 2, 2.0
         args.rates, args.open_repeats = [400.0], 1
-        args.img_concurrency, args.img_rounds, args.img_seconds, args.img_limit_seconds = [4], 2, 8.0, 5.0
+        args.img_concurrency, args.img_rounds, args.img_seconds, args.img_limit_seconds = [4], 2, 8.0, 3.0
     else:
         args.concurrency, args.repeats, args.duration = [1, 4, 16, 64], 3, 2.0
         args.rates, args.open_repeats = [200.0, 800.0], 2
-        args.img_concurrency, args.img_rounds, args.img_seconds, args.img_limit_seconds = [1, 4], 3, 10.0, 6.0
+        args.img_concurrency, args.img_rounds, args.img_seconds, args.img_limit_seconds = [1, 4], 3, 10.0, 4.0
     args.top_k, args.limit_seconds = 3, 3.0
     # the peers' batching (MLServer, LitServe): the same limits as this runtime's FAQ default
     from scoring_runtime.flavours import DEFAULT_BATCHING
@@ -729,7 +857,6 @@ def main(argv: list[str] | None = None) -> int:
     faq_default = DEFAULT_BATCHING["sklearn-faq"]
     args.ours_batch, args.ours_delay_ms = faq_default.max_batch_size, faq_default.max_batch_delay_ms
     args.faq_batch, args.faq_delay_ms = args.ours_batch, args.ours_delay_ms
-    args.img_batch, args.img_delay_ms = 4, 400.0
     args.peer_versions = {}
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - {"faq", "resnet"}

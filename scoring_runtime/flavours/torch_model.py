@@ -12,6 +12,9 @@ Formats (manifest `flavour.format`, file `flavour.file`):
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import logging
 import math
 import os
@@ -33,6 +36,7 @@ FORMATS = ("state_dict", "export", "torchscript")
 ENV_DEVICE = "SCORING_DEVICE"
 ENV_THREADS = "SCORING_TORCH_THREADS"
 ENV_HALF = "SCORING_HALF_PRECISION"
+ENV_OPTIMIZE = "SCORING_TORCH_OPTIMIZE"
 T = TypeVar("T")
 
 
@@ -45,6 +49,7 @@ class TorchOptions:
     threads: int = 0  # intra-op threads; 0: cores / workers
     interop_threads: int = 0  # 0: min(2, threads)
     workers: int = 1
+    optimize: bool = True  # CPU: fold batch norms into convolutions and run them on oneDNN (see optimize_for_cpu)
 
     @classmethod
     def from_settings(cls, settings: Any) -> TorchOptions:
@@ -54,15 +59,17 @@ class TorchOptions:
                 value = os.environ.get(env, default)
             return value
 
-        half = pick("half_precision", ENV_HALF, False)
-        if isinstance(half, str):
-            half = half.strip().lower() in ("1", "true", "yes", "on")
+        def flag(value: Any) -> bool:
+            return value.strip().lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value)
+
+        half = flag(pick("half_precision", ENV_HALF, False))
         return cls(
             device=str(pick("device", ENV_DEVICE, "auto")).strip().lower() or "auto",
             half_precision=bool(half),
             threads=int(pick("torch_threads", ENV_THREADS, 0)),
             interop_threads=int(getattr(settings, "torch_interop_threads", None) or 0),
             workers=max(1, int(getattr(settings, "workers", 1) or 1)),
+            optimize=flag(pick("torch_optimize", ENV_OPTIMIZE, True)),
         )
 
 
@@ -217,6 +224,57 @@ def place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> 
     for p in module.parameters():
         p.requires_grad_(False)
     return module
+
+
+def optimize_for_cpu(module: torch.nn.Module, sample_shape: tuple[int, ...]) -> tuple[torch.nn.Module, str]:
+    """The module rewritten for CPU inference, or the module itself where that does not apply; and why.
+
+    `torch.fx.experimental.optimization.optimize_for_inference` traces the module, folds every batch
+    norm into the convolution before it and keeps activations in oneDNN's blocked layout between the
+    convolutions (weights reordered once, at load). ResNet-152 on 2 CPUs measured ~15-20 % more
+    images/s at batch 1 and 4 (docs/benchmarks.md). The rewrite is checked on a random batch against the
+    original module (logits within 1e-4 of their scale); a module that cannot be traced (TorchScript,
+    data-dependent control flow) or disagrees is served as it is, with a log line saying so.
+
+    Memory: the rewrite copies the weights on its way (ResNet-152: the process peaks at ~2x its plain
+    size during the load); the copies are freed and handed back to the OS afterwards (`malloc_trim`),
+    leaving ~15 % more resident memory than the plain module.
+    """
+    if isinstance(module, torch.jit.ScriptModule):
+        return module, "not rewritten (TorchScript)"
+    from torch.fx.experimental import optimization
+
+    x = torch.randn(2, *sample_shape, generator=torch.Generator().manual_seed(0))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fx warns about attributes it treats as constants
+            fast = optimization.optimize_for_inference(module)
+            with torch.inference_mode():
+                want, got = module(x), fast(x)
+    except Exception as e:  # not traceable, or an op oneDNN lacks: serve the module as it is
+        return module, f"not rewritten ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    if isinstance(want, tuple | list):
+        want, got = want[0], got[0]
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+        return module, "not rewritten (the rewritten module's output has another shape)"
+    scale = max(1.0, float(want.abs().max()))
+    diff = float((want - got).abs().max())
+    if not diff <= 1e-4 * scale:  # (NaN fails too)
+        return module, f"not rewritten (outputs differ by {diff:.3g} at a scale of {scale:.3g})"
+    return fast, "oneDNN (batch norms folded into convolutions)"
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed inside the process back to the OS (glibc keeps it otherwise): after a load
+    that made and dropped copies of the weights, the resident size shrinks to what is still used. The
+    dropped copies sit in reference cycles (torch.fx graphs point back at their modules): collect first."""
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        if hasattr(libc, "gnu_get_libc_version"):  # glibc only (musl has no malloc_trim)
+            libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class TorchThread:

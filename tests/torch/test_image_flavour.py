@@ -124,3 +124,33 @@ def test_metadata_describes_both_inputs(scorer: ImageClassifier) -> None:
     assert {i["name"]: i["datatype"] for i in meta["inputs"]} == {"image": "BYTES", "pixels": "FP32"}
     assert meta["inputs"][1]["shape"] == [-1, 3, 224, 224]
     assert meta["parameters"]["device"] == "cpu" and meta["parameters"]["classes"] == 1000
+
+
+def test_cpu_batches_by_default_and_warms_every_batch_size_it_may_form(
+    make_model_dir: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from scoring_runtime.batching import AdaptiveBatcher
+    from scoring_runtime.flavours import batching_for
+    from scoring_runtime.flavours.torch_vision import CPU_BATCHING
+    from scoring_runtime.server.dispatch import make_dispatcher
+
+    monkeypatch.setenv("SCORING_DEVICE", "cpu")
+    settings = RuntimeSettings(model_dir=make_model_dir())
+    s = load_scorer(settings)
+    assert isinstance(s, ImageClassifier)
+    assert batching_for(s, settings) == CPU_BATCHING and CPU_BATCHING.max_batch_size > 1
+    d = make_dispatcher(s, settings, None, CollectorRegistry())
+    assert isinstance(d, AdaptiveBatcher) and d.config.max_batch_rows == CPU_BATCHING.max_batch_size
+    seen: list[int] = []
+    infer = s.infer
+    monkeypatch.setattr(s, "infer", lambda pixels, k: (seen.append(len(pixels)), infer(pixels, k))[1])
+    s.warmup()
+    assert sorted(seen) == list(range(1, CPU_BATCHING.max_batch_size + 1))
+    # an explicit batch size wins, and the warm-up follows it
+    seen.clear()
+    off = load_scorer(RuntimeSettings(model_dir=make_model_dir(), max_batch_size=1))
+    monkeypatch.setattr(off, "infer", lambda pixels, k: seen.append(len(pixels)))
+    off.warmup()
+    assert seen == [1]

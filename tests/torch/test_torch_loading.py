@@ -26,6 +26,7 @@ from scoring_runtime.flavours.torch_model import (  # noqa: E402
     TorchThread,
     load_module,
     load_state_dict,
+    optimize_for_cpu,
     resolve_dtype,
     select_device,
     thread_counts,
@@ -131,6 +132,63 @@ def test_options_come_from_settings_or_env(monkeypatch: pytest.MonkeyPatch) -> N
     assert (opts.device, opts.half_precision, opts.threads, opts.workers) == ("cpu", True, 3, 2)
     opts = TorchOptions.from_settings(SimpleNamespace(device="cuda:0", half_precision=False, torch_threads=1))
     assert (opts.device, opts.half_precision, opts.threads) == ("cuda:0", False, 1)
+    assert opts.optimize is True  # the CPU rewrite is on unless turned off
+    monkeypatch.setenv("SCORING_TORCH_OPTIMIZE", "0")
+    assert TorchOptions.from_settings(SimpleNamespace()).optimize is False
+
+
+def test_cpu_model_is_rewritten_for_onednn_and_answers_like_the_original(
+    make_model_dir: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    pixels = np.random.default_rng(3).normal(size=(3, 3, 224, 224)).astype(np.float32)
+    monkeypatch.setenv("SCORING_DEVICE", "cpu")
+    with caplog.at_level(logging.INFO, logger="scoring_runtime.flavours.torch_vision"):
+        fast = scorer_for(make_model_dir())
+    assert isinstance(fast.module, torch.fx.GraphModule)  # rewritten: batch norms folded, oneDNN layout
+    assert "graph: oneDNN" in caplog.text
+    monkeypatch.setenv("SCORING_TORCH_OPTIMIZE", "false")
+    plain = scorer_for(make_model_dir())
+    assert not isinstance(plain.module, torch.fx.GraphModule)
+    p_fast, i_fast = fast.infer(pixels, 5)
+    p_plain, i_plain = plain.infer(pixels, 5)
+    np.testing.assert_array_equal(i_fast, i_plain)
+    np.testing.assert_allclose(p_fast, p_plain, rtol=1e-4, atol=1e-6)
+
+
+class _DataDependent(torch.nn.Module):
+    """Control flow on a tensor's value: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y if y.sum() > 0 else -y
+
+
+class _Drifting(torch.nn.Module):
+    """Its batch norm's running statistics are NaN: the folded convolution cannot agree with it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.bn.running_var.fill_(float("nan"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+@pytest.mark.parametrize(("module", "why"), [
+    (_DataDependent(), "not rewritten (TraceError"),
+    (_Drifting(), "not rewritten (outputs differ"),
+])
+def test_a_module_the_rewrite_cannot_handle_is_served_as_it_is(module: torch.nn.Module, why: str) -> None:
+    module.eval()
+    served, note = optimize_for_cpu(module, (3, 16, 16))
+    assert served is module
+    assert note.startswith(why), note
 
 
 def test_explicit_cuda_without_a_gpu_fails_the_load_clearly(
