@@ -479,16 +479,18 @@ class Index:
         # question's scores against every original for several retrievers at once
         # (the original questions themselves are the first known text of each entry: their cosines come
         # with the nearest-neighbour gathers, for candidates only)
-        self.word_t = _stacked_t(prof_word, answer_word)
-        self.char_t = _stacked_t(prof_char)
+        # When the FAQ is small, the known texts join the products too: a question's dot with every known
+        # text comes with its profile scores, cheaper than gathering its candidates' known rows afterwards
+        # (`_nearest`); that is a second copy of the known matrices, so only when they are small.
+        self.known_in_products = known_word.nnz + known_char.nnz <= KNOWN_T_MAX_NNZ
+        known = self.known_in_products
+        self.word_t = _stacked_t(prof_word, answer_word, *([known_word] if known else []))
+        self.char_t = _stacked_t(prof_char, *([known_char] if known else []))
         self._orig_word_t: sparse.csr_matrix | None = None  # evaluation only (the word baseline)
-        # (vocabulary x known texts): a question's dot with every known text in one product, cheaper than
-        # gathering its candidates' known rows when the FAQ is small (see `_nearest`); a second copy of
-        # the known matrices, so only kept when they are small
-        small = known_word.nnz + known_char.nnz <= KNOWN_T_MAX_NNZ
-        self.known_word_t = _stacked_t(known_word) if small else None
-        self.known_char_t = _stacked_t(known_char) if small else None
         self.bin_t = _stacked_t(bm25, _binary(bm25))
+        # profile lengths as the cosines divide by them (leave-one-out changes them per question: training)
+        self.prof_word_norm = np.sqrt(np.maximum(self.prof_word_sq, 1e-12), dtype=np.float32)
+        self.prof_char_norm = np.sqrt(np.maximum(self.prof_char_sq, 1e-12), dtype=np.float32)
 
     # ------------------------------------------------------------------ construction from data
     @classmethod
@@ -555,15 +557,16 @@ class Index:
         qw, qc, qb = self.vectors(word, char)
         n = self.n
         words, chars, bins = _scores(qw, self.word_t), _scores(qc, self.char_t), _scores(qb, self.bin_t)
-        pw_dot, aw = words[:, :n], words[:, n:]
-        pc_dot = chars
+        pw_dot, aw = words[:, :n], words[:, n:2 * n]
+        pc_dot = chars[:, :n]
+        known_dots = (words[:, 2 * n:], chars[:, n:]) if self.known_in_products else None
         bm = bins[:, :n]
         q_idf = _row_sums(qb.indptr, qb.data.astype(np.float64))
         ov = bins[:, n:] / np.maximum(q_idf, 1e-9)[:, None]
-        pw_sq: Array = np.maximum(self.prof_word_sq, 1e-12)  # broadcast over questions
-        pc_sq: Array = np.maximum(self.prof_char_sq, 1e-12)
+        pw_norm, pc_norm = self.prof_word_norm, self.prof_char_norm  # broadcast over questions
         if own_row is not None and own is not None:
-            pw_sq, pc_sq = np.broadcast_to(pw_sq, (b, self.n)).copy(), np.broadcast_to(pc_sq, (b, self.n)).copy()
+            pw_sq = np.broadcast_to(np.maximum(self.prof_word_sq, 1e-12), (b, self.n)).copy()
+            pc_sq = np.broadcast_to(np.maximum(self.prof_char_sq, 1e-12), (b, self.n)).copy()
             # leave-one-out: the question is one of the unit vectors summed in its own original's profile
             r = np.nonzero(own_row >= 0)[0]
             o = own[r]
@@ -573,8 +576,10 @@ class Index:
             pc_sq[r, o] += qc_sq - 2 * pc_dot[r, o]
             pw_dot[r, o] -= qw_sq
             pc_dot[r, o] -= qc_sq
-        pw = pw_dot / np.sqrt(np.maximum(pw_sq, 1e-12), dtype=np.float32)
-        pc = pc_dot / np.sqrt(np.maximum(pc_sq, 1e-12), dtype=np.float32)
+            pw_norm = np.sqrt(np.maximum(pw_sq, 1e-12), dtype=np.float32)
+            pc_norm = np.sqrt(np.maximum(pc_sq, 1e-12), dtype=np.float32)
+        pw = pw_dot / pw_norm
+        pc = pc_dot / pc_norm
         out = Candidates(np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros((0, N_FEATURES)))
         if baselines:
             if self._orig_word_t is None:
@@ -605,7 +610,7 @@ class Index:
         for name, m in (("profile_word_cos", pw),
                         ("profile_char_cos", pc), ("answer_word_cos", aw), ("bm25", bm), ("idf_overlap", ov)):
             f[:, col[name]] = m[qi, ci]
-        (nnw, ow), (nnc, oc) = self._nearest(qw, qc, qi, ci, own_row)
+        (nnw, ow), (nnc, oc) = self._nearest(qw, qc, qi, ci, own_row, known_dots)
         f[:, col["nn_word_cos"]], f[:, col["nn_char_cos"]] = nnw, nnc
         f[:, col["orig_word_cos"]], f[:, col["orig_char_cos"]] = ow, oc
         f[:, col["profile_char_gap"]] = f[:, col["profile_char_cos"]] - pc.max(axis=1)[qi]
@@ -622,37 +627,29 @@ class Index:
         out.query, out.original, out.features = qi, ci, np.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0)
         return out
 
-    def _nearest(self, qw: Rows, qc: Rows, qi: Array, ci: Array,
-                 own_row: Array | None) -> list[tuple[Array, Array]]:
+    def _nearest(self, qw: Rows, qc: Rows, qi: Array, ci: Array, own_row: Array | None,
+                 known_dots: tuple[Array, Array] | None = None) -> list[tuple[Array, Array]]:
         """Per space (word, char): each pair's best cosine to any single known text of its candidate, and
-        its cosine to the candidate's original question (the first known text of every entry)."""
+        its cosine to the candidate's original question (the first known text of every entry).
+
+        `known_dots`: the questions' dots with every known text (word, char), when the products gave them."""
         starts, ends = self.known_ptr[ci], self.known_ptr[ci + 1]
         counts = ends - starts
-        pair = np.repeat(np.arange(len(ci)), counts)
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
         krow = _ranges(starts, counts)
-        kq = qi[pair]  # the question of each (pair, known text)
+        kq = qi[np.repeat(np.arange(len(ci)), counts)]  # the question of each (pair, known text)
         out = []
-        for q, known, known_t in ((qw, self.known_word, self.known_word_t), (qc, self.known_char, self.known_char_t)):
-            dots = _pair_dots(q, kq, known, known_t, krow)
+        for space, (q, known) in enumerate(((qw, self.known_word), (qc, self.known_char))):
+            if known_dots is not None:
+                dots = known_dots[space][kq, krow].astype(np.float64)
+            else:
+                dots = _sparse_dots(q, kq, known, krow)
             original = dots[offsets].copy() if len(dots) else np.zeros(0)
             if own_row is not None:
                 dots[krow == own_row[kq]] = -1.0
             best = np.maximum.reduceat(dots, offsets) if len(dots) else np.zeros(0)
             out.append((np.maximum(best, 0.0), original))
         return out
-
-
-def _pair_dots(q: Rows, qrow: Array, known: sparse.csr_matrix, known_t: sparse.csr_matrix | None,
-               krow: Array) -> Array:
-    """``q[qrow[i]] . known[krow[i]]`` for every i: by one product with every known text (`_scores`) when
-    that gathers fewer entries than looking the pairs' known rows up one by one (`_sparse_dots`)."""
-    if known_t is not None:
-        postings = int((known_t.indptr[q.indices + 1] - known_t.indptr[q.indices]).sum())
-        rows = known.indptr[krow + 1] - known.indptr[krow]
-        if postings + q.n_rows * known_t.shape[1] < 2 * int(rows.sum()):
-            return _scores(q, known_t)[qrow, krow].astype(np.float64)
-    return _sparse_dots(q, qrow, known, krow)
 
 
 def _sparse_dots(q: Rows, qrow: Array, known: sparse.csr_matrix, krow: Array) -> Array:
@@ -697,6 +694,10 @@ def _top(scores: Array, k: int) -> Array:
 
 def _rank_within(qi: Array, values: Array, b: int) -> Array:
     """0-based rank of each row's value among the rows of the same question (higher is better)."""
+    if b == 1:  # one question: the same stable order without the question key
+        ranks = np.empty(len(qi), dtype=np.float64)
+        ranks[np.argsort(-values, kind="stable")] = np.arange(len(qi))
+        return ranks
     order = np.lexsort((-values, qi))
     starts = np.searchsorted(qi[order], np.arange(b))
     ranks = np.empty(len(qi), dtype=np.float64)

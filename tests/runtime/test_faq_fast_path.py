@@ -66,17 +66,15 @@ def test_gathered_products_equal_scipys(n_rows: int, monkeypatch: pytest.MonkeyP
     np.testing.assert_allclose(fp._scores(q, m_t), want, rtol=1e-5, atol=1e-6)
 
 
-def test_pair_dots_by_postings_and_by_lookup_equal_scipys(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pair_dots_by_lookup_equal_scipys(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(7)
     known = _random_rows(rng, 300, 5000, 300 * 40, empty=(3, 4)).csr(5000)
-    known_t = sparse.csr_matrix(known.tocsc().T)
     q = _random_rows(rng, 4, 5000, 4 * 80, empty=(2,))
     qrow = rng.integers(0, 4, 500)
     krow = rng.integers(0, 300, 500)
     want = np.asarray(q.csr(5000)[qrow].multiply(known[krow]).sum(axis=1)).ravel()
     assert (want > 0).sum() > 50
     np.testing.assert_allclose(fp._sparse_dots(q, qrow, known, krow), want, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(fp._pair_dots(q, qrow, known, known_t, krow), want, rtol=1e-5, atol=1e-7)
     monkeypatch.setattr(fp, "LOOKUP_MAX", 100)  # the lookup a slice of known rows at a time
     np.testing.assert_allclose(fp._sparse_dots(q, qrow, known, krow), want, rtol=1e-5, atol=1e-7)
 
@@ -118,10 +116,9 @@ def test_rankings_with_and_without_the_fast_paths_are_the_same(matcher: FAQMatch
     fast_batch, fast_batch_s = matcher.rank(questions, k)
     # every fast path off: scipy's sparse products, the known-row lookups, scikit-learn's predict_proba
     index = matcher.prepare()
-    assert matcher._linear is not None and index.known_char_t is not None  # the fast paths were on
+    assert matcher._linear is not None and index.known_in_products  # the fast paths were on
     monkeypatch.setattr(fp, "GATHER_MAX", -1)
-    monkeypatch.setattr(index, "known_word_t", None)
-    monkeypatch.setattr(index, "known_char_t", None)
+    monkeypatch.setattr(index, "known_in_products", False)
     monkeypatch.setattr(matcher, "_linear", None)
     slow_one, slow_one_s = _rank_each(matcher, questions, k)
     slow_batch, slow_batch_s = matcher.rank(questions, k)
