@@ -55,7 +55,7 @@ BM25_K1, BM25_B = 1.2, 0.75
 _SPARSE = "csr_shape"
 #: candidates taken from each retriever (their union is reranked)
 CANDIDATES_PER_RETRIEVER = 10
-#: distinct words whose hashed character n-grams are cached (about 256 bytes each)
+#: distinct words whose hashed character n-grams are cached (~0.5 KB each with the word: ~15 MB when full)
 WORD_CACHE = 2**15
 #: known-text matrices with at most this many nonzeros (about 32 MB) also get a transposed copy (`Index`)
 KNOWN_T_MAX_NNZ = 2**22
