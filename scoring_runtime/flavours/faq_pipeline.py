@@ -57,7 +57,10 @@ _SPARSE = "csr_shape"
 CANDIDATES_PER_RETRIEVER = 10
 #: distinct words whose hashed character n-grams are cached (~0.5 KB each with the word: ~15 MB when full)
 WORD_CACHE = 2**15
-#: known-text matrices with at most this many nonzeros (about 32 MB) also get a transposed copy (`Index`)
+#: known texts join the retrieval products (`Index`) when there are at most this many (a batch of 32
+#: questions then sums into at most 4 MB per product) with at most KNOWN_T_MAX_NNZ nonzeros (the copy:
+#: about 32 MB at most)
+KNOWN_T_MAX_ROWS = 2**14
 KNOWN_T_MAX_NNZ = 2**22
 
 
@@ -482,7 +485,8 @@ class Index:
         # When the FAQ is small, the known texts join the products too: a question's dot with every known
         # text comes with its profile scores, cheaper than gathering its candidates' known rows afterwards
         # (`_nearest`); that is a second copy of the known matrices, so only when they are small.
-        self.known_in_products = known_word.nnz + known_char.nnz <= KNOWN_T_MAX_NNZ
+        self.known_in_products = (known_word.shape[0] <= KNOWN_T_MAX_ROWS
+                                  and known_word.nnz + known_char.nnz <= KNOWN_T_MAX_NNZ)
         known = self.known_in_products
         self.word_t = _stacked_t(prof_word, answer_word, *([known_word] if known else []))
         self.char_t = _stacked_t(prof_char, *([known_char] if known else []))
