@@ -265,8 +265,9 @@ def _binary(m: sparse.csr_matrix) -> sparse.csr_matrix:
     return out
 
 
-#: a product gathering more posting entries than this goes to scipy (big training batches: bounded memory)
-GATHER_MAX = 2**20
+#: a product gathering more posting entries than this goes to scipy's sparse product, faster there (big FAQs,
+#: big training batches; measured: one question against 10,000 originals 3.3 ms this way, 5.8 ms gathering)
+GATHER_MAX = 2**15
 #: known-row entries looked up at once for the nearest-known-text features (bounded memory)
 LOOKUP_MAX = 2**20
 
@@ -280,9 +281,9 @@ def _ranges(starts: Array, counts: Array) -> Array:
 def _scores(q: Rows, m_t: sparse.csr_matrix) -> Array:
     """Dense (questions x columns) q @ m_t, m_t a (vocabulary x columns) CSR matrix.
 
-    For a few questions: gather the posting rows of their terms and add the products up by (question,
-    column) in one bincount: a handful of array operations, where scipy's sparse product builds several
-    sparse objects and makes two passes (which only pays off for big batches, still used for those)."""
+    For a few questions against a small FAQ: gather the posting rows of their terms and add the products
+    up by (question, column) in one bincount: a handful of array operations, where scipy's sparse product
+    builds several sparse objects and makes two passes, which only pays off for big products (GATHER_MAX)."""
     n_cols = m_t.shape[1]
     terms = q.indices
     starts = m_t.indptr[terms].astype(np.int64)
