@@ -66,7 +66,7 @@ def test_gathered_products_equal_scipys(n_rows: int, monkeypatch: pytest.MonkeyP
     np.testing.assert_allclose(fp._scores(q, m_t), want, rtol=1e-5, atol=1e-6)
 
 
-def test_pair_dots_by_lookup_equal_scipys(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pair_dots_of_gathered_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(7)
     known = _random_rows(rng, 300, 5000, 300 * 40, empty=(3, 4)).csr(5000)
     q = _random_rows(rng, 4, 5000, 4 * 80, empty=(2,))
@@ -75,7 +75,7 @@ def test_pair_dots_by_lookup_equal_scipys(monkeypatch: pytest.MonkeyPatch) -> No
     want = np.asarray(q.csr(5000)[qrow].multiply(known[krow]).sum(axis=1)).ravel()
     assert (want > 0).sum() > 50
     np.testing.assert_allclose(fp._sparse_dots(q, qrow, known, krow), want, rtol=1e-5, atol=1e-7)
-    monkeypatch.setattr(fp, "LOOKUP_MAX", 100)  # the lookup a slice of known rows at a time
+    monkeypatch.setattr(fp, "NEAREST_NNZ", 200)  # a few pairs at a time
     np.testing.assert_allclose(fp._sparse_dots(q, qrow, known, krow), want, rtol=1e-5, atol=1e-7)
 
 
