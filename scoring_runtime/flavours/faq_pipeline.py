@@ -21,15 +21,21 @@ flavour does) to derive the transposed matrices the products need.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import numpy as np
 from scipy import sparse
+from scipy.special import expit
 from sklearn.base import BaseEstimator
 from sklearn.feature_extraction.text import HashingVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils import murmurhash3_32
 
 Array = np.ndarray[Any, Any]
 
@@ -49,8 +55,13 @@ BM25_K1, BM25_B = 1.2, 0.75
 _SPARSE = "csr_shape"
 #: candidates taken from each retriever (their union is reranked)
 CANDIDATES_PER_RETRIEVER = 10
-#: nonzeros of the question rows gathered at once for the nearest-known-text features (~1 MB)
-NEAREST_NNZ = 2**17
+#: distinct words whose hashed character n-grams are cached (~0.5 KB each with the word: ~15 MB when full)
+WORD_CACHE = 2**15
+#: known texts join the retrieval products (`Index`) when there are at most this many (a batch of 32
+#: questions then sums into at most 4 MB per product) with at most KNOWN_T_MAX_NNZ nonzeros (the copy:
+#: about 32 MB at most)
+KNOWN_T_MAX_ROWS = 2**14
+KNOWN_T_MAX_NNZ = 2**22
 
 
 def hashers(bits: int = HASH_BITS) -> tuple[HashingVectorizer, HashingVectorizer]:
@@ -59,6 +70,111 @@ def hashers(bits: int = HASH_BITS) -> tuple[HashingVectorizer, HashingVectorizer
                               "strip_accents": "unicode", "lowercase": True, "dtype": np.float32}
     return (HashingVectorizer(analyzer="word", ngram_range=WORD_NGRAMS, **common),
             HashingVectorizer(analyzer="char_wb", ngram_range=CHAR_NGRAMS, **common))
+
+
+class Rows(NamedTuple):
+    """CSR rows as their three plain arrays (row `i` is `indices/data[indptr[i]:indptr[i + 1]]`, sorted).
+
+    A batch of questions is a few hundred nonzeros: scipy's per-object checks and its two-pass sparse
+    product cost more than the arithmetic at that size, so the scoring path works on the arrays."""
+
+    indptr: Array  # int64, rows + 1
+    indices: Array  # int32 column (term) of each nonzero, ascending within a row
+    data: Array  # float32
+
+    @classmethod
+    def of(cls, m: sparse.csr_matrix) -> Rows:
+        """The arrays of a canonical CSR matrix (sorted indices, no duplicates)."""
+        return cls(m.indptr.astype(np.int64, copy=False), m.indices, m.data)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.indptr) - 1
+
+    def row_of_nnz(self) -> Array:
+        """The row of each nonzero."""
+        return np.repeat(np.arange(self.n_rows), np.diff(self.indptr))
+
+    def slice(self, start: int, stop: int) -> Rows:
+        """Rows start..stop-1 (views, no copies)."""
+        lo, hi = int(self.indptr[start]), int(self.indptr[stop])
+        return Rows(self.indptr[start:stop + 1] - lo, self.indices[lo:hi], self.data[lo:hi])
+
+    def with_data(self, data: Array) -> Rows:
+        return Rows(self.indptr, self.indices, data)
+
+    def csr(self, n_cols: int) -> sparse.csr_matrix:
+        return sparse.csr_matrix((self.data, self.indices, self.indptr), shape=(self.n_rows, n_cols))
+
+
+class TextHasher:
+    """Hashes texts into raw term counts exactly as `hashers()`' HashingVectorizers do (the same preprocessing
+    and n-grams, the same signed murmurhash3 of the UTF-8 n-gram, term ``abs(h) mod 2**bits``), minus their
+    per-call set-up (analyzers and a FeatureHasher rebuilt on every call) and sparse-matrix construction:
+    for one question that set-up cost several times the hashing.
+
+    Character n-grams (`char_wb`) never cross a space: each word is padded with a space on both sides and
+    cut on its own, so a text's n-grams are its words' n-grams. Those are hashed once per distinct word and
+    kept in a bounded LRU cache (a pure function of the word, like a tokenizer's cache), so the usual
+    question costs a dictionary lookup per word; memory stays bounded for any text (no list of all of a
+    long text's n-grams is ever built). Thread-safe."""
+
+    def __init__(self, bits: int = HASH_BITS, cache_words: int = WORD_CACHE) -> None:
+        hw, hc = hashers(bits)
+        self.bits = bits
+        self._mask = (1 << bits) - 1
+        self._word: Callable[[str], list[str]] = hw.build_analyzer()
+        self._preprocess: Callable[[str], str] = hc.build_preprocessor()  # lowercase, strip accents
+        self._word_char_terms = functools.lru_cache(maxsize=cache_words)(self._char_terms_of)
+
+    def word(self, texts: list[str]) -> Rows:
+        """Word 1- and 2-gram counts (scikit-learn's analyzer: tokens of two or more word characters)."""
+        return self._counts([self._hash(self._word(t)) for t in texts])
+
+    def char(self, texts: list[str]) -> Rows:
+        """Character 3- to 5-gram counts within word boundaries."""
+        per_text = []
+        for text in texts:
+            words = self._preprocess(text).split()  # as char_wb: any run of whitespace separates words
+            per_text.append(np.concatenate([self._word_char_terms(w) for w in words]) if len(words) > 1
+                            else self._word_char_terms(words[0]) if words else np.zeros(0, np.int64))
+        return self._counts(per_text)
+
+    def _char_terms_of(self, word: str) -> Array:
+        """The hashed character n-grams of one (preprocessed) word, padded: scikit-learn's `char_wb` rule,
+        where a padded word no longer than n is one n-gram and ends the sizes."""
+        w = f" {word} "
+        grams: list[str] = []
+        for n in range(CHAR_NGRAMS[0], CHAR_NGRAMS[1] + 1):
+            if len(w) <= n:
+                grams.append(w)
+                break
+            grams += [w[i:i + n] for i in range(len(w) - n + 1)]
+        out = self._hash(grams)
+        out.flags.writeable = False  # shared by every later call through the cache
+        return out
+
+    def _hash(self, grams: list[str]) -> Array:
+        h = np.fromiter(map(murmurhash3_32, grams), dtype=np.int64, count=len(grams))
+        return np.abs(h) & self._mask  # abs(-2**31) & mask == sklearn's special case for it (0)
+
+    def _counts(self, terms: list[Array]) -> Rows:
+        """CSR rows of the counts of each text's terms: one sort of (text << bits) | term orders and counts all."""
+        bits = self.bits
+        keys = np.concatenate([t | (i << bits) for i, t in enumerate(terms)]) if terms else np.zeros(0, np.int64)
+        keys.sort()
+        first = np.ones(len(keys), dtype=bool)
+        np.not_equal(keys[1:], keys[:-1], out=first[1:])
+        at = np.flatnonzero(first)
+        uniq = keys[at]
+        counts = np.diff(np.append(at, len(keys)))
+        indptr = np.searchsorted(uniq >> bits, np.arange(len(terms) + 1)).astype(np.int64)
+        return Rows(indptr, (uniq & self._mask).astype(np.int32), counts.astype(np.float32))
+
+
+@functools.cache
+def text_hasher(bits: int = HASH_BITS) -> TextHasher:
+    return TextHasher(bits)
 
 
 @dataclass(slots=True)
@@ -72,62 +188,17 @@ class Counts:
     @classmethod
     def of(cls, texts: list[str], bits: int = HASH_BITS, char: bool = True) -> Counts:
         """Hash texts; `char=False` skips the character n-grams (answers: long, used by words only)."""
-        hw, hc = hashers(bits)
+        h = text_hasher(bits)
         empty = sparse.csr_matrix((len(texts), 2**bits), dtype=np.float32)
-        chars = _char_counts(hc, texts) if char and texts else empty
-        return cls(_csr(hw.transform(texts)) if texts else empty.copy(), chars,
-                   np.fromiter((len(t) for t in texts), dtype=np.float32, count=len(texts)))
+        return cls(h.word(texts).csr(2**bits), h.char(texts).csr(2**bits) if char else empty,
+                   _lengths(texts))
 
     def rows(self, idx: Array) -> Counts:
         return Counts(self.word[idx], self.char[idx], self.chars[idx])
 
 
-#: texts longer than this are hashed into character n-grams a piece at a time (see `_char_counts`)
-SEGMENT_CHARS = 512
-
-
-def _segments(text: str) -> list[str]:
-    """`text` cut at spaces into pieces of about SEGMENT_CHARS (a longer run without a space stays whole)."""
-    out: list[str] = []
-    start = 0
-    while len(text) - start > SEGMENT_CHARS:
-        cut = text.rfind(" ", start + 1, start + SEGMENT_CHARS)
-        if cut < 0:
-            cut = text.find(" ", start + SEGMENT_CHARS)
-            if cut < 0:
-                break
-        out.append(text[start:cut])
-        start = cut
-    out.append(text[start:])
-    return out
-
-
-def _char_counts(hc: HashingVectorizer, texts: list[str]) -> sparse.csr_matrix:
-    """Character n-gram counts of texts, with bounded memory for long ones.
-
-    scikit-learn's analyzer builds a Python list of every n-gram of a text before hashing it (about 50
-    bytes per character of text: 200 KB for a 4,000-character question), so long texts are hashed in
-    segments cut at spaces and the segments' counts summed per text. `char_wb` n-grams never cross a
-    space (each word is padded with spaces and cut on its own), so the counts are exactly those of the
-    whole text."""
-    if all(len(t) <= SEGMENT_CHARS for t in texts):
-        return _csr(hc.transform(texts))
-    owner: list[int] = []
-
-    def pieces() -> Iterator[str]:  # a generator: one segment's n-grams exist at a time
-        for i, t in enumerate(texts):
-            for seg in _segments(t) if len(t) > SEGMENT_CHARS else [t]:
-                owner.append(i)
-                yield seg
-
-    per_segment = sparse.csr_matrix(hc.transform(pieces()), dtype=np.float32)
-    # a text's segments are consecutive rows: one row each, then duplicates summed in place (not a
-    # sparse product, whose scratch arrays span all 2**bits columns: megabytes per call)
-    first = np.searchsorted(np.asarray(owner), np.arange(len(texts) + 1))
-    out = sparse.csr_matrix((per_segment.data, per_segment.indices, per_segment.indptr[first]),
-                            shape=(len(texts), per_segment.shape[1]))
-    out.sum_duplicates()
-    return out
+def _lengths(texts: list[str]) -> Array:
+    return np.fromiter(map(len, texts), dtype=np.float32, count=len(texts))
 
 
 def _csr(m: Any) -> sparse.csr_matrix:
@@ -150,14 +221,29 @@ def tfidf(counts: sparse.csr_matrix, idf: Array, copy: bool = True) -> sparse.cs
 
     `copy=False` overwrites `counts` (for a temporary matrix: one copy less of a big one)."""
     out = counts.copy() if copy else counts
-    out.data = (1.0 + np.log(np.maximum(out.data, 1.0))) * idf[out.indices]
-    lengths = np.diff(out.indptr)
-    norms = np.zeros(out.shape[0])
+    out.data = _tfidf_values(out.indptr, out.indices, out.data, idf)
+    return out
+
+
+def _tfidf_values(indptr: Array, indices: Array, data: Array, idf: Array) -> Array:
+    """The TF-IDF values of CSR rows of raw counts (`tfidf`'s arithmetic, on the arrays)."""
+    out = (1.0 + np.log(np.maximum(data, 1.0))) * idf[indices]
+    norms = np.sqrt(_row_sums(indptr, out.astype(np.float64) ** 2))
+    out /= np.repeat(np.where(norms > 0, norms, 1.0), np.diff(indptr)).astype(np.float32)
+    return out
+
+
+def _row_sums(indptr: Array, values: Array) -> Array:
+    """Per CSR row: the sum of its `values` (one per nonzero), in order; 0 for empty rows."""
+    lengths = np.diff(indptr)
+    out = np.zeros(len(lengths), dtype=np.result_type(values.dtype, np.float64))
     nonempty = lengths > 0
-    if out.nnz:
-        starts = np.minimum(out.indptr[:-1], out.nnz - 1)  # reduceat needs in-range starts; empty rows masked
-        norms[nonempty] = np.sqrt(np.add.reduceat(out.data.astype(np.float64) ** 2, starts)[nonempty])
-    out.data /= np.repeat(np.where(norms > 0, norms, 1.0), lengths).astype(np.float32)
+    if len(values):
+        # reduceat over the non-empty rows' starts only, each segment then ending where the next non-empty
+        # row starts: an empty row's start would end its predecessor's segment early (an empty last row
+        # used to cut the row before it short by its last term, so a question's TF-IDF norm depended on the
+        # questions batched after it)
+        out[nonempty] = np.add.reduceat(values, indptr[:-1][nonempty])
     return out
 
 
@@ -170,12 +256,7 @@ def _stacked_t(*blocks: sparse.csr_matrix) -> sparse.csr_matrix:
 
 def _row_sq(m: sparse.csr_matrix) -> Array:
     """Squared length of each row (0 for empty rows)."""
-    out = np.zeros(m.shape[0])
-    nonempty = np.diff(m.indptr) > 0
-    if m.nnz:
-        starts = np.minimum(m.indptr[:-1], m.nnz - 1)
-        out[nonempty] = np.add.reduceat(m.data.astype(np.float64) ** 2, starts)[nonempty]
-    return out
+    return _row_sums(m.indptr, m.data.astype(np.float64) ** 2)
 
 
 def _binary(m: sparse.csr_matrix) -> sparse.csr_matrix:
@@ -184,17 +265,62 @@ def _binary(m: sparse.csr_matrix) -> sparse.csr_matrix:
     return out
 
 
-def _scores(q: sparse.csr_matrix, m_t: sparse.csr_matrix) -> Array:
-    """Dense q @ m_t. One question: gather the posting rows of its terms and take one matrix-vector
-    product (about half the cost of scipy's two-pass sparse product for a single row)."""
-    if q.shape[0] == 1:
-        rows = m_t[q.indices]
-        return np.asarray(rows.T @ q.data, dtype=np.float32)[None, :]
-    return _dense(q @ m_t)
+#: a product gathering more posting entries than this goes to scipy's sparse product, faster there (big FAQs,
+#: big training batches; measured: one question against 10,000 originals 3.3 ms this way, 5.8 ms gathering)
+GATHER_MAX = 2**15
+#: nonzeros of the question rows gathered at once for the nearest-known-text features (~1 MB)
+NEAREST_NNZ = 2**17
+
+
+def _ranges(starts: Array, counts: Array) -> Array:
+    """Concatenated ``arange(s, s + c)`` for each (s, c): the positions of several slices at once."""
+    ends = np.cumsum(counts)
+    return np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(starts - (ends - counts), counts)
+
+
+def _scores(q: Rows, m_t: sparse.csr_matrix) -> Array:
+    """Dense (questions x columns) q @ m_t, m_t a (vocabulary x columns) CSR matrix.
+
+    For a few questions against a small FAQ: gather the posting rows of their terms and add the products
+    up by (question, column) in one bincount: a handful of array operations, where scipy's sparse product
+    builds several sparse objects and makes two passes, which only pays off for big products (GATHER_MAX)."""
+    n_cols = m_t.shape[1]
+    terms = q.indices
+    starts = m_t.indptr[terms].astype(np.int64)
+    counts = m_t.indptr[terms + 1] - starts
+    if int(counts.sum()) > GATHER_MAX:
+        return np.asarray((q.csr(m_t.shape[0]) @ m_t).toarray(), dtype=np.float32)
+    pos = _ranges(starts, counts)
+    weights = m_t.data[pos] * np.repeat(q.data, counts)
+    cols = m_t.indices[pos].astype(np.int64)
+    if q.n_rows > 1:
+        cols += np.repeat(q.row_of_nnz() * n_cols, counts)
+    dense = np.bincount(cols, weights=weights, minlength=q.n_rows * n_cols)
+    return dense.astype(np.float32).reshape(q.n_rows, n_cols)
 
 
 def _dense(m: Any) -> Array:
     return np.asarray(m.toarray(), dtype=np.float32)
+
+
+LinearReranker = tuple[Array, Array, Array, float]
+
+
+def linear_reranker(reranker: Any) -> LinearReranker | None:
+    """(mean, scale, coef, intercept) of a fitted binary logistic regression, alone or after a StandardScaler;
+    None for anything else. Its P(class 1) is then ``expit(((x - mean) / scale) @ coef + intercept)``, what
+    `predict_proba` computes, without its per-call input validation (several times the arithmetic here)."""
+    steps = [s for _, s in reranker.steps] if isinstance(reranker, Pipeline) else [reranker]
+    scaler = steps[0] if len(steps) == 2 and type(steps[0]) is StandardScaler else None
+    clf = steps[-1]
+    if len(steps) != (2 if scaler is not None else 1) or type(clf) is not LogisticRegression \
+            or len(clf.classes_) != 2 or clf.coef_.shape[0] != 1:
+        return None
+    n = clf.coef_.shape[1]
+    # (a scaler fitted with_mean=False still has a mean_: only the flags say what transform() applies)
+    mean = np.asarray(scaler.mean_, dtype=np.float64) if scaler is not None and scaler.with_mean else np.zeros(n)
+    scale = np.asarray(scaler.scale_, dtype=np.float64) if scaler is not None and scaler.with_std else np.ones(n)
+    return mean, scale, np.asarray(clf.coef_[0], dtype=np.float64), float(clf.intercept_[0])
 
 
 class FAQMatcher(BaseEstimator):
@@ -233,6 +359,7 @@ class FAQMatcher(BaseEstimator):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())
         state.pop("_index", None)  # derived at load by prepare(); never saved
+        state.pop("_linear", None)
         # sparse matrices as their plain arrays: skops would save them as compressed .npz, and
         # inflating ~100 MB costs seconds at every load
         for key, value in list(state.items()):
@@ -258,6 +385,7 @@ class FAQMatcher(BaseEstimator):
                           self.known_ptr_, self.orig_word_, self.orig_char_, self.answer_word_, self.bm25_,
                           self.orig_chars_, self.hash_bits)
             self._index = index
+            self._linear = None if self.reranker_ is None else linear_reranker(self.reranker_)
         return index
 
     @property
@@ -275,6 +403,10 @@ class FAQMatcher(BaseEstimator):
         """The reranker's uncalibrated P(right original) per candidate row."""
         if self.reranker_ is None:
             return np.clip(feats[:, FEATURE_NAMES.index("profile_char_cos")], 0.0, 1.0)
+        linear: LinearReranker | None = getattr(self, "_linear", None)
+        if linear is not None:
+            mean, scale, coef, intercept = linear
+            return np.asarray(expit(((feats - mean) / scale) @ coef + intercept), dtype=np.float64)
         return np.asarray(self.reranker_.predict_proba(feats)[:, 1], dtype=np.float64)
 
     def calibrate(self, raw: Array) -> Array:
@@ -286,20 +418,22 @@ class FAQMatcher(BaseEstimator):
         """(original indices, scores), each (len(questions), k), best first."""
         index = self.prepare()
         k = max(1, min(k, index.n))
-        counts = Counts.of(questions, self.hash_bits)
+        hasher = text_hasher(self.hash_bits)
+        word, char, chars = hasher.word(questions), hasher.char(questions), _lengths(questions)
         top = np.zeros((len(questions), k), dtype=np.intp)
         scores = np.zeros((len(questions), k), dtype=np.float64)
         for start in range(0, len(questions), 32):  # bounds the dense (questions x originals) buffers
-            rows = np.arange(start, min(start + 32, len(questions)))
-            cand = index.candidates(counts.rows(rows), self.candidates, min_candidates=k)
+            stop = min(start + 32, len(questions))
+            cand = index.score_rows(word.slice(start, stop), char.slice(start, stop), chars[start:stop],
+                                    self.candidates, min_candidates=k)
             prob = self.calibrate(self.raw_scores(cand.features))
             order = np.lexsort((-prob, cand.query))  # by question, best first
             q, c, p = cand.query[order], cand.original[order], prob[order]
-            starts = np.searchsorted(q, np.arange(len(rows)))
+            starts = np.searchsorted(q, np.arange(stop - start))
             pos = np.arange(len(q)) - starts[q]
             keep = pos < k
-            top[rows[q[keep]], pos[keep]] = c[keep]
-            scores[rows[q[keep]], pos[keep]] = p[keep]
+            top[start + q[keep], pos[keep]] = c[keep]
+            scores[start + q[keep], pos[keep]] = p[keep]
         return top, scores
 
 
@@ -349,10 +483,19 @@ class Index:
         # question's scores against every original for several retrievers at once
         # (the original questions themselves are the first known text of each entry: their cosines come
         # with the nearest-neighbour gathers, for candidates only)
-        self.word_t = _stacked_t(prof_word, answer_word)
-        self.char_t = _stacked_t(prof_char)
+        # When the FAQ is small, the known texts join the products too: a question's dot with every known
+        # text comes with its profile scores, cheaper than gathering its candidates' known rows afterwards
+        # (`_nearest`); that is a second copy of the known matrices, so only when they are small.
+        self.known_in_products = (known_word.shape[0] <= KNOWN_T_MAX_ROWS
+                                  and known_word.nnz + known_char.nnz <= KNOWN_T_MAX_NNZ)
+        known = self.known_in_products
+        self.word_t = _stacked_t(prof_word, answer_word, *([known_word] if known else []))
+        self.char_t = _stacked_t(prof_char, *([known_char] if known else []))
         self._orig_word_t: sparse.csr_matrix | None = None  # evaluation only (the word baseline)
         self.bin_t = _stacked_t(bm25, _binary(bm25))
+        # profile lengths as the cosines divide by them (leave-one-out changes them per question: training)
+        self.prof_word_norm = np.sqrt(np.maximum(self.prof_word_sq, 1e-12), dtype=np.float32)
+        self.prof_char_norm = np.sqrt(np.maximum(self.prof_char_sq, 1e-12), dtype=np.float32)
 
     # ------------------------------------------------------------------ construction from data
     @classmethod
@@ -392,46 +535,56 @@ class Index:
         return ix
 
     # ------------------------------------------------------------------ features
-    def vectors(self, counts: Counts) -> tuple[sparse.csr_matrix, sparse.csr_matrix, sparse.csr_matrix]:
-        """(word TF-IDF, char TF-IDF, IDF-weighted binary words) of question rows."""
-        qw, qc = tfidf(counts.word, self.idf_word), tfidf(counts.char, self.idf_char)
-        qb = _binary(counts.word)
-        qb.data = self.bm25_idf[qb.indices].copy()
-        return qw, qc, qb
+    def vectors(self, word: Rows, char: Rows) -> tuple[Rows, Rows, Rows]:
+        """(word TF-IDF, char TF-IDF, IDF-weighted binary words) of question rows (raw counts)."""
+        qw = word.with_data(_tfidf_values(word.indptr, word.indices, word.data, self.idf_word))
+        qc = char.with_data(_tfidf_values(char.indptr, char.indices, char.data, self.idf_char))
+        return qw, qc, word.with_data(self.bm25_idf[word.indices])
 
     def candidates(self, counts: Counts, per_retriever: int, min_candidates: int = 0,
                    own: Array | None = None, own_row: Array | None = None, exclude: Array | None = None,
                    baselines: bool = False) -> Candidates:
-        """Candidates and features for a batch of questions.
+        """Candidates and features for a batch of questions (see `score_rows`)."""
+        return self.score_rows(Rows.of(counts.word), Rows.of(counts.char), counts.chars, per_retriever,
+                               min_candidates, own, own_row, exclude, baselines)
+
+    def score_rows(self, word: Rows, char: Rows, lengths: Array, per_retriever: int, min_candidates: int = 0,
+                   own: Array | None = None, own_row: Array | None = None, exclude: Array | None = None,
+                   baselines: bool = False) -> Candidates:
+        """Candidates and features for a batch of questions, given their raw word and character counts and
+        their lengths in characters.
 
         `own[i]`: the original of question i to always include (training: the positive), -1 for none;
         `own_row[i]`: its row among the known texts, left out of profile and nearest-neighbour features
         (leave-one-out), -1 for none; `exclude[i]`: an original to act as if absent (-1: none).
         """
-        b = counts.word.shape[0]
-        qw, qc, qb = self.vectors(counts)
+        b = word.n_rows
+        qw, qc, qb = self.vectors(word, char)
         n = self.n
         words, chars, bins = _scores(qw, self.word_t), _scores(qc, self.char_t), _scores(qb, self.bin_t)
-        pw_dot, aw = words[:, :n], words[:, n:]
-        pc_dot = chars
+        pw_dot, aw = words[:, :n], words[:, n:2 * n]
+        pc_dot = chars[:, :n]
+        known_dots = (words[:, 2 * n:], chars[:, n:]) if self.known_in_products else None
         bm = bins[:, :n]
-        q_idf = np.asarray(qb.sum(axis=1)).ravel()
+        q_idf = _row_sums(qb.indptr, qb.data.astype(np.float64))
         ov = bins[:, n:] / np.maximum(q_idf, 1e-9)[:, None]
-        pw_sq: Array = np.maximum(self.prof_word_sq, 1e-12)  # broadcast over questions
-        pc_sq: Array = np.maximum(self.prof_char_sq, 1e-12)
+        pw_norm, pc_norm = self.prof_word_norm, self.prof_char_norm  # broadcast over questions
         if own_row is not None and own is not None:
-            pw_sq, pc_sq = np.broadcast_to(pw_sq, (b, self.n)).copy(), np.broadcast_to(pc_sq, (b, self.n)).copy()
+            pw_sq = np.broadcast_to(np.maximum(self.prof_word_sq, 1e-12), (b, self.n)).copy()
+            pc_sq = np.broadcast_to(np.maximum(self.prof_char_sq, 1e-12), (b, self.n)).copy()
             # leave-one-out: the question is one of the unit vectors summed in its own original's profile
             r = np.nonzero(own_row >= 0)[0]
             o = own[r]
-            qw_sq = np.asarray(qw[r].multiply(qw[r]).sum(axis=1)).ravel()
-            qc_sq = np.asarray(qc[r].multiply(qc[r]).sum(axis=1)).ravel()
+            qw_sq = _row_sums(qw.indptr, qw.data.astype(np.float64) ** 2)[r]
+            qc_sq = _row_sums(qc.indptr, qc.data.astype(np.float64) ** 2)[r]
             pw_sq[r, o] += qw_sq - 2 * pw_dot[r, o]
             pc_sq[r, o] += qc_sq - 2 * pc_dot[r, o]
             pw_dot[r, o] -= qw_sq
             pc_dot[r, o] -= qc_sq
-        pw = pw_dot / np.sqrt(np.maximum(pw_sq, 1e-12), dtype=np.float32)
-        pc = pc_dot / np.sqrt(np.maximum(pc_sq, 1e-12), dtype=np.float32)
+            pw_norm = np.sqrt(np.maximum(pw_sq, 1e-12), dtype=np.float32)
+            pc_norm = np.sqrt(np.maximum(pc_sq, 1e-12), dtype=np.float32)
+        pw = pw_dot / pw_norm
+        pc = pc_dot / pc_norm
         out = Candidates(np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros((0, N_FEATURES)))
         if baselines:
             if self._orig_word_t is None:
@@ -462,7 +615,7 @@ class Index:
         for name, m in (("profile_word_cos", pw),
                         ("profile_char_cos", pc), ("answer_word_cos", aw), ("bm25", bm), ("idf_overlap", ov)):
             f[:, col[name]] = m[qi, ci]
-        (nnw, ow), (nnc, oc) = self._nearest(qw, qc, qi, ci, own_row)
+        (nnw, ow), (nnc, oc) = self._nearest(qw, qc, qi, ci, own_row, known_dots)
         f[:, col["nn_word_cos"]], f[:, col["nn_char_cos"]] = nnw, nnc
         f[:, col["orig_word_cos"]], f[:, col["orig_char_cos"]] = ow, oc
         f[:, col["profile_char_gap"]] = f[:, col["profile_char_cos"]] - pc.max(axis=1)[qi]
@@ -474,34 +627,49 @@ class Index:
         for name, fcol in (("rank_profile_char", "profile_char_cos"), ("rank_profile_word", "profile_word_cos"),
                            ("rank_bm25", "bm25")):
             f[:, col[name]] = np.log1p(_rank_within(qi, f[:, col[fcol]], b))
-        f[:, col["log_question_chars"]] = np.log1p(counts.chars[qi])
-        f[:, col["log_length_ratio"]] = np.log1p(counts.chars[qi]) - np.log1p(self.orig_chars[ci])
+        f[:, col["log_question_chars"]] = np.log1p(lengths[qi])
+        f[:, col["log_length_ratio"]] = np.log1p(lengths[qi]) - np.log1p(self.orig_chars[ci])
         out.query, out.original, out.features = qi, ci, np.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0)
         return out
 
-    def _nearest(self, qw: sparse.csr_matrix, qc: sparse.csr_matrix, qi: Array, ci: Array,
-                 own_row: Array | None) -> list[tuple[Array, Array]]:
+    def _nearest(self, qw: Rows, qc: Rows, qi: Array, ci: Array, own_row: Array | None,
+                 known_dots: tuple[Array, Array] | None = None) -> list[tuple[Array, Array]]:
         """Per space (word, char): each pair's best cosine to any single known text of its candidate, and
-        its cosine to the candidate's original question (the first known text of every entry)."""
+        its cosine to the candidate's original question (the first known text of every entry).
+
+        `known_dots`: the questions' dots with every known text (word, char), when the products gave them."""
         starts, ends = self.known_ptr[ci], self.known_ptr[ci + 1]
         counts = ends - starts
-        pair = np.repeat(np.arange(len(ci)), counts)
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        krow = np.arange(int(counts.sum())) - np.repeat(offsets, counts) + np.repeat(starts, counts)
+        krow = _ranges(starts, counts)
+        kq = qi[np.repeat(np.arange(len(ci)), counts)]  # the question of each (pair, known text)
         out = []
-        for q, known in ((qw, self.known_word), (qc, self.known_char)):
-            dots = np.zeros(len(krow))
-            # each pair gathers a copy of its question's row: bound the copies' nonzeros (long questions)
-            step = max(1, min(200_000, NEAREST_NNZ // max(1, int(np.diff(q.indptr).max(initial=0)))))
-            for s in range(0, len(krow), step):
-                sl = slice(s, s + step)
-                dots[sl] = np.asarray(q[qi[pair[sl]]].multiply(known[krow[sl]]).sum(axis=1)).ravel()
+        for space, (q, known) in enumerate(((qw, self.known_word), (qc, self.known_char))):
+            if known_dots is not None:
+                dots = known_dots[space][kq, krow].astype(np.float64)
+            else:
+                dots = _sparse_dots(q, kq, known, krow)
             original = dots[offsets].copy() if len(dots) else np.zeros(0)
             if own_row is not None:
-                dots[krow == own_row[qi[pair]]] = -1.0
+                dots[krow == own_row[kq]] = -1.0
             best = np.maximum.reduceat(dots, offsets) if len(dots) else np.zeros(0)
             out.append((np.maximum(best, 0.0), original))
         return out
+
+
+def _sparse_dots(q: Rows, qrow: Array, known: sparse.csr_matrix, krow: Array) -> Array:
+    """``q[qrow[i]] . known[krow[i]]`` for every i: scipy's element-wise product of the gathered rows (its
+    sorted merge beats a vectorised lookup on the big batches of training), a slice of pairs at a time
+    so the copies of the question rows stay about NEAREST_NNZ nonzeros (long questions)."""
+    out = np.zeros(len(krow))
+    if not len(krow):
+        return out
+    qm = q.csr(known.shape[1])
+    step = max(1, min(200_000, NEAREST_NNZ // max(1, int(np.diff(q.indptr).max(initial=0)))))
+    for s in range(0, len(krow), step):
+        sl = slice(s, s + step)
+        out[sl] = np.asarray(qm[qrow[sl]].multiply(known[krow[sl]]).sum(axis=1)).ravel()
+    return out
 
 
 def perm_inverse(perm: Array) -> Array:
@@ -519,6 +687,10 @@ def _top(scores: Array, k: int) -> Array:
 
 def _rank_within(qi: Array, values: Array, b: int) -> Array:
     """0-based rank of each row's value among the rows of the same question (higher is better)."""
+    if b == 1:  # one question: the same stable order without the question key
+        ranks = np.empty(len(qi), dtype=np.float64)
+        ranks[np.argsort(-values, kind="stable")] = np.arange(len(qi))
+        return ranks
     order = np.lexsort((-values, qi))
     starts = np.searchsorted(qi[order], np.arange(b))
     ranks = np.empty(len(qi), dtype=np.float64)

@@ -296,23 +296,31 @@ def test_a_model_and_faq_file_that_do_not_belong_together_are_refused(tmp_path: 
         load_scorer(settings(d))
 
 
-def test_long_texts_are_hashed_in_segments_with_exactly_the_whole_texts_counts() -> None:
-    """Long questions are hashed a segment at a time (bounded memory); the counts must be those of the
-    whole text, whatever the spacing, case and accents (a word is never cut)."""
+def test_texts_are_hashed_exactly_as_scikit_learns_hashing_vectorizers() -> None:
+    """The scoring path hashes with its own loop (sklearn's preprocessing + murmurhash3, character n-grams per
+    distinct word, cached): the counts must be exactly those of HashingVectorizer on the whole texts, whatever
+    the spacing, case, accents and compatibility characters (ᴬ, ﬁ, Ⅻ: lowercased before their accents are
+    stripped, as scikit-learn does), for long texts too, with the word cache cold, warm or too small."""
     import random
 
-    from scoring_runtime.flavours.faq_pipeline import SEGMENT_CHARS, _char_counts, _segments, hashers
+    from scoring_runtime.flavours.faq_pipeline import TextHasher, hashers
 
     rng = random.Random(5)
-    alphabet = "abcdefgh ÀÉΣσς\u0301  \t\nİ.,-"
-    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 6 * SEGMENT_CHARS))) for _ in range(20)]
-    texts += ["x" * (3 * SEGMENT_CHARS), "ab " * SEGMENT_CHARS, " ", "ΑΣ ΑΣ " * SEGMENT_CHARS, "short one"]
-    assert all("".join(_segments(t)) == t for t in texts)
-    assert max(len(s) for s in _segments("ab " * SEGMENT_CHARS)) <= SEGMENT_CHARS
-    _, hc = hashers(18)
-    whole = hc.transform(texts).tocsr()
-    whole.sort_indices()
-    pieces = _char_counts(hc, texts)
-    assert pieces.shape == whole.shape and pieces.has_canonical_format
-    assert np.array_equal(pieces.indptr, whole.indptr) and np.array_equal(pieces.indices, whole.indices)
-    assert np.array_equal(pieces.data, whole.data.astype(np.float32))
+    alphabet = "abcdefgh ÀÉΣσς\u0301  \t\nİ.,-'ßᴬﬁⅫ\u00a0\u2003\x1c\U0001f600"
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 3000))) for _ in range(20)]
+    texts += ["x" * 1500, "ab " * 500, " ", "ΑΣ ΑΣ " * 500, "short one", "?!", "", "a", "ab", "abc", "abcd",
+              "How can I set a new login password if I forgot the old one?"]
+    for bits in (18, 20):
+        hw, hc = hashers(bits)
+        for mine in (TextHasher(bits), TextHasher(bits, cache_words=4)):
+            for _ in range(2):  # cold, then warm cache
+                for ours, theirs in ((mine.word(texts), hw.transform(texts)), (mine.char(texts), hc.transform(texts))):
+                    whole = theirs.tocsr()
+                    whole.sort_indices()
+                    assert np.array_equal(ours.indptr, whole.indptr)
+                    assert np.array_equal(ours.indices, whole.indices)
+                    assert np.array_equal(ours.data, whole.data.astype(np.float32))
+        # one text at a time gives the same row as in a batch
+        one, batch = mine.char(texts[-1:]), mine.char(texts).slice(len(texts) - 1, len(texts))
+        assert np.array_equal(one.indices, batch.indices) and np.array_equal(one.data, batch.data)
+    assert TextHasher().char([]).n_rows == 0 and TextHasher().word([]).n_rows == 0
