@@ -318,7 +318,6 @@ class AdaptiveBatcher(Generic[J, R]):
             self._hold_until, self._expect_returns = 0.0, False
             batch = self._take()
             if batch:
-                self._peak = max(self._peak, sum(i.rows for i in batch))
                 await self._run(batch, loop)
 
     def _take(self) -> list[_Queued[J, R]]:
@@ -340,8 +339,9 @@ class AdaptiveBatcher(Generic[J, R]):
     async def _run(self, batch: list[_Queued[J, R]], loop: asyncio.AbstractEventLoop) -> None:
         assert self._executor is not None
         started = loop.time()
+        rows = sum(i.rows for i in batch)
         if self._metrics:
-            self._metrics.batch_rows.observe(sum(i.rows for i in batch))
+            self._metrics.batch_rows.observe(rows)
             self._metrics.batch_requests.observe(len(batch))
             for i in batch:
                 self._metrics.queue_wait.observe(started - i.enqueued)
@@ -376,7 +376,7 @@ class AdaptiveBatcher(Generic[J, R]):
         finally:
             self._running = False
             self._last_event = loop.time()
-            self._batch_done(batch, time.perf_counter() - t0, self._last_event)
+            self._batch_done(rows, time.perf_counter() - t0, self._last_event)
         elapsed = time.perf_counter() - t0
         if self._metrics:
             self._metrics.batch_seconds.observe(elapsed)
@@ -384,7 +384,7 @@ class AdaptiveBatcher(Generic[J, R]):
         for i, r in zip(batch, results, strict=True):
             self._succeed(i, r)
 
-    def _batch_done(self, batch: list[_Queued[J, R]], elapsed: float, now: float) -> None:
+    def _batch_done(self, rows: int, elapsed: float, now: float) -> None:
         """After a model call: how the next batch is filled.
 
         Closed-loop clients (each sends its next request when it has its answer) come back a network
@@ -403,7 +403,6 @@ class AdaptiveBatcher(Generic[J, R]):
         clients start coming back.
         """
         cfg = self.config
-        rows = sum(i.rows for i in batch)
         if self._window_rows:
             share = min(1.0, self._returned / self._window_rows)
             self._return_share = 0.5 * self._return_share + 0.5 * share
