@@ -289,7 +289,7 @@ def _scores(q: Rows, m_t: sparse.csr_matrix) -> Array:
     starts = m_t.indptr[terms].astype(np.int64)
     counts = m_t.indptr[terms + 1] - starts
     if int(counts.sum()) > GATHER_MAX:
-        return np.asarray((q.csr(m_t.shape[0]) @ m_t).toarray(), dtype=np.float32)
+        return _dense(q.csr(m_t.shape[0]) @ m_t)
     pos = _ranges(starts, counts)
     weights = m_t.data[pos] * np.repeat(q.data, counts)
     cols = m_t.indices[pos].astype(np.int64)
