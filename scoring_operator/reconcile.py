@@ -412,7 +412,7 @@ class Reconciler:
         every poll interval while it stays stuck; the answer is kept between.
         """
         if (resolved is None or rollout is None or rollout.state not in ("Progressing", "Stalled")
-                or _new_pods_available(dep)):
+                or rollout.new_pods_available):
             state.pods_check_due, state.pod_error, state.rollout_counts = None, None, None
             return None
         now = time.monotonic()
@@ -681,18 +681,6 @@ def _replica_counts(dep: Mapping[str, Any] | None) -> tuple[int, ...]:
     status = (dep or {}).get("status") or {}
     return tuple(int(status.get(k) or 0) for k in ("observedGeneration", "replicas", "updatedReplicas",
                                                    "readyReplicas", "availableReplicas"))
-
-
-def _new_pods_available(dep: Mapping[str, Any] | None) -> bool:
-    """Whether the Deployment controller has made every pod of the current spec and all its pods are available."""
-    if not _has_new_pods(dep):
-        return False
-    assert dep is not None
-    status = dep.get("status") or {}
-    want = (dep.get("spec") or {}).get("replicas")
-    want = 1 if want is None else int(want)
-    updated, replicas = int(status.get("updatedReplicas") or 0), int(status.get("replicas") or 0)
-    return updated >= want and int(status.get("availableReplicas") or 0) >= replicas
 
 
 def _progress_only(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:

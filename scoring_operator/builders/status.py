@@ -30,6 +30,9 @@ class Rollout:
     replicas: int = 0
     ready_replicas: int = 0
     message: str = ""
+    #: The controller has made every pod of the current spec and all pods are available: what is
+    #: left (old pods going away) is no failure of the new version (`Reconciler._pod_error`).
+    new_pods_available: bool = False
 
 
 def evaluate_rollout(dep: Mapping[str, Any] | None) -> Rollout:
@@ -47,10 +50,14 @@ def evaluate_rollout(dep: Mapping[str, Any] | None) -> Rollout:
     conds = {c.get("type"): c for c in st.get("conditions") or []}
     progressing = conds.get("Progressing") or {}
 
-    def r(state: RolloutState, message: str) -> Rollout:
-        return Rollout(state, replicas=replicas, ready_replicas=ready, message=message)
+    seen = int(st.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
+    new_available = seen and updated > 0 and updated >= want and available >= replicas
 
-    if int(st.get("observedGeneration") or 0) < int(meta.get("generation") or 0):
+    def r(state: RolloutState, message: str) -> Rollout:
+        return Rollout(state, replicas=replicas, ready_replicas=ready, message=message,
+                       new_pods_available=new_available)
+
+    if not seen:
         return r("Progressing", "waiting for the Deployment controller to see the new spec")
     if progressing.get("reason") == "ProgressDeadlineExceeded":
         return r("Stalled", f"rollout exceeded its progress deadline: {progressing.get('message', '')}".strip())
