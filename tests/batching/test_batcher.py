@@ -57,8 +57,8 @@ def job(rows: int, base: int = 0, **params: Any) -> Job:
     return Job(rows=rows, data=np.arange(base, base + rows, dtype=np.int64), params=params)
 
 
-async def started(model: RowModel, **cfg: Any) -> AdaptiveBatcher[Job, Any]:
-    b: AdaptiveBatcher[Job, Any] = AdaptiveBatcher(model.predict, BatchingConfig(**cfg))
+async def started(model: RowModel, metrics: BatchingMetrics | None = None, **cfg: Any) -> AdaptiveBatcher[Job, Any]:
+    b: AdaptiveBatcher[Job, Any] = AdaptiveBatcher(model.predict, BatchingConfig(**cfg), metrics)
     await b.start()
     return b
 
@@ -359,10 +359,8 @@ async def test_cancelled_request_leaves_the_queue() -> None:
 async def test_metrics_record_rows_queue_wait_and_depth() -> None:
     reg = CollectorRegistry()
     model = RowModel()
-    b: AdaptiveBatcher[Job, Any] = AdaptiveBatcher(
-        model.predict, BatchingConfig(8, 0.02, 64), BatchingMetrics(registry=reg, prefix="t")
-    )
-    await b.start()
+    b = await started(model, BatchingMetrics(registry=reg, prefix="t"), max_batch_rows=8, max_delay_s=0.02,
+                      max_queue_rows=64)
     await asyncio.gather(b.submit(job(3)), b.submit(job(5)))
     await b.stop()
     assert reg.get_sample_value("t_batch_rows_sum") == 8
@@ -375,10 +373,8 @@ async def test_metrics_record_rows_queue_wait_and_depth() -> None:
 async def test_metrics_record_the_model_time_apart_from_the_queue() -> None:
     reg = CollectorRegistry()
     model = RowModel(delay_s=0.03)
-    b: AdaptiveBatcher[Job, Any] = AdaptiveBatcher(
-        model.predict, BatchingConfig(1, 0.0, 64), BatchingMetrics(registry=reg, prefix="t")
-    )
-    await b.start()
+    b = await started(model, BatchingMetrics(registry=reg, prefix="t"), max_batch_rows=1, max_delay_s=0.0,
+                      max_queue_rows=64)
     # two one-row batches back to back: the second waits ~30 ms in the queue, but each model call takes ~30 ms
     await asyncio.gather(b.submit(job(1)), b.submit(job(1)))
     await b.stop()

@@ -15,7 +15,7 @@ import pytest
 from scoring_operator import reconcile
 from scoring_operator.builders.meta import Owner, owner_reference
 from scoring_operator.config import OperatorConfig
-from scoring_operator.reconcile import POD_CHECK_AFTER, PROGRESS_EVERY
+from scoring_operator.reconcile import POD_CHECK_AFTER, PROGRESS_EVERY, Reconciler
 from tests.operator.test_operator_fetch_failure import crashing
 from tests.operator.test_operator_review_fixes import FakeKube, _body, _reconciler
 
@@ -97,15 +97,23 @@ async def test_progress_is_written_at_most_every_few_seconds_but_transitions_at_
     assert rec.next_delay(owner.key, 60) == 60
 
 
-async def test_pods_are_listed_only_for_a_rollout_that_takes_a_while_and_the_answer_is_kept(
-    owner: Owner, config: OperatorConfig, clock: Clock
-) -> None:
+async def _rolling_out_with_a_crashing_pod(
+    owner: Owner, config: OperatorConfig
+) -> tuple[CountingKube, Reconciler, dict[str, Any]]:
+    """A ScoringModel (pollInterval 60) reconciled once, whose new pod fails to fetch its model."""
     kube = CountingKube()
     kube.pods = [crashing("faq-new", 1)]
     rec = _reconciler(kube, config)
     body = _body(owner, replicas=1)
     body["spec"]["model"]["pollInterval"] = 60
     await rec.reconcile(body)
+    return kube, rec, body
+
+
+async def test_pods_are_listed_only_for_a_rollout_that_takes_a_while_and_the_answer_is_kept(
+    owner: Owner, config: OperatorConfig, clock: Clock
+) -> None:
+    kube, rec, body = await _rolling_out_with_a_crashing_pod(owner, config)
     # The Deployment controller has not seen the new spec yet (updatedReplicas is the old rollout's).
     kube.objects["Deployment"] = deployment(owner, generation=2, observed=1, updated=1)
     clock.now += POD_CHECK_AFTER + 1
@@ -158,12 +166,7 @@ async def test_a_slow_but_progressing_rollout_lists_no_pods_a_stuck_one_does(
 ) -> None:
     """In a mass rollout every step waits on a saturated control plane: each step is progress, so no
     list; one that stops with its new pod not available is looked at after POD_CHECK_AFTER."""
-    kube = CountingKube()
-    kube.pods = [crashing("faq-new", 1)]
-    rec = _reconciler(kube, config)
-    body = _body(owner, replicas=1)
-    body["spec"]["model"]["pollInterval"] = 60
-    await rec.reconcile(body)
+    kube, rec, body = await _rolling_out_with_a_crashing_pod(owner, config)
     steps = [dict(observed=0), dict(replicas=2, updated=1, available=1), dict(replicas=2, updated=1, available=2)]
     for step in steps:  # each step comes just before the previous one would have been looked at
         kube.objects["Deployment"] = deployment(owner, **step)
