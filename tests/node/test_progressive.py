@@ -309,8 +309,13 @@ def test_healthy_canary_is_promoted_through_its_steps(env: Env) -> None:
 def test_shadow_runs_beside_stable_and_is_configured_without_restarting_stable_pods(env: Env) -> None:
     """The operator half of shadow traffic, on real pods: NAME-shadow Deployment + Service (never behind the
     main Service), the ConfigMap the stable pods read (the file changes inside the running pods), abort."""
+    # This test is about the objects and the abort, not the verdict: the analysis runs (the test waits for
+    # one) but with room, since a single-pod shadow on this node's 2 busy cores can have a p99 1.5x the
+    # stable one's by chance (seen once in CI: RolledBack where Progressing was expected). The verdicts
+    # themselves are tested by the canary tests above and tests/operator/test_operator_progressive.py.
     rollout = {"strategy": "Shadow", "shadow": {"percent": 40, "durationSeconds": 3600},
-               "analysis": {"intervalSeconds": 5, "minRequests": 20}}
+               "analysis": {"intervalSeconds": 5, "minRequests": 20, "maxP99LatencyRatio": 1000,
+                            "failureLimit": 100}}
     apply(env, model("shadowed", env.ns, 1, replicas=2, rollout=rollout))
     wait_for("shadowed Ready on version 1", lambda: ready(env, "shadowed", 1, 2), timeout=300, interval=1)
     stable_pods = {p["metadata"]["uid"] for p in ready_pods(env, "shadowed")}
