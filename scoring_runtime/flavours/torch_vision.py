@@ -291,11 +291,11 @@ class ImageClassifier(Scorer):
 
     def warmup(self) -> None:
         """A full batch, then a single image: allocators, cuDNN autotuning and caches are ready. On a CPU
-        every batch size up to 8 the batcher may form: oneDNN builds its kernels per input shape, the first
-        time a shape comes, which a request would otherwise pay for."""
+        also every batch size up to 8 (and the maximum): oneDNN builds its kernels per input shape, the
+        first time a shape comes, which a request would otherwise pay for."""
         default = self.batching_defaults()
         size = max(1, int(self.settings.max_batch_size or (default.max_batch_size if default else 1)))
-        sizes = sorted({size, 1, *(range(2, min(size, 8)) if self.device.type == "cpu" else ())}, reverse=True)
+        sizes = sorted({size, 1, *(range(2, min(size, 8) + 1) if self.device.type == "cpu" else ())}, reverse=True)
         for n in sizes:
             t0 = time.perf_counter()
             self.infer(np.zeros((n, *self.pre.shape), dtype=np.float32), self.default_top_k)

@@ -154,3 +154,9 @@ def test_cpu_batches_by_default_and_warms_every_batch_size_it_may_form(
     monkeypatch.setattr(off, "infer", lambda pixels, k: seen.append(len(pixels)))
     off.warmup()
     assert seen == [1]
+    # a large batch: every size up to 8 (the ones a light load forms), and the maximum
+    seen.clear()
+    big = load_scorer(RuntimeSettings(model_dir=make_model_dir(), max_batch_size=12))
+    monkeypatch.setattr(big, "infer", lambda pixels, k: seen.append(len(pixels)))
+    big.warmup()
+    assert sorted(seen) == [*range(1, 9), 12]
