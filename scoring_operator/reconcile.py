@@ -319,6 +319,8 @@ class Reconciler:
         except KubeError as e:
             metrics.KUBE_ERRORS.labels(e.reason).inc()
             apply_error = apply_error or Failure(e.reason, str(e), e.retryable)
+        if not state.queued:  # it no longer waits (rolled, or wants no new version any more)
+            self.slots.withdraw(owner.key)
         pod_error = await self._pod_error(owner, state, rollout, resolved, dep, spec.model.poll_interval)
         exposed = any(kind in applied for kind in _EXPOSURE_KINDS)
         obs = Observation(
@@ -545,8 +547,6 @@ class Reconciler:
                             state.queued = True  # applied when a slot is free (the releaser wakes it)
                             continue
                         state.rolling_to = _version(obj)
-                    else:
-                        self.slots.withdraw(owner.key)
                     await self._hand_replicas_to_hpa(owner, state, spec, live)
                 state.applied.pop(key, None)
                 try:

@@ -247,3 +247,22 @@ async def test_new_models_are_not_held_back(config: OperatorConfig) -> None:
     for o in owners:
         await rec.reconcile(body(o, {}))
     assert kube.applied_deployments() == ["m0", "m1", "m2"] and rec.slots.running == 0
+
+
+async def test_a_waiting_model_that_no_longer_wants_a_new_version_leaves_the_line(config: OperatorConfig) -> None:
+    """The label moves to 2 and back to 1 before m1's turn: m1 must not keep a place that blocks m2."""
+    owners = [Owner(name=f"m{i}", namespace="ml", uid=f"uid-{i}") for i in range(3)]
+    kube = ManyKube(owners, version=1)
+    resolver = LabelResolver(version=1)
+    rec = Reconciler(config.with_overrides(max_concurrent_rollouts=1), cast(Any, kube), cast(Any, resolver),
+                     lambda *a: None)
+    for o in owners:
+        await rec.reconcile(body(o, kube.statuses[o.name]))
+    resolver.version = 2
+    for o in owners:
+        await rec.reconcile(body(o, kube.statuses[o.name]))
+    assert kube.applied_deployments()[-1:] == ["m0"] and rec.slots.position(("ml", "m2")) == 2
+    resolver.version = 1  # m1 no longer wants version 2 (m2 is not reconciled yet: it still wants it)
+    await rec.reconcile(body(owners[1], kube.statuses["m1"]))
+    assert not rec.slots.queued(("ml", "m1")) and kube.statuses["m1"]["phase"] == "Ready"
+    assert rec.slots.position(("ml", "m2")) == 1
