@@ -141,6 +141,8 @@ class Reconciler:
         self._running = asyncio.Semaphore(config.max_concurrent_reconciles)
         #: Rollouts of a new model version running at once, cluster-wide (0: no cap).
         self.slots = RolloutSlots(config.max_concurrent_rollouts, ROLLOUT_STALL)
+        metrics.ROLLOUT_SLOTS.labels("running").set_function(lambda: self.slots.running)
+        metrics.ROLLOUT_SLOTS.labels("queued").set_function(lambda: self.slots.waiting)
         #: Who asks which registry question (woken together when its answer changes), and who is
         #: waiting for an answer right now (it gets the new answer anyway: not woken).
         self._askers: dict[Question, set[tuple[str, str]]] = {}

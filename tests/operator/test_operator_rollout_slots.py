@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import pytest
 
+from scoring_operator import metrics
 from scoring_operator import spec as api
 from scoring_operator.builders.meta import ANNOTATION_MODEL_VERSION, Owner, owner_reference
 from scoring_operator.builders.status import Resolved
@@ -183,6 +184,8 @@ async def test_a_label_move_rolls_at_most_the_cap_at_once_and_the_rest_say_they_
         assert conditions(st)["Deployed"] == ("False", "RolloutQueued")
         assert "MAX_CONCURRENT_ROLLOUTS" in {c["type"]: c for c in st["conditions"]}["Ready"]["message"]
     assert not any(etype == "Warning" for _, etype, _ in events)  # waiting is no failure
+    assert metrics.REGISTRY.get_sample_value("scoring_operator_rollout_slots", {"state": "running"}) == 1
+    assert metrics.REGISTRY.get_sample_value("scoring_operator_rollout_slots", {"state": "queued"}) == 2
     assert rec.next_delay(("ml", "m1"), 600) == pytest.approx(ROLLOUT_STALL)  # looks again if m0 stalls
 
     # m0's Deployment controller makes progress: m0 keeps its slot, nobody is woken
