@@ -5,6 +5,8 @@ new model version at once, the next started when one ends (or stalls), the waiti
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
@@ -16,6 +18,9 @@ from scoring_operator.builders.status import Resolved
 from scoring_operator.config import ConfigError, OperatorConfig
 from scoring_operator.reconcile import ROLLOUT_STALL, Reconciler
 from scoring_operator.rollouts import RolloutSlots
+from tests.kube.controlplane import KubeCluster
+from tests.operator.conftest import delete_scoring_models
+from tests.operator.kubehelpers import Operator, apply, chart_operator, condition, scoring_model, wait_for
 from tests.operator.test_operator_review_fixes import FakeKube
 
 
@@ -269,3 +274,57 @@ async def test_a_waiting_model_that_no_longer_wants_a_new_version_leaves_the_lin
     await rec.reconcile(body(owners[1], kube.statuses["m1"]))
     assert not rec.slots.queued(("ml", "m1")) and kube.statuses["m1"]["phase"] == "Ready"
     assert rec.slots.position(("ml", "m2")) == 1
+
+
+# ------------------------------------------------------------------------------ on the real control plane
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    """The operator with a cap of one rollout at a time (this module's `ns` fixture uses it)."""
+    with chart_operator(cluster, tmp_path_factory.mktemp("operator"),
+                        settings={"SCORING_OPERATOR_MAX_CONCURRENT_ROLLOUTS": "1"}) as op:
+        try:
+            yield op
+        finally:
+            delete_scoring_models(cluster)
+
+
+def _slots(op: Operator) -> tuple[float, float]:
+    found = dict(re.findall(r'^scoring_operator_rollout_slots\{state="(\w+)"\} (\S+)$', op.metrics(), re.M))
+    return float(found.get("running", 0)), float(found.get("queued", 0))
+
+
+@pytest.mark.cluster
+def test_a_label_move_with_a_cap_of_one_rolls_the_models_one_after_another(
+    cluster: KubeCluster, ns: str, operator: Operator
+) -> None:
+    names = [f"capped-{i}" for i in range(3)]
+    assert operator.register("capped") == 1
+    apply(cluster, *(scoring_model(n, ns, {"name": "capped", "label": "latest"}, replicas=1) for n in names))
+
+    def on(version: int) -> bool:
+        items = cluster.kubectl_json("get", "scoringmodels", "-n", ns)["items"]
+        return len(items) == 3 and all((i.get("status") or {}).get("phase") == "Ready"
+                                       and i["status"]["model"]["version"] == version for i in items)
+
+    wait_for("all Ready on version 1", lambda: on(1), operator=operator)
+    assert _slots(operator) == (0, 0)  # creating models takes no slot
+
+    assert operator.register("capped") == 2  # the label moves
+    seen: set[tuple[float, float]] = set()
+    reasons: set[str] = set()
+
+    def rolled() -> bool:
+        seen.add(_slots(operator))
+        for item in cluster.kubectl_json("get", "scoringmodels", "-n", ns)["items"]:
+            reasons.add(condition(item, "Ready").get("reason", ""))
+        return on(2)
+
+    wait_for("all Ready on version 2", rolled, interval=0.1, timeout=120, operator=operator)
+    assert max(running for running, _ in seen) == 1, seen  # never two at once
+    assert max(queued for _, queued in seen) >= 1, seen  # the others waited...
+    assert "RolloutQueued" in reasons, reasons  # ...and said so
+    assert _slots(operator) == (0, 0)
+    warnings = cluster.kubectl_json("get", "events", "-n", ns, "--field-selector", "type=Warning")["items"]
+    assert not [e for e in warnings if e["involvedObject"]["kind"] == "ScoringModel"]
