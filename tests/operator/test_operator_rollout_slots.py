@@ -328,3 +328,60 @@ def test_a_label_move_with_a_cap_of_one_rolls_the_models_one_after_another(
     assert _slots(operator) == (0, 0)
     warnings = cluster.kubectl_json("get", "events", "-n", ns, "--field-selector", "type=Warning")["items"]
     assert not [e for e in warnings if e["involvedObject"]["kind"] == "ScoringModel"]
+
+
+async def test_a_waiter_woken_for_a_free_slot_reconciles_without_the_wake_debounce() -> None:
+    """The poller waits WAKE_DEBOUNCE after a wake-up to coalesce a Deployment's burst of events; a model
+    waiting for a rollout slot has none, and with a small cap that wait would idle every slot it is handed."""
+    import asyncio
+    import time
+    import types
+
+    import kopf
+    from kopf._cogs.aiokits import aioenums
+
+    from scoring_operator import handlers
+    from scoring_operator.cache import ModelState
+
+    key = ("ml", "m0")
+    setter: Any = aioenums.FlagSetter()
+    woken: list[float] = []
+
+    class Rec:
+        slots = RolloutSlots(1, 60)
+        model = ModelState(uid="u")
+
+        def state(self, _key: Any) -> ModelState:
+            return self.model
+
+        def next_delay(self, _key: Any, _interval: float) -> float:
+            return 600
+
+        async def reconcile(self, _body: Any, trigger: str) -> None:
+            woken.append(time.monotonic())
+
+        def forget(self, _key: Any) -> None:
+            pass
+
+    rec = Rec()
+    assert rec.slots.acquire(("ml", "other")) and not rec.slots.acquire(key)  # m0 waits for a slot
+    raw = {"metadata": {"name": "m0", "namespace": "ml"}, "spec": {"model": {"pollInterval": 600}}}
+    task = asyncio.ensure_future(handlers.poll(body=kopf.Body(cast(Any, raw)), memo=cast(Any, types.SimpleNamespace(
+        reconciler=rec)), stopped=cast(Any, aioenums.AsyncFlagWaiter(setter))))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    rec.model.wake.set()
+    while not woken and not task.done():
+        await asyncio.sleep(0.01)
+    if task.done():
+        task.result()  # the poller failed: say why
+    assert woken[0] - started < handlers.WAKE_DEBOUNCE / 2
+    rec.slots.withdraw(key)  # no longer waiting: a wake-up is debounced again
+    started = time.monotonic()
+    rec.model.wake.set()
+    while len(woken) < 2 and not task.done():
+        await asyncio.sleep(0.01)
+    assert woken[1] - started >= handlers.WAKE_DEBOUNCE
+    setter.set()
+    rec.model.rearm.set()
+    await asyncio.wait_for(task, 5)
