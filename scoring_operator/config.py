@@ -61,8 +61,9 @@ class OperatorConfig(BaseSettings):
     max_concurrent_reconciles: int = Field(24, ge=1, le=1000)
     #: Rollouts of a new model version running at once in the whole cluster (0: no cap): a label
     #: move across hundreds of ScoringModels then rolls them in waves instead of flooding the
-    #: control plane (see `scoring_operator.rollouts`).
-    max_concurrent_rollouts: int = Field(0, ge=0, le=10000)
+    #: control plane, and needs surge room for this many new pods, not one per model (see
+    #: `scoring_operator.rollouts` and bench/results/operator-scale.md for how 50 was chosen).
+    max_concurrent_rollouts: int = Field(50, ge=0, le=10000)
 
     @field_validator("namespaces", mode="before")
     @classmethod
