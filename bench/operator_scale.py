@@ -30,6 +30,7 @@ import os
 import platform
 import random
 import resource
+import shlex
 import shutil
 import signal
 import subprocess
@@ -647,7 +648,7 @@ def _conditions(result: dict[str, Any]) -> list[str]:
     """The header's sentence on what else ran on the machine, and the note given on the command line."""
     if result.get("quiet_lock"):
         lines = [f"This run held the team's exclusive quiet lock (`flock -x {QUIET_LOCK}`): no other benchmark, "
-                 "build or test ran at the same time; what else ran was idle processes."]
+                 "build or test that follows the team's lock rule ran at the same time."]
     else:
         lines = ["The machine was **shared with other work** (other engineers' builds and tests on the same 2 cores), "
                  "so times are upper bounds of what the operator needs."]
@@ -726,7 +727,7 @@ def main() -> None:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}",
         "command": ("flock -x /tmp/quiet.lock " if quiet else "") + "flock /tmp/bench.lock python "
-                   "bench/operator_scale.py " + " ".join(sys.argv[1:]),
+                   "bench/operator_scale.py " + shlex.join(sys.argv[1:]),
         "quiet_lock": quiet,
         "note": args.note,
         "wall_s": round(time.monotonic() - started, 1),
