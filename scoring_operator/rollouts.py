@@ -34,8 +34,9 @@ class RolloutSlots:
 
     @property
     def running(self) -> int:
-        self._expire()
-        return len(self._holders)
+        """Slots held (stalled holders not counted). Read-only: the metrics thread reads it too."""
+        deadline = self._clock() - self.stall_after
+        return sum(1 for at in list(self._holders.values()) if at > deadline)
 
     @property
     def waiting(self) -> int:
