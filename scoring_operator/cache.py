@@ -185,6 +185,10 @@ class ModelState:
     #: rollout progress is due (see `reconcile.PROGRESS_EVERY`).
     status_written_at: float = 0.0
     progress_due: float | None = None
+    #: This reconcile held back the new version's Deployment: all rollout slots are taken.
+    queued: bool = False
+    #: The model version (annotation) of the rollout that holds a rollout slot.
+    rolling_to: str | None = None
 
 
 class States:

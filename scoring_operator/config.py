@@ -59,6 +59,12 @@ class OperatorConfig(BaseSettings):
     #: Reconciles running at once (and connections to the apiserver): bounds memory and API bursts
     #: when hundreds of ScoringModels wake together (a label move, the registry coming back).
     max_concurrent_reconciles: int = Field(24, ge=1, le=1000)
+    #: Rollouts of a new model version running at once in the whole cluster (0: no cap): a label
+    #: move across hundreds of ScoringModels then rolls them in waves instead of flooding the
+    #: control plane, and needs surge room for this many new pods, not one per model (see
+    #: `scoring_operator.rollouts`). Off by default: on the 500-model benchmark a cap (25, 50,
+    #: 100) made the label move no faster than none (bench/results/operator-scale.md).
+    max_concurrent_rollouts: int = Field(0, ge=0, le=10000)
 
     @field_validator("namespaces", mode="before")
     @classmethod

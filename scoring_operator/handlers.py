@@ -239,7 +239,8 @@ async def poll(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **
             if why == "rearm":
                 continue  # a handler reconciled: recompute the timer from the new failure count
             if why == "wake":
-                await asyncio.sleep(WAKE_DEBOUNCE)
+                if not rec.slots.queued(key):  # a waiter woken for a free rollout slot has no burst to coalesce
+                    await asyncio.sleep(WAKE_DEBOUNCE)
                 state.wake.clear()
             if body.metadata.get("deletionTimestamp"):
                 break

@@ -53,6 +53,13 @@ KUBE_ERRORS = Counter(
     registry=REGISTRY,
 )
 
+ROLLOUT_SLOTS = Gauge(
+    "scoring_operator_rollout_slots",
+    "Rollouts of a new model version under SCORING_OPERATOR_MAX_CONCURRENT_ROLLOUTS: running (holding a slot) "
+    "and queued (waiting for one).",
+    ["state"],
+    registry=REGISTRY,
+)
 ROLLOUTS = Counter(
     "scoring_operator_progressive_rollouts",
     "Canary/shadow rollouts that ended, by strategy and outcome (Promoted, AnalysisFailed, Aborted, ...).",

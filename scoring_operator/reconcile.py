@@ -54,6 +54,7 @@ from scoring_operator.cache import (
 from scoring_operator.config import OperatorConfig
 from scoring_operator.kube import Kube, KubeError
 from scoring_operator.resolver import Question, Resolver
+from scoring_operator.rollouts import RolloutSlots
 from scoring_runtime import telemetry
 from scoring_runtime.registry import RegistryError
 
@@ -72,6 +73,10 @@ POD_CHECK_AFTER = 10.0
 #: so a healthy rollout of under a minute costs two writes (Deploying, Ready); a longer one shows
 #: its counts refreshed every minute (`kubectl rollout status` shows them live).
 PROGRESS_EVERY = 60.0
+#: A rollout slot (`SCORING_OPERATOR_MAX_CONCURRENT_ROLLOUTS`) is handed on to the next waiting
+#: model when its rollout made no progress (no change in its Deployment's counts or conditions)
+#: for this long: one stuck model never holds up the rest (it keeps rolling in the background).
+ROLLOUT_STALL = 60.0
 
 #: post_event(body, type, reason, message): how Events reach Kubernetes (kopf's poster in production).
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
@@ -134,6 +139,10 @@ class Reconciler:
         self.tracker = metrics.ModelTracker()
         self.states = States()
         self._running = asyncio.Semaphore(config.max_concurrent_reconciles)
+        #: Rollouts of a new model version running at once, cluster-wide (0: no cap).
+        self.slots = RolloutSlots(config.max_concurrent_rollouts, ROLLOUT_STALL)
+        metrics.ROLLOUT_SLOTS.labels("running").set_function(lambda: self.slots.running)
+        metrics.ROLLOUT_SLOTS.labels("queued").set_function(lambda: self.slots.waiting)
         #: Who asks which registry question (woken together when its answer changes), and who is
         #: waiting for an answer right now (it gets the new answer anyway: not woken).
         self._askers: dict[Question, set[tuple[str, str]]] = {}
@@ -167,6 +176,10 @@ class Reconciler:
         for due in (state.pods_check_due, state.progress_due):
             if due is not None:
                 delay = min(delay, max(0.1, due - time.monotonic()))
+        if self.slots.queued(key):  # a slot may be handed on by a stalled rollout
+            expiry = self.slots.next_expiry()
+            if expiry is not None:
+                delay = min(delay, max(0.1, expiry))
         return delay
 
     def forget(self, key: tuple[str, str]) -> None:
@@ -175,6 +188,18 @@ class Reconciler:
         if state is not None and state.question is not None:
             self._unask(key, state.question)
         self.tracker.forget(key)
+        for waiter in self.slots.release(key):
+            self.wake(waiter)
+
+    def _rollout_ended(self, key: tuple[str, str], state: ModelState, dep: Mapping[str, Any] | None) -> None:
+        """Hand the slot of `key` on once its Deployment serves the new version with all new pods available
+        (what is left, old pods going away, is the controller's cleanup), or the rollout failed."""
+        if dep is None or not self.slots.holds(key) or _version(dep) != state.rolling_to:
+            return  # not holding, or an event from before the apply
+        rollout = evaluate_rollout(dep)
+        if rollout.new_pods_available or rollout.state in ("Complete", "Stalled"):
+            for waiter in self.slots.release(key):
+                self.wake(waiter)
 
     def _ask(self, key: tuple[str, str], state: ModelState, question: Question | None) -> None:
         if state.question == question:
@@ -228,6 +253,9 @@ class Reconciler:
             view = None if deleted else _rollout_view(obj)
             news = state.deployment_views.get(key_, ()) != view
             state.deployment_views[key_] = view
+            if key_ == "Deployment" and news:
+                self.slots.progressed(key)
+                self._rollout_ended(key, state, None if deleted else obj)
         if drifted or news:
             state.wake.set()
 
@@ -258,6 +286,7 @@ class Reconciler:
 
     async def _reconcile(self, owner: meta.Owner, body: Mapping[str, Any], state: ModelState) -> Result:
         generation = int(body["metadata"].get("generation") or 0)
+        state.queued = False
         old_status: Mapping[str, Any] = state.status if state.status is not None else (body.get("status") or {})
         try:
             spec = api.parse_spec(body.get("spec"))
@@ -287,9 +316,13 @@ class Reconciler:
                 dep = await self._deployment(owner, state)
             # A same-named Deployment of someone else is not our rollout (that clash is a ChildConflict).
             rollout = evaluate_rollout(dep if meta.is_owned_by(dep, owner) else None)
+            if not state.queued:
+                self._rollout_ended(owner.key, state, dep)
         except KubeError as e:
             metrics.KUBE_ERRORS.labels(e.reason).inc()
             apply_error = apply_error or Failure(e.reason, str(e), e.retryable)
+        if not state.queued:  # it no longer waits (rolled, or wants no new version any more)
+            self.slots.withdraw(owner.key)
         pod_error = await self._pod_error(owner, state, rollout, resolved, dep, spec.model.poll_interval)
         exposed = any(kind in applied for kind in _EXPOSURE_KINDS)
         obs = Observation(
@@ -303,6 +336,7 @@ class Reconciler:
             pod_error=pod_error,
             url=external_url(spec) if exposed else None,
             progressive=decision.status if decision is not None else old_status.get("rollout"),
+            queued=_QUEUED.format(limit=self.slots.limit) if state.queued else None,
         )
         return await self._report(owner, body, state, old_status, obs, resolved)
 
@@ -510,6 +544,11 @@ class Reconciler:
                         "ScoringModel: delete or rename it, or rename the ScoringModel",
                     ), None
                 if kind == "Deployment" and main:
+                    if _new_version(live, obj):
+                        if not self.slots.acquire(owner.key):
+                            state.queued = True  # applied when a slot is free (the releaser wakes it)
+                            continue
+                        state.rolling_to = _version(obj)
                     await self._hand_replicas_to_hpa(owner, state, spec, live)
                 state.applied.pop(key, None)
                 try:
@@ -636,6 +675,20 @@ class Reconciler:
         if failure is not None:  # already logged and posted as an Event when it first appeared
             log.debug("%s/%s: %s: %s", owner.namespace, owner.name, failure.reason, failure.message)
         return Result(new_status["phase"], failure)
+
+
+_QUEUED = ("waiting for a rollout slot: {limit} rollouts of a new model version are running in the cluster "
+           "(SCORING_OPERATOR_MAX_CONCURRENT_ROLLOUTS); the previous version keeps serving")
+
+
+def _new_version(live: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
+    """Whether applying `desired` rolls the existing Deployment `live` to another model version."""
+    return live is not None and _version(live) != _version(desired)  # a new Deployment: nothing rolls
+
+
+def _version(dep: Mapping[str, Any]) -> str | None:
+    """The model version a Deployment (desired or live) is for."""
+    return ((dep.get("metadata") or {}).get("annotations") or {}).get(meta.ANNOTATION_MODEL_VERSION)
 
 
 def _applied_key(kind: str, name: str, owner: meta.Owner) -> str:

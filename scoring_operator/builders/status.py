@@ -161,6 +161,8 @@ class Observation:
     url: str | None = None
     #: status.rollout of a canary/shadow rollout (builders/progress.py), None when there is none.
     progressive: Mapping[str, Any] | None = None
+    #: Why the new version's rollout has not started (all rollout slots taken: `scoring_operator.rollouts`).
+    queued: str | None = None
 
     @property
     def failure(self) -> Failure | None:
@@ -185,6 +187,8 @@ def phase_of(obs: Observation) -> str:
     rollout = obs.rollout
     if rollout is None or rollout.state == "Missing":
         return "Pending"
+    if obs.queued is not None:
+        return "Deploying"
     if rollout.state == "Complete":
         return "Degraded" if (obs.resolve_error or obs.apply_error) else "Ready"
     if obs.pod_error is not None:
@@ -217,12 +221,16 @@ def _conditions(obs: Observation) -> list[tuple[str, str, str, str]]:
         out.append(("Deployed", "False", "WaitingForModel", "nothing to deploy until the model version is resolved"))
     elif obs.apply_error is not None:
         out.append(("Deployed", "False", obs.apply_error.reason, obs.apply_error.message))
+    elif obs.queued is not None:
+        out.append(("Deployed", "False", "RolloutQueued", obs.queued))
     else:
         what = ", ".join(obs.applied) or "children"
         out.append(("Deployed", "True", "Applied", f"{what} applied for version {obs.resolved.version}"))
     rollout = obs.rollout
     if rollout is None or rollout.state == "Missing":
         out.append(("Ready", "False", "NotDeployed", rollout.message if rollout else "not deployed"))
+    elif obs.queued is not None:
+        out.append(("Ready", "False", "RolloutQueued", obs.queued))
     elif obs.pod_error is not None and rollout.state != "Complete":
         serving = (f"; {rollout.ready_replicas} ready replicas of the previous version keep serving"
                    if rollout.ready_replicas else "")
@@ -347,7 +355,7 @@ def transition_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> 
         before, after = condition(old, ctype), condition(new, ctype)
         previously = (before.get("status"), before.get("reason"))
         if after.get("status") == "False" and previously != ("False", after["reason"]):
-            if after["reason"] in ("RolloutInProgress", "WaitingForModel", "NotDeployed"):
+            if after["reason"] in ("RolloutInProgress", "RolloutQueued", "WaitingForModel", "NotDeployed"):
                 continue  # ordinary progress, not worth a Warning
             events.append(("Warning", after["reason"], after.get("message", "")))
     if new.get("phase") == "Ready" and old.get("phase") != "Ready":

@@ -181,11 +181,13 @@ def exec_plugin_kubeconfig(cluster: KubeCluster, service_account: str, namespace
 @contextlib.contextmanager
 def chart_operator(
     cluster: KubeCluster, workdir: Path, *, watch_namespaces: tuple[str, ...] = (), exec_plugin: bool = False,
+    settings: Mapping[str, str] | None = None,
 ) -> Iterator[Operator]:
     """Install the chart (replicaCount=0) in a fresh namespace and run the operator with its ServiceAccount.
 
     With `watch_namespaces`, the chart creates Roles there only and the operator watches just those.
     With `exec_plugin`, the operator's kubeconfig runs an exec credential plugin for its token.
+    `settings`: extra `SCORING_OPERATOR_*` env vars for the operator.
     """
     release_ns = cluster.create_namespace(namespace_name_for("scoring-system"))
     release = f"so-{release_ns.rsplit('-', 1)[-1]}"
@@ -208,6 +210,7 @@ def chart_operator(
         release_namespace=release_ns,
         service_account=service_account,
         namespaces=watch_namespaces,
+        settings=settings,
     )
     try:
         yield op

@@ -59,6 +59,20 @@ def test_default_render_is_cluster_wide_and_locked_down(cluster: KubeCluster) ->
     assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in role["rules"])
 
 
+def test_the_rollout_cap_reaches_the_operator_as_its_setting(cluster: KubeCluster) -> None:
+    from scoring_operator.config import OperatorConfig
+
+    def env(*sets: str) -> dict[str, str]:
+        (dep,) = [d for d in _render(cluster, *sets) if d["kind"] == "Deployment"]
+        (container,) = dep["spec"]["template"]["spec"]["containers"]
+        return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+    default = env()["SCORING_OPERATOR_MAX_CONCURRENT_ROLLOUTS"]
+    assert int(default) == OperatorConfig().max_concurrent_rollouts  # one default, chart and operator alike
+    rendered = env("maxConcurrentRollouts=7")
+    assert OperatorConfig.load(rendered).max_concurrent_rollouts == 7
+
+
 def test_namespaced_render_uses_roles_and_mounts_the_registry(cluster: KubeCluster) -> None:
     docs = _render(cluster, "watchNamespaces={team-a,team-b}", "localRegistry.claimName=models")
     roles = [(d["kind"], d["metadata"]["namespace"]) for d in docs if d["kind"] in ("Role", "RoleBinding")]
