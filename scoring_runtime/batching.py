@@ -178,6 +178,7 @@ class AdaptiveBatcher(Generic[J, R]):
         self._expect_returns = False
         self._hold_until = 0.0
         self._window_end = 0.0  # arrivals until then count as returns of the last batch's clients
+        self._window = 0.0  # its length (from the batch's end, then again from its answers' writing)
         self._window_rows = 0  # that batch's rows
         self._returned = 0  # rows arrived within the window
         self._return_share = 0.0  # moving share of a batch's rows that came back within its window
@@ -383,6 +384,8 @@ class AdaptiveBatcher(Generic[J, R]):
         log.debug("batch: %d requests in %.1f ms", len(batch), elapsed * 1000)
         for i, r in zip(batch, results, strict=True):
             self._succeed(i, r)
+        if len(batch) > 1:  # after the steps of the requests just woken (scheduled first): answers written
+            loop.call_soon(self._answers_sent, self._batches, loop)
 
     def _batch_done(self, rows: int, elapsed: float, now: float) -> None:
         """After a model call: how the next batch is filled.
@@ -408,11 +411,31 @@ class AdaptiveBatcher(Generic[J, R]):
             self._return_share = 0.5 * self._return_share + 0.5 * share
         self._batches += 1
         self._peak = max(self._peak - 1, rows + self._queued_rows)
-        window = min(cfg.max_delay_s, cfg.hold_fraction * elapsed)
+        window = self._window = min(cfg.max_delay_s, cfg.hold_fraction * elapsed)
         self._window_end = now + window
         self._window_rows, self._returned = rows, 0
         self._expect_returns = window > 0 and (self._return_share >= 0.5 or self._batches % 16 == 0)
         self._hold_until = self._window_end if self._expect_returns and self._wait_ok and not self._closed else 0.0
+
+    def _answers_sent(self, batch_no: int, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the return window (and the hold for the returns) again when the batch's answers are written.
+
+        A client can only come back after it has its answer, and on one core the loop writes a batch's
+        answers one after the other after the call ends (each a render and a send): for a cheap model that
+        takes longer than the window itself, so measured from the call's end, the window closed before a
+        client could return, and closed-loop clients went unrecognised (4 clients then formed batches
+        that waited max_delay for company). Only for batches of several requests: one answer is written
+        at once, and the requests that arrived (open loop) while the loop was busy with a batch of one
+        are read right after it, so a later window would count more of them as returns (measured: at
+        800 requests/s, p50 0.87 -> 1.60 ms with every batch's window moved).
+        """
+        if batch_no != self._batches:  # a later batch has ended meanwhile: its own window counts
+            return
+        end = loop.time() + self._window
+        if end > self._window_end:
+            self._window_end = end
+            if self._hold_until:  # still holding the next batch for these returns (not taken yet)
+                self._hold_until = end
 
     async def _call(self, batch: list[_Queued[J, R]], loop: asyncio.AbstractEventLoop) -> Sequence[R]:
         """One model call on the inference thread; one result per job or an error."""

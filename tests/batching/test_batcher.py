@@ -186,6 +186,33 @@ async def test_closed_loop_clients_all_back_do_not_wait_for_rows_that_cannot_com
     assert elapsed < 1.2, f"batches waited for rows that could not come ({elapsed:.2f} s, batches {full})"
 
 
+async def test_returns_are_counted_from_when_the_answers_are_written() -> None:
+    # On one core the loop writes a batch's answers one after the other once the call has ended (here
+    # 4 ms each, on the loop), so the last client can only come back ~16 ms after the call's end, past
+    # a return window of half the call (5 ms). Counted from the call's end, the clients never look
+    # closed-loop and every batch waits max_delay for company; counted from when the answers are
+    # written, they do, and a batch goes as soon as all 4 are back.
+    model = RowModel(delay_s=0.01)
+    b = await started(model, max_batch_rows=32, max_delay_s=0.2, max_queue_rows=256)
+    rounds = 12
+
+    async def client(n: int) -> None:
+        for i in range(rounds):
+            r = await b.submit(job(1, base=100 * n + i))
+            assert int(r[0]) == 3 * (100 * n + i) + 1
+            time.sleep(0.004)  # rendering and writing the answer: the loop's own time, nobody else runs
+            await asyncio.sleep(0.001)  # the network round trip before the next request
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(client(n) for n in range(4)))
+    elapsed = time.monotonic() - t0
+    await b.stop()
+    full = [sum(batch) for batch in model.batches]
+    assert full.count(4) >= rounds - 3, f"the clients were not batched together: {full}"
+    # waiting max_delay for every batch would take rounds x 0.2 s = 2.4 s; a wait or two while it learns
+    assert elapsed < 1.2, f"batches waited for rows that could not come ({elapsed:.2f} s, batches {full})"
+
+
 async def test_clients_split_into_cohorts_are_joined_again() -> None:
     # 8 closed-loop clients in two cohorts: 4 arrive while the model scores the other 4. Without a hold,
     # the second cohort has waited past max_delay when the model frees and goes alone, the first cohort
