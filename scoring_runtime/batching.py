@@ -12,8 +12,9 @@ times the cost of one. `AdaptiveBatcher` queues requests and hands them to the m
 - closed-loop clients (each sends its next request when it has its answer; the batcher sees them come
   back right after a batch ends): the next batch goes as soon as it holds as many rows as were in the
   system when the last one ended, instead of waiting `max_delay_s` for rows no client can send, and a
-  just-freed model may wait a little (half its last call, at most `max_delay_s`) for the clients it
-  has just answered, so they are not split into cohorts taking turns with half batches
+  just-freed model may wait a little (half its last call, at most `max_delay_s`, counted again from
+  when a batch's answers are written) for the clients it has just answered, so they are not split
+  into cohorts taking turns with half batches
   (`AdaptiveBatcher._batch_done`); arrivals that do not follow answers (open loop) mostly keep the
   plain rule (on one busy core they partly look like returns: docs/benchmarks.md has the cost);
 - a request with more rows than `max_batch_rows` is never split: it runs alone, as one batch;
