@@ -25,7 +25,10 @@ times the cost of one. `AdaptiveBatcher` queues requests and hands them to the m
   at most `inline_max_rows` rows (no concurrent load in sight, nothing queued) may run on the event
   loop itself: for a cheap model the two thread hand-offs (to the inference thread and back) cost
   a lone client more than the model call, above all on a busy node where each wake-up waits for a
-  core; under load the thread keeps the loop free to take in the requests that form the next batch;
+  core; under load the thread keeps the loop free to take in the requests that form the next batch.
+  When the model is idle such a request is scored straight from `submit` (no queue entry, future or
+  collector turn), after one turn of the loop in which requests read together with it queue behind
+  it and turn it into a batch;
 - an exception in the model fails the requests of that batch only, and when the batch held
   several requests each is retried alone, so only the request that causes it fails;
 - `stop()` fails queued requests with `BatcherClosed` and lets the running batch finish (one
@@ -167,6 +170,7 @@ class AdaptiveBatcher(Generic[J, R]):
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
         self._running = False
+        self._lone = False  # a lone request is taking its turn before running inline (see submit)
         # Is another request likely within max_delay? Only if requests have recently been arriving
         # while others were still queued or running (real concurrency), and not after a quiet spell.
         self._last_event: float | None = None  # the last arrival or batch end
@@ -245,9 +249,27 @@ class AdaptiveBatcher(Generic[J, R]):
                 "retry later or add replicas"
             )
         loop = asyncio.get_running_loop()
-        item: _Queued[J, R] = _Queued(job, rows, loop.time(), loop.create_future())
-        self._note_arrival(item.enqueued, rows)
-        self._queue.append(item)
+        now = loop.time()
+        self._note_arrival(now, rows)
+        if not (self._queue or self._running or self._lone) and self._inline_rows_ok(rows):
+            # The model is idle and no concurrent load is in sight: score it here, without the queue, the
+            # future and the collector task's turn. One turn first, marked busy: requests already read
+            # in this turn of the loop then queue behind it and it joins them (a batch), instead of each
+            # waiting for a model call of its own.
+            self._lone = True
+            try:
+                await asyncio.sleep(0)
+            finally:
+                self._lone = False
+            if self._closed:
+                raise BatcherClosed("the server is shutting down; retry on another replica")
+            if not (self._queue or self._running):
+                return self._run_inline(job, rows, loop)
+            item: _Queued[J, R] = _Queued(job, rows, now, loop.create_future())
+            self._queue.appendleft(item)  # it came first
+        else:
+            item = _Queued(job, rows, now, loop.create_future())
+            self._queue.append(item)
         self._set_queued_rows(self._queued_rows + rows)
         self._wakeup.set()
         try:
@@ -268,7 +290,7 @@ class AdaptiveBatcher(Generic[J, R]):
     def _note_arrival(self, now: float, rows: int) -> None:
         if now <= self._window_end:
             self._returned += rows
-        busy = bool(self._queue or self._running)
+        busy = bool(self._queue or self._running or self._lone)
         # quiet: nothing arrived and nothing ran for longer than max_delay before this request
         quiet = not busy and (self._last_event is None or now - self._last_event > self.config.max_delay_s)
         # a request finding others waiting is evidence of concurrency; one finding the model idle is
@@ -453,8 +475,33 @@ class AdaptiveBatcher(Generic[J, R]):
     def _inline_ok(self, batch: list[_Queued[J, R]]) -> bool:
         """Run this batch on the loop? Only one small request, alone: nothing queued behind it and
         no sign of concurrent clients (whose requests the loop must keep reading meanwhile)."""
+        return len(batch) == 1 and not self._queue and self._inline_rows_ok(batch[0].rows)
+
+    def _inline_rows_ok(self, rows: int) -> bool:
         limit = self.config.inline_max_rows
-        return bool(limit) and len(batch) == 1 and batch[0].rows <= limit and not self._queue and not self._wait_ok
+        return bool(limit) and rows <= limit and not self._wait_ok
+
+    def _run_inline(self, job: J, rows: int, loop: asyncio.AbstractEventLoop) -> R:
+        """`submit`'s shortcut for a lone request on an idle model: the model call, metrics and bookkeeping
+        of `_run` for a batch of one (nothing waited in the queue), on the request's own turn."""
+        if self._metrics:
+            self._metrics.batch_rows.observe(rows)
+            self._metrics.batch_requests.observe(1)
+            self._metrics.queue_wait.observe(0.0)
+        t0 = time.perf_counter()
+        self._running = True
+        try:
+            results = self._predict([job])
+            if len(results) != 1:
+                raise RuntimeError(f"the model returned {len(results)} results for a batch of 1 requests")
+        finally:
+            self._running = False
+            elapsed = time.perf_counter() - t0
+            self._last_event = loop.time()
+            self._batch_done(rows, elapsed, self._last_event)
+        if self._metrics:
+            self._metrics.batch_seconds.observe(elapsed)
+        return results[0]
 
     @staticmethod
     def _succeed(item: _Queued[J, R], result: R) -> None:
