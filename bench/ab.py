@@ -87,26 +87,31 @@ def main(argv: list[str] | None = None) -> int:
                 targets["floor"] = (floor, wrk_script(calls["score"], scripts / "ab-score.lua"))
                 vts["floor"] = vegeta_targets(floor.url, calls["score"], scripts / "ab-floor.vt")
             for name, (srv, script) in targets.items():  # warm-up, not counted
-                closed_loop(wrk, srv.url, script, target=name, connections=8, duration_s=1, client_cpus=client_cpus)
+                with peers.alone(srv, started):
+                    closed_loop(wrk, srv.url, script, target=name, connections=8, duration_s=1,
+                                client_cpus=client_cpus)
             order = list(targets)
             for rep in range(args.repeats):
                 for c in [int(x) for x in args.clients.split(",")]:
                     for name in order:
                         srv, script = targets[name]
-                        r = run.closed_loop_point(wrk, srv, script, target=name, connections=c,
-                                                  duration_s=args.duration, client_cpus=client_cpus,
-                                                  batches=name != "floor")
+                        with peers.alone(srv, started):  # the others paused (see peers.Server.pause)
+                            r = run.closed_loop_point(wrk, srv, script, target=name, connections=c,
+                                                      duration_s=args.duration, client_cpus=client_cpus,
+                                                      batches=name != "floor")
                         r["repeat"] = rep
                         raw.append(r)
                         order = order[1:] + order[:1]
                 for rate in rates:
                     for name in order:
                         srv, _script = targets[name]
-                        before = run.scrape_batches(srv.url) if name != "floor" else None
-                        r = run.show(open_loop(vegeta, vts[name], target=name, rate=rate, duration_s=args.duration,
-                                               client_cpus=client_cpus, server_pid=srv.pid)).as_dict()
-                        if before is not None:
-                            after = run.scrape_batches(srv.url)
+                        with peers.alone(srv, started):
+                            before = run.scrape_batches(srv.url) if name != "floor" else None
+                            r = run.show(open_loop(vegeta, vts[name], target=name, rate=rate,
+                                                   duration_s=args.duration, client_cpus=client_cpus,
+                                                   server_pid=srv.pid)).as_dict()
+                            after = run.scrape_batches(srv.url) if before is not None else None
+                        if before is not None and after is not None:
                             calls_n = after[1] - before[1]
                             r["mean_batch"] = round((after[0] - before[0]) / calls_n, 3) if calls_n else 1.0
                         r["repeat"] = rep

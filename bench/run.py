@@ -440,16 +440,18 @@ def section_faq(args: argparse.Namespace, failures: dict[str, str], tools_: dict
             wrk_scripts = {name: wrk_script(cl, scripts / f"{name.replace(' ', '_').replace('/', '')}.lua")
                            for name, (_srv, cl) in targets.items()}
             for name, (srv, _cl) in targets.items():  # a discarded first run: every server starts equally warm
-                closed_loop(wrk, srv.url, wrk_scripts[name], target=name, connections=8, duration_s=1.0,
-                            client_cpus=client_cpus)
+                with peers.alone(srv, started):
+                    closed_loop(wrk, srv.url, wrk_scripts[name], target=name, connections=8, duration_s=1.0,
+                                client_cpus=client_cpus)
             order = list(targets)
             for rep in range(args.repeats):
                 for c in args.concurrency:
                     for name in order:  # every point runs all targets back to back: drift hits them alike
                         srv, _cl = targets[name]
-                        r = closed_loop_point(wrk, srv, wrk_scripts[name], target=name, connections=c,
-                                              duration_s=args.duration, client_cpus=client_cpus,
-                                              batches=name.startswith("this-runtime"))
+                        with peers.alone(srv, started):  # the others paused: the CPU is the measured one's
+                            r = closed_loop_point(wrk, srv, wrk_scripts[name], target=name, connections=c,
+                                                  duration_s=args.duration, client_cpus=client_cpus,
+                                                  batches=name.startswith("this-runtime"))
                         r["repeat"] = rep
                         raw.append(r)
                         order = order[1:] + order[:1]  # and who goes first rotates
@@ -462,8 +464,10 @@ def section_faq(args: argparse.Namespace, failures: dict[str, str], tools_: dict
                     for rate in args.rates:
                         for name in order:
                             srv, _cl = targets[name]
-                            r = show(open_loop(vegeta, vt[name], target=name, rate=rate, duration_s=args.duration,
-                                               client_cpus=client_cpus, server_pid=srv.pid)).as_dict()
+                            with peers.alone(srv, started):
+                                r = show(open_loop(vegeta, vt[name], target=name, rate=rate,
+                                                   duration_s=args.duration, client_cpus=client_cpus,
+                                                   server_pid=srv.pid)).as_dict()
                             r["repeat"] = rep
                             raw.append(r)
                             order = order[1:] + order[:1]

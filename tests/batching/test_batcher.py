@@ -186,6 +186,34 @@ async def test_closed_loop_clients_all_back_do_not_wait_for_rows_that_cannot_com
     assert elapsed < 1.2, f"batches waited for rows that could not come ({elapsed:.2f} s, batches {full})"
 
 
+async def test_returns_are_counted_from_when_the_answers_are_written() -> None:
+    # On one core the loop writes a batch's answers one after the other once the call has ended (here
+    # 4 ms each, on the loop), so the last client can only come back ~16 ms after the call's end, past
+    # a return window of half the call (5 ms). Counted from the call's end, the clients never look
+    # closed-loop and every batch waits max_delay for company; counted from when the answers are
+    # written, they do, and a batch goes as soon as all 4 are back.
+    model = RowModel(delay_s=0.01)
+    b = await started(model, max_batch_rows=32, max_delay_s=0.2, max_queue_rows=256)
+    rounds = 12
+
+    async def client(n: int) -> None:
+        for i in range(rounds):
+            r = await b.submit(job(1, base=100 * n + i))
+            assert int(r[0]) == 3 * (100 * n + i) + 1
+            time.sleep(0.004)  # rendering and writing the answer: the loop's own time, nobody else runs
+            await asyncio.sleep(0.001)  # the network round trip before the next request
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(client(n) for n in range(4)))
+    elapsed = time.monotonic() - t0
+    await b.stop()
+    full = [sum(batch) for batch in model.batches]
+    assert full.count(4) >= rounds - 3, f"the clients were not batched together: {full}"
+    # waiting max_delay for every batch takes at least rounds x 0.2 s = 2.4 s however loaded the machine;
+    # here ~0.35 s of model and writing, and a wait or two while it learns (room for a busy machine)
+    assert elapsed < 1.8, f"batches waited for rows that could not come ({elapsed:.2f} s, batches {full})"
+
+
 async def test_clients_split_into_cohorts_are_joined_again() -> None:
     # 8 closed-loop clients in two cohorts: 4 arrive while the model scores the other 4. Without a hold,
     # the second cohort has waited past max_delay when the model frees and goes alone, the first cohort
@@ -433,6 +461,49 @@ async def test_concurrent_requests_still_batch_on_the_inference_thread_with_inli
     assert max(sum(x) for x in model.batches) > 1, "no batch formed under load"
     multi = [t for t, batch in zip(model.threads, model.batches, strict=True) if sum(batch) > 1]
     assert multi and loop_thread not in multi, "a batch of several requests ran on the event loop"
+
+
+async def test_a_lone_request_scored_without_the_queue_is_still_measured() -> None:
+    # the lone request's shortcut (no queue, no collector) records the same metrics as a batch of one
+    reg = CollectorRegistry()
+    model = ThreadRecorder()
+    b = await started(model, BatchingMetrics(registry=reg, prefix="t"), max_batch_rows=8, max_delay_s=0.002,
+                      max_queue_rows=64, inline_max_rows=1)
+    for i in range(3):
+        assert int((await b.submit(job(1, base=i)))[0]) == 3 * i + 1
+    await b.stop()
+    assert model.threads == [threading.current_thread().name] * 3
+    assert reg.get_sample_value("t_batch_rows_count") == 3
+    assert reg.get_sample_value("t_batch_requests_sum") == 3
+    assert reg.get_sample_value("t_batch_queue_wait_seconds_count") == 3
+    assert reg.get_sample_value("t_batch_queue_wait_seconds_sum") == 0
+    assert reg.get_sample_value("t_batch_seconds_count") == 3
+    assert reg.get_sample_value("t_batch_queue_rows") == 0
+
+
+async def test_requests_read_in_the_same_turn_as_a_lone_one_are_batched_with_it() -> None:
+    # the lone request takes one turn of the loop before running inline: requests whose handlers run in
+    # that turn queue behind it, and all go together in one batch (first come first), on the thread
+    model = ThreadRecorder()
+    b = await started(model, max_batch_rows=8, max_delay_s=0.05, max_queue_rows=64, inline_max_rows=1)
+    # three request handlers ready in the same turn (as the server starts them for requests read together)
+    tasks = [asyncio.ensure_future(b.submit(job(1, base=n, tag=t))) for n, t in ((1, "a"), (2, "b"), (3, "c"))]
+    out = await asyncio.gather(*tasks)
+    await b.stop()
+    assert [int(r[0]) for r in out] == [4, 7, 10]
+    assert model.tags == [["a", "b", "c"]], f"not one batch in arrival order: {model.tags}"
+    assert model.threads[0].startswith("inference")
+
+
+async def test_a_lone_request_taking_its_turn_during_stop_is_refused() -> None:
+    model = RowModel()
+    b = await started(model, max_batch_rows=8, max_delay_s=0.002, max_queue_rows=64, inline_max_rows=1)
+    lone = asyncio.ensure_future(b.submit(job(1)))
+    await asyncio.sleep(0)
+    await b.stop()
+    with pytest.raises(BatcherClosed):
+        await lone
+    assert model.batches == []
 
 
 def test_inline_is_off_by_default() -> None:
