@@ -351,7 +351,7 @@ def _cycle(transport: _RecordingTransport, method: str = "POST", expect_100: boo
     from scoring_runtime.server import protocol
 
     cycle = RequestResponseCycle(
-        scope={"type": "http", "method": method, "http_version": "1.1"}, transport=transport,  # type: ignore[arg-type]
+        scope={"type": "http", "method": method, "http_version": "1.1"}, transport=transport,  # type: ignore[arg-type,typeddict-item]
         flow=SimpleNamespace(write_paused=False, resume_reading=lambda: None),  # type: ignore[arg-type]
         logger=logging.getLogger("t"), access_logger=logging.getLogger("t"), access_log=False, default_headers=[],
         message_event=asyncio.Event(), expect_100_continue=expect_100, keep_alive=True, on_response=lambda: None)
@@ -415,15 +415,16 @@ async def test_kept_alive_requests_do_not_each_make_and_cancel_deadline_timers()
             made.append(callback)
         return real_call_at(when, callback, *args, **kwargs)
 
-    loop.call_at = counting_call_at  # type: ignore[method-assign]
+    loop.call_at = counting_call_at  # type: ignore[method-assign,assignment]
     try:
-        async with guarded_server(app, limits=protocol.HttpLimits(header_timeout_s=30, body_timeout_s=60)) as port:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
-                for _ in range(20):
-                    r = await c.post("/score", content=b'{"question": "x"}')
-                    assert r.status_code == 200 and r.json() == {"ok": True}
-                r = await c.head("/score")  # HEAD: no body follows, nothing held
-                assert r.status_code == 200 and r.headers["content-length"] == "11"
+        limits = protocol.HttpLimits(header_timeout_s=30, body_timeout_s=60)
+        async with (guarded_server(app, limits=limits) as port,
+                    httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c):
+            for _ in range(20):
+                r = await c.post("/score", content=b'{"question": "x"}')
+                assert r.status_code == 200 and r.json() == {"ok": True}
+            r = await c.head("/score")  # HEAD: no body follows, nothing held
+            assert r.status_code == 200 and r.headers["content-length"] == "11"
     finally:
         del loop.call_at
     assert 1 <= len(made) <= 2, made
