@@ -11,11 +11,26 @@ from starlette.responses import Response
 
 from scoring_runtime.flavours.errors import BadRequest
 
+_JSON_TYPE = (b"content-type", b"application/json")
+
 
 class JSON(Response):
     """JSON rendered by orjson (numpy arrays serialised natively)."""
 
     media_type = "application/json"
+
+    def __init__(self, content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None,
+                 media_type: str | None = None, background: Any = None) -> None:
+        if (headers is not None or media_type is not None or background is not None
+                or status_code < 200 or status_code in (204, 304)):
+            super().__init__(content, status_code, headers, media_type, background)
+            return
+        # the common case (every answer of the scoring routes): the two headers Starlette's init_headers would
+        # make, in its order, without its generic header logic
+        self.status_code = status_code
+        self.background = None
+        self.body = body = self.render(content)
+        self.raw_headers = [(b"content-length", str(len(body)).encode()), _JSON_TYPE]
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -324,3 +324,107 @@ async def test_fast_refusals_are_held_without_the_parser_and_the_connection_stay
             rs = await asyncio.gather(*(c.post("/score", content=b'{"q": 1}') for _ in range(20)))
             assert [r.text for r in rs] == ["app"] * 20  # the same connections, in step, now admitted
         assert calls == ["POST /other"] + ["POST /score"] * 20
+
+
+class _RecordingTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def _cycle(transport: _RecordingTransport, method: str = "POST", expect_100: bool = False) -> Any:
+    """uvicorn's real response cycle, its transport seen through the guard's `_HeadWithBody`."""
+    import logging
+    from types import SimpleNamespace
+
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    from scoring_runtime.server import protocol
+
+    cycle = RequestResponseCycle(
+        scope={"type": "http", "method": method, "http_version": "1.1"}, transport=transport,  # type: ignore[arg-type,typeddict-item]
+        flow=SimpleNamespace(write_paused=False, resume_reading=lambda: None),  # type: ignore[arg-type]
+        logger=logging.getLogger("t"), access_logger=logging.getLogger("t"), access_log=False, default_headers=[],
+        message_event=asyncio.Event(), expect_100_continue=expect_100, keep_alive=True, on_response=lambda: None)
+    cycle.transport = protocol._HeadWithBody(transport, cycle)  # type: ignore[arg-type,assignment]
+    return cycle
+
+
+async def test_a_response_of_known_length_is_one_socket_write() -> None:
+    t = _RecordingTransport()
+    cycle = _cycle(t)
+    await cycle.send({"type": "http.response.start", "status": 200,
+                      "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]})
+    assert t.writes == []  # held for its body
+    await cycle.send({"type": "http.response.body", "body": b"{}"})
+    assert len(t.writes) == 1 and t.writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and t.writes[0].endswith(b"\r\n\r\n{}")
+    assert cycle.response_complete and cycle.transport.cycle is None  # no reference cycle left behind
+
+
+async def test_streams_100_continue_and_aborted_responses_are_written_as_before() -> None:
+    t = _RecordingTransport()
+    cycle = _cycle(t)  # chunked (no Content-Length): the head goes at once, a stream must show it
+    await cycle.send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    assert len(t.writes) == 1 and b"transfer-encoding: chunked" in t.writes[0]
+    await cycle.send({"type": "http.response.body", "body": b"ab", "more_body": True})
+    await cycle.send({"type": "http.response.body", "body": b""})
+    assert t.writes[1:] == [b"2\r\nab\r\n", b"0\r\n\r\n"]
+
+    t = _RecordingTransport()
+    cycle = _cycle(t, expect_100=True)  # the interim answer is written before the response starts
+    cycle.more_body = False
+    cycle.message_event.set()
+    await cycle.receive()
+    assert t.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+
+    t = _RecordingTransport()
+    cycle = _cycle(t)  # a head held when the connection is closed is written first, as uvicorn would have
+    await cycle.send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+    cycle.transport.close()
+    assert len(t.writes) == 1 and t.writes[0].startswith(b"HTTP/1.1 200") and t.closed
+
+
+async def test_kept_alive_requests_do_not_each_make_and_cancel_deadline_timers() -> None:
+    """Header and body deadlines are attributes behind one loop timer per connection: twenty requests on
+    one connection set it at most twice (before: two timers made and cancelled per request)."""
+    from starlette.responses import JSONResponse
+    from starlette.types import Receive, Scope, Send
+
+    from scoring_runtime.server import protocol
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await JSONResponse({"ok": True})(scope, receive, send)
+
+    loop = asyncio.get_running_loop()
+    made: list[object] = []
+    real_call_at = loop.call_at
+
+    def counting_call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        # the guard's own deadline timers (uvicorn's keep-alive timer, the floor's too, is not the guard's)
+        if getattr(callback, "__qualname__", "").startswith("GuardedHttpToolsProtocol."):
+            made.append(callback)
+        return real_call_at(when, callback, *args, **kwargs)
+
+    loop.call_at = counting_call_at  # type: ignore[method-assign,assignment]
+    try:
+        limits = protocol.HttpLimits(header_timeout_s=30, body_timeout_s=60)
+        async with (guarded_server(app, limits=limits) as port,
+                    httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c):
+            for _ in range(20):
+                r = await c.post("/score", content=b'{"question": "x"}')
+                assert r.status_code == 200 and r.json() == {"ok": True}
+            r = await c.head("/score")  # HEAD: no body follows, nothing held
+            assert r.status_code == 200 and r.headers["content-length"] == "11"
+    finally:
+        del loop.call_at
+    assert 1 <= len(made) <= 2, made

@@ -138,3 +138,20 @@ def test_logs_are_one_line_with_fields() -> None:
     assert doc["msg"] == "model_ready" and doc["model"] == "faq" and doc["level"] == "info"
     assert 'note="two words\\nand a newline"' in TextFormatter().format(records[0])
     assert "ValueError: bad" in json.loads(JsonFormatter().format(records[1]))["exc"]
+
+
+def test_json_responses_carry_the_headers_starlettes_generic_path_makes() -> None:
+    from starlette.responses import Response
+
+    from scoring_runtime.server.http import JSON
+
+    fast = JSON({"a": np.arange(3)})
+    generic = Response(b'{"a":[0,1,2]}', media_type="application/json")
+    assert fast.body == generic.body and fast.raw_headers == generic.raw_headers and fast.status_code == 200
+    unavailable = Response(b'{"x":1}', 503, media_type="application/json")
+    assert JSON({"x": 1}, status_code=503).raw_headers == unavailable.raw_headers
+    # given headers (or 204/304, which carry no length) take Starlette's own path
+    with_headers = JSON({"e": 1}, status_code=503, headers={"Retry-After": "1"})
+    assert with_headers.raw_headers == [(b"retry-after", b"1"), (b"content-length", b"7"),
+                                        (b"content-type", b"application/json")]
+    assert JSON(None, status_code=204).raw_headers == [(b"content-type", b"application/json")]
