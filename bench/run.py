@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import orjson
 import peers
+import quiet
 import report
 from loadgen import (
     Call,
@@ -95,6 +96,9 @@ def machine_info(device: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "device": device,
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+        **({"note": f"**Quiet**: this run held the team's exclusive lock (`flock -x {quiet.QUIET_LOCK}`): no "
+                    "other benchmark, build or test that follows the team's lock rule ran at the same time"}
+           if quiet.held_exclusively() else {}),
     }
 
 
