@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                         raw.append(r)
                         order = order[1:] + order[:1]
                 for rate in rates:
+                    assert vegeta is not None  # --rates without vegeta is refused above
                     for name in order:
                         srv, _script = targets[name]
                         with peers.alone(srv, started):

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             srv = peers.start_ours(f"gpu-{prec}", model_dir, None, {
                 **env, "SCORING_WORKERS": "1", "SCORING_MAX_BATCH_SIZE": str(args.batch),
                 "SCORING_MAX_BATCH_DELAY_MS": str(args.delay_ms), "SCORING_MAX_QUEUE_ROWS": "1024"})
-            rows = []
+            rows: list[dict[str, Any]] = []
             try:
                 srv.wait_ready(900)
                 closed_loop(wrk, srv.url, script, target=prec, connections=8, duration_s=2, timeout_s=60)
@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 srv.stop()
             best = max(limit["by_batch"].values())
-            for r in rows:
-                r["of_limit"] = round(r["rows_per_s"] / best, 3)
+            for row in rows:
+                row["of_limit"] = round(row["rows_per_s"] / best, 3)
             out["precisions"][prec] = {"limit": limit, "served": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu.json").write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
