@@ -191,7 +191,8 @@ def chart_operator(
     """
     release_ns = cluster.create_namespace(namespace_name_for("scoring-system"))
     release = f"so-{release_ns.rsplit('-', 1)[-1]}"
-    args = ["install", release, CHART, "-n", release_ns, "--set", "replicaCount=0", "--wait"]
+    args: list[str | os.PathLike[str]] = [
+        "install", release, CHART, "-n", release_ns, "--set", "replicaCount=0", "--wait"]
     if watch_namespaces:
         args += ["--set", "watchNamespaces={" + ",".join(watch_namespaces) + "}"]
     cluster.helm(*args)
@@ -221,10 +222,10 @@ def chart_operator(
 
 
 def wait_for(
-    what: str, fn: Callable[[], T], *, timeout: float = 60.0, interval: float = 0.5,
+    what: str, fn: Callable[[], T | None], *, timeout: float = 60.0, interval: float = 0.5,
     operator: Operator | None = None,
 ) -> T:
-    """Poll `fn` until it returns something truthy; fail with the last value and the operator's log."""
+    """Poll `fn` until it returns something truthy (so never None); fail with the last value and the operator's log."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
@@ -245,6 +246,13 @@ def get(cluster: KubeCluster, kind: str, namespace: str, name: str) -> dict[str,
     """The object as a dict, or None when absent."""
     proc = cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json", "--ignore-not-found")
     return json.loads(proc.stdout) if proc.stdout.strip() else None
+
+
+def get_existing(cluster: KubeCluster, kind: str, namespace: str, name: str) -> dict[str, Any]:
+    """The object as a dict; an AssertionError (which `wait_for` retries) when absent."""
+    obj = get(cluster, kind, namespace, name)
+    assert obj is not None, f"{kind} {namespace}/{name} is absent"
+    return obj
 
 
 def apply(cluster: KubeCluster, *docs: dict[str, Any], check: bool = True) -> subprocess.CompletedProcess[str]:

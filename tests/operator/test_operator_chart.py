@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ pytestmark = [pytest.mark.cluster]
 
 
 def _render(cluster: KubeCluster, *sets: str) -> list[dict[str, Any]]:
-    args = ["template", "so", CHART, "-n", "scoring-system"]
+    args: list[str | os.PathLike[str]] = ["template", "so", CHART, "-n", "scoring-system"]
     for s in sets:
         args += ["--set", s]
     return [d for d in yaml.safe_load_all(cluster.helm(*args).stdout) if d]
@@ -29,7 +30,7 @@ def _render(cluster: KubeCluster, *sets: str) -> list[dict[str, Any]]:
     ids=["defaults", "namespaced"],
 )
 def test_helm_lint_is_clean(cluster: KubeCluster, sets: tuple[str, ...]) -> None:
-    args = ["lint", "--strict", CHART]
+    args: list[str | os.PathLike[str]] = ["lint", "--strict", CHART]
     for s in sets:
         args += ["--set", s]
     proc = cluster.helm(*args)

@@ -24,6 +24,7 @@ from tests.operator.kubehelpers import (
     apply,
     condition,
     get,
+    get_existing,
     pods_running,
     scoring_model,
     wait_for,
@@ -105,7 +106,7 @@ def test_lifecycle(cluster: KubeCluster, ns: str, operator: Operator) -> None:
                     json.dumps({"spec": {"runtime": {"workers": 3}}}))
 
     def rolled_workers() -> Any:
-        d = get(cluster, "deployment", ns, name)
+        d = get_existing(cluster, "deployment", ns, name)
         env = {e["name"]: e.get("value") for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
         return env.get("SCORING_WORKERS") == "3" and _ready(cluster, ns, name, 1, replicas=2)
 
@@ -138,14 +139,16 @@ def test_lifecycle(cluster: KubeCluster, ns: str, operator: Operator) -> None:
     # -- drift: an edited Service is put back; deleted children are recreated ------------------------
     cluster.kubectl("patch", "service", name, "-n", ns, "--type=json", "-p",
                     json.dumps([{"op": "replace", "path": "/spec/ports/0/port", "value": 81}]))
-    wait_for("the Service port restored", lambda: get(cluster, "service", ns, name)["spec"]["ports"][0]["port"] == 80,
-             operator=operator)
-    old = {k: get(cluster, k, ns, name)["metadata"]["uid"] for k in ("service", "deployment")}
+    wait_for("the Service port restored",
+             lambda: get_existing(cluster, "service", ns, name)["spec"]["ports"][0]["port"] == 80, operator=operator)
+    old = {k: get_existing(cluster, k, ns, name)["metadata"]["uid"] for k in ("service", "deployment")}
     cluster.kubectl("delete", "service", name, "-n", ns)
     cluster.kubectl("delete", "deployment", name, "-n", ns)
     for kind in ("service", "deployment"):
-        wait_for(f"the {kind} recreated", lambda k=kind: (get(cluster, k, ns, name) or {}).get(
-            "metadata", {}).get("uid") not in (None, old[k]), operator=operator)
+        def recreated(k: str = kind) -> bool:
+            return (get(cluster, k, ns, name) or {}).get("metadata", {}).get("uid") not in (None, old[k])
+
+        wait_for(f"the {kind} recreated", recreated, operator=operator)
     wait_for("Ready again", lambda: _ready(cluster, ns, name, 1), operator=operator)
 
     # -- deletion: the finalizer is released and the children are garbage-collected ----------------
@@ -174,7 +177,7 @@ def test_switch_to_autoscaling_keeps_the_replicas(cluster: KubeCluster, ns: str,
     wait_for("the HPA", switched, interval=0.1, operator=operator)
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:  # and a little after: the reset would show up right after the apply
-        seen.append(get(cluster, "deployment", ns, name)["spec"]["replicas"])
+        seen.append(get_existing(cluster, "deployment", ns, name)["spec"]["replicas"])
     assert min(seen) >= 3, f"spec.replicas dropped during the switch: {seen}"
     wait_for("Ready under the HPA", lambda: _ready(cluster, ns, name, 1, replicas=3), operator=operator)
     events = cluster.kubectl_json("get", "events", "-n", ns, "--field-selector",
@@ -336,8 +339,8 @@ def test_examples_become_ready(cluster: KubeCluster, ns: str, operator: Operator
     faq = wait_for("the FAQ model Ready with 2 replicas", lambda: _ready(cluster, ns, "faq-matching", 1, replicas=2),
                    timeout=90, operator=operator)
     assert faq["status"]["endpoint"] == f"http://faq-matching.{ns}.svc:80"
-    volumes = {v["name"]: v for v in get(cluster, "deployment", ns, "faq-matching")["spec"]["template"]["spec"][
-        "volumes"]}
+    volumes = {v["name"]: v for v in get_existing(cluster, "deployment", ns, "faq-matching")["spec"]["template"][
+        "spec"]["volumes"]}
     assert volumes["api-key"]["secret"]["secretName"] == "faq-matching-api-key"
 
 
@@ -396,7 +399,9 @@ def _can_i_list(cluster: KubeCluster, kubeconfig: Path, namespace: str) -> dict[
         if not line.strip() or line.startswith(" "):
             continue  # non-resource URLs
         resource = line.split()[0]
-        verbs = set(re.search(r"\[([^\]]*)\]\s*$", line).group(1).split())
+        verbs_match = re.search(r"\[([^\]]*)\]\s*$", line)
+        assert verbs_match is not None, line
+        verbs = set(verbs_match.group(1).split())
         rules.setdefault(resource, set()).update(verbs)
     return {r: v for r, v in rules.items() if r not in _BUILTIN}
 

@@ -80,6 +80,7 @@ def test_without_the_gateway_api_the_model_serves_and_says_why_then_recovers(
             st = wait_for("the missing Gateway API in the status", lambda: (s := _status(cluster, ns, "routed"))
                           and condition({"status": s}, "Deployed").get("reason") == "GatewayAPINotInstalled" and s,
                           operator=op)
+            assert isinstance(st, dict)  # the lambda returns `s` when truthy
             deployed = condition({"status": st}, "Deployed")
             assert deployed["status"] == "False"
             assert "needs the Gateway API CRDs" in deployed["message"]
@@ -102,6 +103,7 @@ def test_without_the_gateway_api_the_model_serves_and_says_why_then_recovers(
             cluster.install_gateway_api_crds()
             st = wait_for("the HTTPRoute once the CRDs exist (retried, no restart)", lambda: (
                 s := _status(cluster, ns, "routed")).get("phase") == "Ready" and s, timeout=90, operator=op)
+            assert isinstance(st, dict)  # the lambda returns `s` when truthy
             assert st["url"] == f"https://{HOST}"
             route = get(cluster, "httproute", ns, "routed")
             assert route is not None and route["spec"]["hostnames"] == [HOST]
@@ -173,6 +175,7 @@ def test_operator_exposes_repairs_switches_and_removes(cluster: KubeCluster, gw_
         "className": "nginx", "host": HOST, "tlsSecretName": "faq-tls", "annotations": CERT_MANAGER}}))
     st = wait_for("Ready with the Ingress URL", lambda: (s := _status(cluster, ns, "faq")).get("url") and
                   s.get("phase") == "Ready" and s, operator=op)
+    assert isinstance(st, dict)  # the lambda returns `s` when truthy
     assert st["url"] == f"https://{HOST}"
     ing = get(cluster, "ingress", ns, "faq")
     assert ing is not None
@@ -222,6 +225,7 @@ def test_a_route_of_someone_else_is_not_taken(cluster: KubeCluster, gw_operator:
     apply(cluster, scoring_model("taken", ns, {"name": "faq", "version": 1}, exposure={"httpRoute": ROUTE}))
     st = wait_for("the conflict in the status", lambda: (s := _status(cluster, ns, "taken")) and condition(
         {"status": s}, "Deployed").get("reason") == "ChildConflict" and s, operator=op)
+    assert isinstance(st, dict)  # the lambda returns `s` when truthy
     assert "HTTPRoute" in condition({"status": st}, "Deployed")["message"]
     assert "url" not in st
     route = get(cluster, "httproute", ns, "taken")
@@ -237,8 +241,10 @@ def test_exposure_examples_get_their_urls(cluster: KubeCluster, gw_operator: Ope
     for f in ("exposure-ingress.yaml", "exposure-http-route.yaml"):
         cluster.kubectl("apply", "--server-side", "-n", model_ns, "-f", examples / f)
     for name, url in (("faq-public", "https://faq.example.com"), ("faq-gateway", "https://models.example.com/faq")):
-        wait_for(f"{name} Ready at {url}", lambda n=name, u=url: (s := _status(cluster, model_ns, n)).get("url") == u
-                 and s.get("phase") == "Ready", operator=gw_operator)
+        def ready_at(n: str = name, u: str = url) -> bool:
+            return (s := _status(cluster, model_ns, n)).get("url") == u and s.get("phase") == "Ready"
+
+        wait_for(f"{name} Ready at {url}", ready_at, operator=gw_operator)
         assert url in (examples / ("exposure-ingress.yaml" if name == "faq-public" else "exposure-http-route.yaml")
                        ).read_text()
     assert get(cluster, "ingress", model_ns, "faq-public") is not None

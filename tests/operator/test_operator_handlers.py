@@ -8,6 +8,7 @@ to debug than the subprocess end-to-end tests, and they pin behaviour those cann
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import os
 import shutil
@@ -25,7 +26,16 @@ from scoring_operator.kube import Kube
 from scoring_operator.reconcile import Reconciler
 from scoring_runtime.registry import LocalFileRegistry
 from tests.kube.controlplane import KubeCluster, namespace_name_for
-from tests.operator.kubehelpers import CHART, apply, condition, get, registry_claim, scoring_model, wait_for
+from tests.operator.kubehelpers import (
+    CHART,
+    apply,
+    condition,
+    get,
+    get_existing,
+    registry_claim,
+    scoring_model,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.cluster]
 
@@ -140,7 +150,7 @@ def test_idle_is_quiet_and_one_registry_read_serves_every_tracker(
         manifest["spec"]["model"]["pollInterval"] = interval
         apply(cluster, manifest)
     for name in names:
-        wait_for(f"{name} Ready", lambda n=name: _ready(cluster, ns, n, 1))
+        wait_for(f"{name} Ready", functools.partial(_ready, cluster, ns, name, 1))
     time.sleep(1.5)  # the last Deployment events settle
     calls, reads, polls = inproc.calls(), inproc.rec.resolver.reads, _reconciles(inproc.rec, "poll")
     idle = 4 * interval + 1
@@ -164,7 +174,7 @@ def test_drift_is_repaired_on_the_watch_event_not_the_next_poll(
                     '{"metadata": {"labels": {"scoring.dev/model": "someone-else"}}}')
     wait_for("the Service label restored", lambda: (get(cluster, "service", ns, "drifty") or {})["metadata"]["labels"][
         "scoring.dev/model"] == "drifty", timeout=15)
-    old = get(cluster, "deployment", ns, "drifty")["metadata"]["uid"]
+    old = get_existing(cluster, "deployment", ns, "drifty")["metadata"]["uid"]
     cluster.kubectl("delete", "deployment", "drifty", "-n", ns)
     wait_for("the Deployment recreated", lambda: (get(cluster, "deployment", ns, "drifty") or {}).get(
         "metadata", {}).get("uid") not in (None, old), timeout=15)
@@ -179,10 +189,10 @@ def test_a_label_move_wakes_every_tracker_at_once(inproc: InProcess, cluster: Ku
         manifest["spec"]["model"]["pollInterval"] = 5 if i == 0 else 600  # only m0 polls in time
     apply(cluster, *manifests)
     for name in names:
-        wait_for(f"{name} Ready", lambda n=name: _ready(cluster, ns, n, 1))
+        wait_for(f"{name} Ready", functools.partial(_ready, cluster, ns, name, 1))
     inproc.register(model)
     for name in names:  # the 600 s pollers roll as soon as m0's poll sees the new answer
-        wait_for(f"{name} on version 2", lambda n=name: _ready(cluster, ns, n, 2), timeout=30)
+        wait_for(f"{name} on version 2", functools.partial(_ready, cluster, ns, name, 2), timeout=30)
 
 
 def test_a_label_move_in_a_local_registry_rolls_well_within_the_poll_interval(
@@ -197,7 +207,7 @@ def test_a_label_move_in_a_local_registry_rolls_well_within_the_poll_interval(
         manifest["spec"]["model"]["pollInterval"] = 600
     apply(cluster, *manifests)
     for name in names:
-        wait_for(f"{name} Ready", lambda n=name: _ready(cluster, ns, n, 1))
+        wait_for(f"{name} Ready", functools.partial(_ready, cluster, ns, name, 1))
     reads = inproc.rec.resolver.reads
     moved = time.monotonic()
     inproc.register(model)
@@ -215,7 +225,7 @@ def test_a_label_move_in_a_local_registry_rolls_well_within_the_poll_interval(
     assert max(applied.values()) < 10, applied  # 600 s pollers: only the watch can explain this
     assert inproc.rec.resolver.reads - reads <= 3, "the move was read once, not once per tracker"
     for name in names:
-        wait_for(f"{name} Ready on version 2", lambda n=name: _ready(cluster, ns, n, 2), timeout=30)
+        wait_for(f"{name} Ready on version 2", functools.partial(_ready, cluster, ns, name, 2), timeout=30)
 
 
 def test_registry_outage_backs_off_without_reapplying_and_recovers(

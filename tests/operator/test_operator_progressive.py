@@ -29,6 +29,7 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 def test_rollout_defaults_and_rules() -> None:
     spec = make_spec(rollout={"strategy": "Canary"})
     assert spec.strategy == "Canary"
+    assert spec.rollout is not None
     assert [(s.weight, s.pause_seconds) for s in spec.rollout.effective_steps] == [(10, 60), (50, 60), (100, 0)]
     assert make_spec().strategy == "RollingUpdate"
     with pytest.raises(ValidationError, match="increase strictly"):
@@ -155,6 +156,17 @@ def failed() -> Any:
     return judge(numbers(50, 25, 5), numbers(200, 0, 5), AnalysisSpec(min_requests=10))
 
 
+def status_of(d: Decision) -> dict[str, Any]:
+    """`d.status`, which the decisions these tests index always carry."""
+    assert d.status is not None
+    return d.status
+
+
+def candidate_of(d: Decision) -> Track:
+    assert d.candidate is not None
+    return d.candidate
+
+
 def step(spec: Any, old: dict[str, Any] | None, now: datetime, **kw: Any) -> Decision:
     base: dict[str, Any] = {"spec": spec, "generation": 3, "target": 2, "stable": 1, "old": old, "now": now}
     base.update(kw)
@@ -166,34 +178,34 @@ def test_canary_walks_its_steps_then_promotes_and_removes_the_old_deployment() -
     d = step(spec, None, T0)
     assert d.stable_version == 1 and d.candidate == Track("canary", 2, 1)
     assert d.stable_replicas == 5  # full capacity until the canary pods serve
-    assert d.status["phase"] == "Progressing" and d.status["step"] == 1 and d.status["weight"] == 20
+    assert status_of(d)["phase"] == "Progressing" and status_of(d)["step"] == 1 and status_of(d)["weight"] == 20
     assert not d.analyse
     assert events(None, d.status)[0][1] == "CanaryStarted"
 
     d = step(spec, d.status, T0 + timedelta(seconds=10), candidate_available=True)
-    assert (d.stable_replicas, d.candidate.replicas) == (4, 1) and d.status["effectiveWeight"] == 20.0
+    assert (d.stable_replicas, candidate_of(d).replicas) == (4, 1) and status_of(d)["effectiveWeight"] == 20.0
     assert d.analyse
     # The pause is not over: a passed analysis is counted, the step holds.
     d = step(spec, d.status, T0 + timedelta(seconds=15), candidate_available=True, judgement=passed())
-    assert d.status["step"] == 1 and d.status["passedAnalyses"] == 1
-    assert d.status["lastAnalysis"]["verdict"] == "Passed"
+    assert status_of(d)["step"] == 1 and status_of(d)["passedAnalyses"] == 1
+    assert status_of(d)["lastAnalysis"]["verdict"] == "Passed"
     assert d.recheck is not None and d.recheck <= 5
     d = step(spec, d.status, T0 + timedelta(seconds=31), candidate_available=True)
-    assert d.status["step"] == 2 and d.status["weight"] == 60 and d.status["passedAnalyses"] == 0
-    assert (d.stable_replicas, d.candidate.replicas) == (2, 3)
+    assert status_of(d)["step"] == 2 and status_of(d)["weight"] == 60 and status_of(d)["passedAnalyses"] == 0
+    assert (d.stable_replicas, candidate_of(d).replicas) == (2, 3)
     assert events({"phase": "Progressing", "candidateVersion": 2, "step": 1}, d.status)[0][1] == "CanaryStepAdvanced"
     # No verdict in this step yet: the pause alone does not advance it.
     d = step(spec, d.status, T0 + timedelta(seconds=70), candidate_available=True)
-    assert d.status["step"] == 2
+    assert status_of(d)["step"] == 2
     d = step(spec, d.status, T0 + timedelta(seconds=75), candidate_available=True, judgement=passed())
     # The next step is 100%: promotion. The stable Deployment takes version 2; the canary stays until done.
-    assert d.status["phase"] == "Promoting" and d.stable_version == 2 and d.candidate is not None
+    assert status_of(d)["phase"] == "Promoting" and d.stable_version == 2 and d.candidate is not None
     assert d.stable_replicas is None
     # status.model now says 2 (stable): the next reconciles keep the canary until the stable rollout is done.
     d = step(spec, d.status, T0 + timedelta(seconds=80), stable=2, stable_done=False)
-    assert d.status["phase"] == "Promoting" and d.candidate == Track("canary", 2, 3)
+    assert status_of(d)["phase"] == "Promoting" and d.candidate == Track("canary", 2, 3)
     d = step(spec, d.status, T0 + timedelta(seconds=90), stable=2, stable_done=True)
-    assert d.status["phase"] == "Promoted" and d.candidate is None and d.stable_version == 2
+    assert status_of(d)["phase"] == "Promoted" and d.candidate is None and d.stable_version == 2
     assert events({"phase": "Promoting", "candidateVersion": 2, "step": 2}, d.status)[0][1] == "CanaryPromoted"
 
 
@@ -201,15 +213,15 @@ def test_failed_analysis_rolls_back_and_stays_rolled_back_until_the_spec_changes
     spec = canary_spec()
     d = step(spec, None, T0)
     d = step(spec, d.status, T0 + timedelta(seconds=10), candidate_available=True, judgement=failed())
-    assert d.status["phase"] == "RolledBack" and d.status["reason"] == "AnalysisFailed"
-    assert "error rate 50.0%" in d.status["message"]
+    assert status_of(d)["phase"] == "RolledBack" and status_of(d)["reason"] == "AnalysisFailed"
+    assert "error rate 50.0%" in status_of(d)["message"]
     assert d.candidate is None and d.stable_version == 1 and d.stable_replicas is None
     assert events({"phase": "Progressing", "candidateVersion": 2, "step": 1}, d.status)[0][:2] == (
         "Warning", "CanaryRolledBack")
     again = step(spec, d.status, T0 + timedelta(seconds=60))
     assert again.candidate is None and again.status == d.status
     retried = step(spec, d.status, T0 + timedelta(seconds=60), generation=4)
-    assert retried.candidate is not None and retried.status["phase"] == "Progressing"
+    assert retried.candidate is not None and status_of(retried)["phase"] == "Progressing"
     newer = step(spec, d.status, T0 + timedelta(seconds=60), target=3)
     assert newer.candidate == Track("canary", 3, 1)
 
@@ -218,19 +230,19 @@ def test_failure_limit_tolerates_single_failures() -> None:
     spec = canary_spec(analysis={"intervalSeconds": 5, "minRequests": 10, "failureLimit": 2})
     d = step(spec, None, T0)
     d = step(spec, d.status, T0 + timedelta(seconds=10), candidate_available=True, judgement=failed())
-    assert d.status["phase"] == "Progressing" and d.status["failedAnalyses"] == 1
+    assert status_of(d)["phase"] == "Progressing" and status_of(d)["failedAnalyses"] == 1
     d = step(spec, d.status, T0 + timedelta(seconds=15), candidate_available=True, judgement=failed())
-    assert d.status["phase"] == "RolledBack"
+    assert status_of(d)["phase"] == "RolledBack"
 
 
 def test_manual_promote_and_abort_are_keyed_by_version() -> None:
     d = step(canary_spec(), None, T0)
     aborted = step(canary_spec(abortVersion=2), d.status, T0 + timedelta(seconds=1))
-    assert aborted.status["phase"] == "RolledBack" and aborted.status["reason"] == "Aborted"
+    assert status_of(aborted)["phase"] == "RolledBack" and status_of(aborted)["reason"] == "Aborted"
     promoted = step(canary_spec(promoteVersion=2), d.status, T0 + timedelta(seconds=1))
-    assert promoted.status["phase"] == "Promoting" and promoted.stable_version == 2
+    assert status_of(promoted)["phase"] == "Promoting" and promoted.stable_version == 2
     stale = step(canary_spec(abortVersion=1, promoteVersion=7), d.status, T0 + timedelta(seconds=1))
-    assert stale.status["phase"] == "Progressing"  # left in Git for other versions: harmless
+    assert status_of(stale)["phase"] == "Progressing"  # left in Git for other versions: harmless
 
 
 def test_no_canary_on_first_deployment_or_plain_rolling_update() -> None:
@@ -243,7 +255,8 @@ def test_no_canary_on_first_deployment_or_plain_rolling_update() -> None:
 def test_version_moved_back_to_stable_ends_the_canary() -> None:
     d = step(canary_spec(), None, T0)
     back = step(canary_spec(), d.status, T0 + timedelta(seconds=5), target=1)
-    assert back.candidate is None and back.status["phase"] == "RolledBack" and back.status["reason"] == "Superseded"
+    assert (back.candidate is None and status_of(back)["phase"] == "RolledBack"
+            and status_of(back)["reason"] == "Superseded")
 
 
 def test_shadow_runs_beside_full_stable_and_promotes_after_its_duration() -> None:
@@ -252,9 +265,9 @@ def test_shadow_runs_beside_full_stable_and_promotes_after_its_duration() -> Non
     d = step(spec, None, T0)
     assert d.candidate == Track("shadow", 2, 1) and d.stable_replicas is None and d.shadow_percent == 25
     d = step(spec, d.status, T0 + timedelta(seconds=30), candidate_available=True, judgement=passed())
-    assert d.status["phase"] == "Progressing" and d.shadow_percent == 25
+    assert status_of(d)["phase"] == "Progressing" and d.shadow_percent == 25
     d = step(spec, d.status, T0 + timedelta(seconds=61), candidate_available=True)
-    assert d.status["phase"] == "Promoting" and d.stable_version == 2
+    assert status_of(d)["phase"] == "Promoting" and d.stable_version == 2
     assert d.candidate is None and d.shadow_percent == 0  # stop copying; the stable pods take the version
 
 
@@ -382,7 +395,7 @@ def test_a_candidate_that_never_starts_is_rolled_back_after_its_progress_deadlin
     spec = canary_spec()
     d = step(spec, None, T0)
     waiting = step(spec, d.status, T0 + timedelta(seconds=30), candidate_problem=(False, "fetch failed: sha256"))
-    assert waiting.candidate is not None and "fetch failed: sha256" in waiting.status["message"]
+    assert waiting.candidate is not None and "fetch failed: sha256" in status_of(waiting)["message"]
     stalled = step(spec, d.status, T0 + timedelta(seconds=700), candidate_problem=(True, "deadline exceeded"))
-    assert stalled.status["phase"] == "RolledBack" and stalled.status["reason"] == "CandidateUnavailable"
+    assert status_of(stalled)["phase"] == "RolledBack" and status_of(stalled)["reason"] == "CandidateUnavailable"
     assert stalled.candidate is None
