@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -95,11 +95,12 @@ def test_the_cache_keeps_what_reconciles_need_of_a_child() -> None:
     big = {**body, "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "x"}]}}}}
     assert trimmed(big, "Deployment")["spec"] == {"replicas": 2}, "no pod template in memory"
     assert "managedFields" not in trimmed({**body, "kind": "Service"}, "Service")["metadata"]
-    cache = IndexedChildren({
+    indices: dict[str, Any] = {  # plain dicts stand in for kopf's Index objects
         "children_deployment": {("ns", "a"): [kept]}, "children_service": {},
         "children_horizontalpodautoscaler": {}, "children_poddisruptionbudget": {}, "children_ingress": {},
         "children_httproute": {},
-    })  # type: ignore[arg-type]
+    }
+    cache = IndexedChildren(indices)
     assert cache.get("Deployment", "ns", "a") is kept
     assert cache.get("Deployment", "ns", "b") is None and cache.get("Service", "ns", "a") is None
 
@@ -148,7 +149,7 @@ def test_the_lean_diff_base_is_kopfs_essence_exactly() -> None:
     """The diff base is built without copying status and managedFields, and equals kopf's own."""
     import kopf
 
-    body = {
+    body: dict[str, Any] = {
         "apiVersion": "scoring.dev/v1alpha1", "kind": "ScoringModel",
         "metadata": {
             "name": "faq", "namespace": "ml", "uid": "u1", "generation": 3, "resourceVersion": "77",
@@ -164,12 +165,12 @@ def test_the_lean_diff_base_is_kopfs_essence_exactly() -> None:
     }
     kopfs = kopf.AnnotationsDiffBaseStorage(prefix="scoring.dev", key="last-handled-configuration")
     lean = LeanDiffBaseStorage(prefix="scoring.dev", key="last-handled-configuration")
-    expected = kopfs.build(body=kopf.Body(body))
-    built = lean.build(body=kopf.Body(body))
+    expected = kopfs.build(body=kopf.Body(cast(kopf.RawBody, body)))
+    built = lean.build(body=kopf.Body(cast(kopf.RawBody, body)))
     assert built == expected
     assert built["spec"]["replicas"] == 2 and "status" not in built
     built["spec"]["model"]["name"] = "changed"  # a copy, not the body's own dicts
     assert body["spec"]["model"]["name"] == "faq"
-    with_status = lean.build(body=kopf.Body(body), extra_fields=["status.phase"])
-    assert with_status == kopfs.build(body=kopf.Body(body), extra_fields=["status.phase"])
+    with_status = lean.build(body=kopf.Body(cast(kopf.RawBody, body)), extra_fields=["status.phase"])
+    assert with_status == kopfs.build(body=kopf.Body(cast(kopf.RawBody, body)), extra_fields=["status.phase"])
     assert with_status["status"] == {"phase": "Ready"}

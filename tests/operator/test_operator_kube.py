@@ -49,7 +49,7 @@ async def test_exec_plugin_token_is_used_and_fetched_again_once_expired(
     # Expired (the plugin said 10 minutes; pretend they passed): the next request runs it again.
     hook = conf.refresh_api_key_hook
     assert hook is not None
-    loader = hook.__closure__[0].cell_contents  # type: ignore[union-attr]
+    loader = hook.__closure__[0].cell_contents
     loader.exec_plugin_expiry = loader.exec_plugin_expiry.replace(year=2000)
     assert await conf.get_api_key_with_prefix("BearerToken") == "Bearer second-token"
     assert len(calls.read_text().split()) == 2

@@ -215,7 +215,7 @@ async def test_service_repair_keeps_allocated_node_ports(owner: Owner, config: O
 
 
 def test_with_node_ports_leaves_cluster_ip_services_alone() -> None:
-    svc = {"kind": "Service", "spec": {"type": "ClusterIP", "ports": [{"name": "http", "port": 80}]}}
+    svc: dict[str, Any] = {"kind": "Service", "spec": {"type": "ClusterIP", "ports": [{"name": "http", "port": 80}]}}
     live = {"spec": {"ports": [{"name": "http", "port": 81, "nodePort": 30080}]}}
     assert with_node_ports(svc, live) == svc
     assert with_node_ports({**svc, "spec": {**svc["spec"], "type": "LoadBalancer"}}, live)["spec"]["ports"] == [

@@ -320,7 +320,7 @@ def test_a_label_move_with_a_cap_of_one_rolls_the_models_one_after_another(
         [cluster.tool("kubectl"), "--kubeconfig", str(cluster.kubeconfig), "get", "scoringmodels", "-n", ns,
          "--watch", "--request-timeout=0", "-o", f"jsonpath={template}"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=cluster._tool_env())
-    reasons: set[tuple[str, str]] = set()
+    reasons: set[tuple[str, ...]] = set()
     reader = threading.Thread(target=lambda: reasons.update(
         tuple([*line.split(), "", ""][:2]) for line in watch.stdout or ()), daemon=True)
     reader.start()
@@ -383,7 +383,9 @@ async def test_a_waiter_woken_for_a_free_slot_reconciles_without_the_wake_deboun
     rec = Rec()
     assert rec.slots.acquire(("ml", "other")) and not rec.slots.acquire(key)  # m0 waits for a slot
     raw = {"metadata": {"name": "m0", "namespace": "ml"}, "spec": {"model": {"pollInterval": 600}}}
-    task = asyncio.ensure_future(handlers.poll(body=kopf.Body(cast(Any, raw)), memo=cast(Any, types.SimpleNamespace(
+    # kopf.daemon types the handler it returns as its generic DaemonFn (every kwarg required), not as `poll`:
+    task = asyncio.ensure_future(handlers.poll(  # type: ignore[call-overload, call-arg]
+        body=kopf.Body(cast(Any, raw)), memo=cast(Any, types.SimpleNamespace(
         reconciler=rec)), stopped=cast(Any, aioenums.AsyncFlagWaiter(setter))))
     await asyncio.sleep(0.05)
     started = time.monotonic()

@@ -109,7 +109,7 @@ def test_model_not_found_without_anything_deployed_fails() -> None:
     err = Failure("ModelNotFound", "model 'faq' not found in registry file:///r")
     st = compute_status({}, Observation(1, resolve_error=err, endpoint=ENDPOINT), T0)
     assert st["phase"] == "Failed"
-    assert condition(st, "ModelResolved") | {"lastTransitionTime": None} == {
+    assert dict(condition(st, "ModelResolved")) | {"lastTransitionTime": None} == {
         "type": "ModelResolved", "status": "False", "reason": "ModelNotFound",
         "message": "model 'faq' not found in registry file:///r", "lastTransitionTime": None, "observedGeneration": 1,
     }
