@@ -44,7 +44,7 @@ class LoopbackTransport(RequestsTransport):
         super().__init__(**kwargs)
         self.port = port
 
-    def send(self, request: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def send(self, request: Any, **kwargs: Any) -> Any:
         original = request.url
         parts = urlsplit(original)
         request.url = urlunsplit(("http", f"127.0.0.1:{self.port}", parts.path, parts.query, ""))
@@ -475,7 +475,7 @@ def _handler(fake: FakeAzure) -> type[BaseHTTPRequestHandler]:
             blobs = []
             for n in page:
                 data = store[n].data
-                md5 = base64.b64encode(store[n].md5).decode() if store[n].md5 else ""
+                md5 = base64.b64encode(digest).decode() if (digest := store[n].md5) else ""
                 blobs.append(
                     f"<Blob><Name>{escape(n)}</Name><Properties>"
                     f"<Creation-Time>{formatdate(0, usegmt=True)}</Creation-Time>"

@@ -27,7 +27,7 @@ from tests.kube.node import RealNode
 from tests.node.client import nearest_rank  # as the load generator computes its p50/p99
 from tests.node.conftest import NodeClient, install_operator, make_readable, registry_claim
 from tests.node.test_real_pods import report
-from tests.operator.kubehelpers import get, wait_for
+from tests.operator.kubehelpers import get, get_existing, wait_for
 
 pytestmark = [pytest.mark.node, pytest.mark.cluster, pytest.mark.slow]
 
@@ -190,7 +190,7 @@ def test_replica_weighted_canary_gets_its_share_of_requests(env: Env) -> None:
     assert (ro["phase"], ro["stableVersion"], ro["candidateVersion"], ro["step"], ro["weight"]) == (
         "Progressing", 1, 2, 1, 20), ro
     assert ro["effectiveWeight"] == 20.0 and ro["candidateReplicas"] == 1, ro
-    assert get(env.cluster, "deployment", env.ns, "split")["spec"]["replicas"] == 4
+    assert get_existing(env.cluster, "deployment", env.ns, "split")["spec"]["replicas"] == 4
 
     stats = env.client.start_load(url(env, "split"), BODY, {}, concurrency=4, requests=1000).wait(timeout=300)
     share = stats["versions"].get("2", 0) / stats["requests"]
@@ -327,7 +327,7 @@ def test_shadow_runs_beside_stable_and_is_configured_without_restarting_stable_p
     assert shadow_pod["metadata"]["annotations"]["scoring.dev/model-version"] == "4"
     assert endpoints(env, "shadowed") == 2, "the main Service must not select the shadow"
     expected = {"url": f"http://shadowed-shadow.{env.ns}.svc:80", "percent": 40}
-    cm = get(env.cluster, "configmap", env.ns, "shadowed-shadow")
+    cm = get_existing(env.cluster, "configmap", env.ns, "shadowed-shadow")
     assert json.loads(cm["data"]["shadow.json"]) == expected
 
     def file_in(pod: str) -> str:

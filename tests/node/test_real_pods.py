@@ -151,7 +151,7 @@ def expected_top3(faq: Faq) -> list[Any]:
 
 def ids_of(body: Any) -> list[Any]:
     """The ranked answer ids of a /score body (one question -> a list of matches)."""
-    matches = body.get("matches", body.get("results", body)) if isinstance(body, dict) else body
+    matches: Any = body.get("matches", body.get("results", body)) if isinstance(body, dict) else body
     if matches and isinstance(matches[0], list):
         matches = matches[0]
     return [m["id"] for m in matches]
@@ -339,7 +339,8 @@ def test_corrupt_registry_version_fails_the_init_container_and_old_pods_keep_ser
 
         def says_why() -> dict[str, Any] | None:
             sm = get(cluster, "scoringmodel", ns, "faq") or {}
-            ready = next((c for c in (sm.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), {})
+            ready: dict[str, Any] = next(
+                (c for c in (sm.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), {})
             return ready if ready.get("reason") == "ModelFetchFailed" else None
 
         ready = wait_for("status naming the failed fetch", says_why, timeout=180, interval=1)

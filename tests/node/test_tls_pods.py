@@ -138,7 +138,8 @@ def test_an_unusable_tls_pair_is_named_in_the_status(env: Env, tmp_path: Path) -
 
     def says_why() -> dict[str, Any] | None:
         sm = get(cluster, "scoringmodel", ns, name) or {}
-        ready = next((c for c in (sm.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), {})
+        ready: dict[str, Any] = next(
+            (c for c in (sm.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), {})
         return ready if ready.get("reason") == "RuntimeFailed" else None
 
     ready = wait_for("status naming the unusable certificate", says_why, timeout=240, interval=1)

@@ -136,7 +136,7 @@ def test_a_reader_never_sees_a_half_copied_version(tmp_path: Path, make_model: C
     assert reg.labels("big")["latest"] == 2
 
 
-def _register_many(root: str, src: str, n: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def _register_many(root: str, src: str, n: int, out: mp.Queue) -> None:
     reg = LocalFileRegistry(root)
     out.put([reg.register("shared", src).version for _ in range(n)])
 

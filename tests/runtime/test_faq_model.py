@@ -203,7 +203,7 @@ def test_an_original_without_rephrasings_duplicated_texts_and_long_answers() -> 
 
 def test_tiny_data_falls_back_to_the_unsupervised_scorer_and_says_so(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    originals = [{"id": i, "text": t, "answer": a} for i, (t, a) in enumerate(
+    originals: list[dict[str, Any]] = [{"id": i, "text": t, "answer": a} for i, (t, a) in enumerate(
         [("How do I reset my password?", "Use the link."), ("How do I delete my account?", "Close it."),
          ("Why was my card declined?", "Ask your bank.")])]
     dups = [{"text": "forgot my password", "original_id": 0}, {"text": "remove my account", "original_id": 1},

@@ -101,7 +101,7 @@ async def test_deep_nesting_in_tabular_data_is_a_400(tmp_path: Path) -> None:
 async def test_error_bodies_survive_text_json_cannot_carry(faq_app: Callable[..., Starlette]) -> None:
     # a non-ASCII media type is quoted back in the 415
     async with serving(faq_app()) as c:
-        r = await c.post("/score", content=b"x", headers={"content-type": b"text/\xed\xa0\x80"})
+        r = await c.post("/score", content=b"x", headers={b"content-type": b"text/\xed\xa0\x80"})
     assert r.status_code == 415 and "is not accepted" in r.json()["error"]
     # a lone surrogate (which orjson refuses) or a huge message still renders, bounded
     odd = error(400, "bad \ud800 value " + "x" * 100_000)

@@ -101,7 +101,7 @@ def test_runtime_requests_reach_azure_monitor_as_metrics_requests_and_logs(
     monkeypatch.setattr(logging.getLogger("scoring_runtime"), "propagate", False)
     monkeypatch.setattr(logging.getLogger("scoring_runtime"), "level", logging.INFO)
     # Setting .level directly skips setLevel()'s cache reset: earlier tests may have cached "INFO off".
-    logging.getLogger().manager._clear_cache()
+    logging.getLogger().manager._clear_cache()  # type: ignore[attr-defined]  # private, absent from typeshed
     settings = RuntimeSettings(model_dir=model_dir, api_key_file=key_file, warmup=False, threads=2)
     app = ScoringServer(settings, loader=lambda s: EchoScorer.load(s.model_dir, manifest, s)).build()
 

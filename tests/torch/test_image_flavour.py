@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -145,7 +146,12 @@ def test_cpu_batches_by_default_and_warms_every_batch_size_it_may_form(
     assert isinstance(d, AdaptiveBatcher) and d.config.max_batch_rows == CPU_BATCHING.max_batch_size
     seen: list[int] = []
     infer = s.infer
-    monkeypatch.setattr(s, "infer", lambda pixels, k: (seen.append(len(pixels)), infer(pixels, k))[1])
+
+    def counting(pixels: np.ndarray[Any, Any], k: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        seen.append(len(pixels))
+        return infer(pixels, k)
+
+    monkeypatch.setattr(s, "infer", counting)
     s.warmup()
     assert sorted(seen) == list(range(1, CPU_BATCHING.max_batch_size + 1))
     # an explicit batch size wins, and the warm-up follows it

@@ -174,6 +174,7 @@ class _Drifting(torch.nn.Module):
         super().__init__()
         self.conv = torch.nn.Conv2d(3, 4, 3)
         self.bn = torch.nn.BatchNorm2d(4)
+        assert self.bn.running_var is not None  # track_running_stats defaults to True
         self.bn.running_var.fill_(float("nan"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -233,7 +234,7 @@ def test_thread_settings_apply_where_the_model_runs(
             seen.append((threading.current_thread().name, torch.get_num_threads()))
             return forward(x)
 
-        scorer.module.forward = spy  # type: ignore[method-assign]
+        scorer.module.forward = spy
         pixels = np.zeros((1, 3, 224, 224), dtype=np.float32)
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(lambda _: scorer.infer(pixels, 1), range(3)))
