@@ -404,8 +404,7 @@ class Reconciler:
             out: dict[str, PodSample] = {}
             for pod in pods:
                 md = pod.get("metadata") or {}
-                if version is not None and (md.get("annotations") or {}).get(meta.ANNOTATION_MODEL_VERSION) != str(
-                        version):
+                if version is not None and _version(pod) != str(version):
                     continue
                 if md.get("deletionTimestamp") or not _pod_ready(pod):
                     continue
@@ -686,9 +685,9 @@ def _new_version(live: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> 
     return live is not None and _version(live) != _version(desired)  # a new Deployment: nothing rolls
 
 
-def _version(dep: Mapping[str, Any]) -> str | None:
-    """The model version a Deployment (desired or live) is for."""
-    return ((dep.get("metadata") or {}).get("annotations") or {}).get(meta.ANNOTATION_MODEL_VERSION)
+def _version(obj: Mapping[str, Any]) -> str | None:
+    """The model version a Deployment (desired or live) or a pod is for: its model-version annotation."""
+    return ((obj.get("metadata") or {}).get("annotations") or {}).get(meta.ANNOTATION_MODEL_VERSION)
 
 
 def _applied_key(kind: str, name: str, owner: meta.Owner) -> str:
@@ -698,10 +697,7 @@ def _applied_key(kind: str, name: str, owner: meta.Owner) -> str:
 
 def _serves(dep: Mapping[str, Any] | None, version: int) -> bool:
     """The Deployment runs `version` and all its pods are updated and available."""
-    if not dep:
-        return False
-    annotations = (dep.get("metadata") or {}).get("annotations") or {}
-    if annotations.get(meta.ANNOTATION_MODEL_VERSION) != str(version):
+    if not dep or _version(dep) != str(version):
         return False
     return evaluate_rollout(dep).state == "Complete"
 
@@ -725,7 +721,7 @@ def _rollout_view(dep: Mapping[str, Any]) -> tuple[Any, ...]:
     status = dep.get("status") or {}
     conditions = tuple((c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or [])
     return (metadata.get("uid"), metadata.get("generation"), metadata.get("deletionTimestamp"),
-            (metadata.get("annotations") or {}).get(meta.ANNOTATION_MODEL_VERSION),
+            _version(dep),
             (dep.get("spec") or {}).get("replicas"), _replica_counts(dep), conditions)
 
 

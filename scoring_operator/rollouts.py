@@ -51,11 +51,7 @@ class RolloutSlots:
             return True
         self._expire()
         free = self.limit - len(self._holders)
-        ahead = 0
-        for waiter in self._waiting:
-            if waiter == key:
-                break
-            ahead += 1
+        ahead = self.position(key) - 1 if key in self._waiting else len(self._waiting)
         if ahead < free:
             self._waiting.pop(key, None)
             self._holders[key] = self._clock()
