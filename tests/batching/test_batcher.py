@@ -162,6 +162,23 @@ async def test_a_lone_request_after_a_quiet_spell_is_not_held() -> None:
     await b.stop()
 
 
+async def four_closed_loop_clients(b: AdaptiveBatcher[Any, Any], rounds: int, writing_s: float = 0.0) -> float:
+    """4 clients, each sending its next 1-row request once it has its answer (each answer checked);
+    `writing_s` of the loop's own time per answer (rendering and writing it: nobody else runs). Seconds taken."""
+
+    async def client(n: int) -> None:
+        for i in range(rounds):
+            r = await b.submit(job(1, base=100 * n + i))
+            assert int(r[0]) == 3 * (100 * n + i) + 1
+            if writing_s:
+                time.sleep(writing_s)
+            await asyncio.sleep(0.001)  # the network round trip before the next request
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(client(n) for n in range(4)))
+    return time.monotonic() - t0
+
+
 async def test_closed_loop_clients_all_back_do_not_wait_for_rows_that_cannot_come() -> None:
     # 4 closed-loop clients, batches of up to 32 rows, a long max_delay. Once the batcher has seen the
     # clients come back after their answers, a batch goes as soon as all 4 are queued again, instead of
@@ -169,16 +186,7 @@ async def test_closed_loop_clients_all_back_do_not_wait_for_rows_that_cannot_com
     model = RowModel(delay_s=0.01)
     b = await started(model, max_batch_rows=32, max_delay_s=0.2, max_queue_rows=256)
     rounds = 12
-
-    async def client(n: int) -> None:
-        for i in range(rounds):
-            r = await b.submit(job(1, base=100 * n + i))
-            assert int(r[0]) == 3 * (100 * n + i) + 1
-            await asyncio.sleep(0.001)  # the network round trip before the next request
-
-    t0 = time.monotonic()
-    await asyncio.gather(*(client(n) for n in range(4)))
-    elapsed = time.monotonic() - t0
+    elapsed = await four_closed_loop_clients(b, rounds)
     await b.stop()
     full = [sum(batch) for batch in model.batches]
     assert full.count(4) >= rounds - 3, f"the clients were not batched together: {full}"
@@ -195,17 +203,7 @@ async def test_returns_are_counted_from_when_the_answers_are_written() -> None:
     model = RowModel(delay_s=0.01)
     b = await started(model, max_batch_rows=32, max_delay_s=0.2, max_queue_rows=256)
     rounds = 12
-
-    async def client(n: int) -> None:
-        for i in range(rounds):
-            r = await b.submit(job(1, base=100 * n + i))
-            assert int(r[0]) == 3 * (100 * n + i) + 1
-            time.sleep(0.004)  # rendering and writing the answer: the loop's own time, nobody else runs
-            await asyncio.sleep(0.001)  # the network round trip before the next request
-
-    t0 = time.monotonic()
-    await asyncio.gather(*(client(n) for n in range(4)))
-    elapsed = time.monotonic() - t0
+    elapsed = await four_closed_loop_clients(b, rounds, writing_s=0.004)
     await b.stop()
     full = [sum(batch) for batch in model.batches]
     assert full.count(4) >= rounds - 3, f"the clients were not batched together: {full}"

@@ -19,7 +19,7 @@ from scoring_operator import spec as api
 from scoring_operator.builders.meta import ANNOTATION_MODEL_VERSION, Owner, owner_reference
 from scoring_operator.builders.status import Resolved
 from scoring_operator.config import ConfigError, OperatorConfig
-from scoring_operator.reconcile import ROLLOUT_STALL, Reconciler
+from scoring_operator.reconcile import ROLLOUT_STALL, EventSink, Reconciler
 from scoring_operator.rollouts import RolloutSlots
 from tests.kube.controlplane import KubeCluster
 from tests.operator.conftest import delete_scoring_models
@@ -163,15 +163,26 @@ def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
 
 
+def owners_of(n: int) -> list[Owner]:
+    return [Owner(name=f"m{i}", namespace="ml", uid=f"uid-{i}") for i in range(n)]
+
+
+def capped_at_one(config: OperatorConfig, kube: ManyKube, resolver: LabelResolver,
+                  post_event: EventSink = lambda *a: None) -> Reconciler:
+    """The reconciler with a cap of one rollout at a time."""
+    return Reconciler(config.with_overrides(max_concurrent_rollouts=1), cast(Any, kube), cast(Any, resolver),
+                      post_event)
+
+
 async def test_a_label_move_rolls_at_most_the_cap_at_once_and_the_rest_say_they_wait(
     config: OperatorConfig,
 ) -> None:
-    owners = [Owner(name=f"m{i}", namespace="ml", uid=f"uid-{i}") for i in range(3)]
+    owners = owners_of(3)
     kube = ManyKube(owners, version=1)
     resolver = LabelResolver(version=1)
     events: list[tuple[str, str, str]] = []
-    rec = Reconciler(config.with_overrides(max_concurrent_rollouts=1), cast(Any, kube), cast(Any, resolver),
-                     lambda _body, etype, reason, message: events.append((_body["metadata"]["name"], etype, reason)))
+    rec = capped_at_one(config, kube, resolver, lambda _body, etype, reason, message: events.append(
+        (_body["metadata"]["name"], etype, reason)))
     clock = Clock()
     rec.slots = RolloutSlots(1, ROLLOUT_STALL, clock=clock)
     for o in owners:  # all serve version 1: no rollout, no slot taken
@@ -225,11 +236,9 @@ async def test_a_label_move_rolls_at_most_the_cap_at_once_and_the_rest_say_they_
 
 
 async def test_a_deleted_holder_frees_its_slot(config: OperatorConfig) -> None:
-    owners = [Owner(name=f"m{i}", namespace="ml", uid=f"uid-{i}") for i in range(2)]
+    owners = owners_of(2)
     kube = ManyKube(owners, version=1)
-    resolver = LabelResolver(version=2)
-    rec = Reconciler(config.with_overrides(max_concurrent_rollouts=1), cast(Any, kube), cast(Any, resolver),
-                     lambda *a: None)
+    rec = capped_at_one(config, kube, LabelResolver(version=2))
     for o in owners:
         await rec.reconcile(body(o, {}))
     assert kube.applied_deployments() == ["m0"]
@@ -241,7 +250,7 @@ async def test_a_deleted_holder_frees_its_slot(config: OperatorConfig) -> None:
 
 async def test_new_models_are_not_held_back(config: OperatorConfig) -> None:
     """The cap is for rollouts of an existing Deployment; creating a model's first Deployment is not one."""
-    owners = [Owner(name=f"m{i}", namespace="ml", uid=f"uid-{i}") for i in range(3)]
+    owners = owners_of(3)
     kube = ManyKube([], version=1)
     kube.deployments = {}
     original = kube.apply
@@ -253,8 +262,7 @@ async def test_new_models_are_not_held_back(config: OperatorConfig) -> None:
 
     kube.apply = apply  # type: ignore[method-assign]
     kube.statuses = {o.name: {} for o in owners}
-    rec = Reconciler(config.with_overrides(max_concurrent_rollouts=1), cast(Any, kube),
-                     cast(Any, LabelResolver(version=1)), lambda *a: None)
+    rec = capped_at_one(config, kube, LabelResolver(version=1))
     for o in owners:
         await rec.reconcile(body(o, {}))
     assert kube.applied_deployments() == ["m0", "m1", "m2"] and rec.slots.running == 0
@@ -262,11 +270,10 @@ async def test_new_models_are_not_held_back(config: OperatorConfig) -> None:
 
 async def test_a_waiting_model_that_no_longer_wants_a_new_version_leaves_the_line(config: OperatorConfig) -> None:
     """The label moves to 2 and back to 1 before m1's turn: m1 must not keep a place that blocks m2."""
-    owners = [Owner(name=f"m{i}", namespace="ml", uid=f"uid-{i}") for i in range(3)]
+    owners = owners_of(3)
     kube = ManyKube(owners, version=1)
     resolver = LabelResolver(version=1)
-    rec = Reconciler(config.with_overrides(max_concurrent_rollouts=1), cast(Any, kube), cast(Any, resolver),
-                     lambda *a: None)
+    rec = capped_at_one(config, kube, resolver)
     for o in owners:
         await rec.reconcile(body(o, kube.statuses[o.name]))
     resolver.version = 2
