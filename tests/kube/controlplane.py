@@ -547,11 +547,29 @@ class KubeCluster:
                      *[f"crd/{n}" for n in names], timeout=timeout + 10)
         return names
 
-    def remove_gateway_api_crds(self, *, timeout: float = 120.0) -> None:
-        """Delete the Gateway API CRDs (and so every Gateway API object) again."""
+    def remove_gateway_api_crds(self, *, timeout: float = 300.0) -> None:
+        """Delete the Gateway API CRDs (and so every Gateway API object) again, and wait until they are gone.
+
+        A CRD goes only after the apiserver's finalizer has removed its instances; under a full
+        suite's load that once took over 120 s for one CRD, so the wait is long and, if it still
+        runs out, the error names the CRDs left and their conditions.
+        """
         path = gateway_api_crds_file()
-        self.kubectl("delete", "-f", path, "--ignore-not-found", "--wait=true", f"--timeout={int(timeout)}s",
-                     timeout=timeout + 10)
+        names = [d["metadata"]["name"] for d in yaml.safe_load_all(path.read_text())
+                 if d and d.get("kind") == "CustomResourceDefinition"]
+        self.kubectl("delete", "-f", path, "--ignore-not-found", "--wait=false", timeout=60)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = self.kubectl("get", "crd", *names, "--ignore-not-found", "-o", "json", check=False)
+            items = json.loads(left.stdout or "{}").get("items", []) if left.returncode == 0 else None
+            if items == []:
+                return
+            if time.monotonic() > deadline:
+                states = [(i["metadata"]["name"], [(c.get("type"), c.get("status"), c.get("reason"))
+                                                   for c in i.get("status", {}).get("conditions", [])])
+                          for i in items or []]
+                raise ControlPlaneError(f"Gateway API CRDs still present {timeout:.0f}s after deletion: {states}")
+            time.sleep(1)
 
     def close(self) -> None:
         """Release what this object holds (overridden to stop processes)."""
