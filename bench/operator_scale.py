@@ -17,8 +17,9 @@ Phases, each timed from the apiserver's side (a `kubectl get --watch` of the Sco
    each time -> seconds until converged, with no duplicate, orphaned or missing child.
 
 Peak RSS is the operator process's VmHWM over phases 1-4. The control plane's own controllers get
-a higher client QPS (--kube-api-qps) so that they, not the operator, are not the bottleneck; the
-Service range is a /16, and kwok plays 32 pod stages at once (its default: 4).
+a higher client QPS (--kube-api-qps) so that they, not the operator, are not the bottleneck, and
+the controller-manager 20 Deployment and ReplicaSet workers (see KCM_WORKERS); the Service range
+is a /16, and kwok plays 32 pod stages at once (its default: 4).
 Results: bench/results/operator-scale.{json,md}.
 """
 
@@ -64,13 +65,20 @@ AUDIT_POLICY = {
     # Only ServiceAccounts (the operator); the harness's controllers and kwok run as admin.
     "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts"]}, {"level": "None"}],
 }
-#: Client QPS for the control plane's controllers (defaults of 20-50 would make them the bottleneck).
+#: Client QPS for the control plane's controllers (defaults of 20-50 would make them the bottleneck),
+#: and the controller-manager's Deployment and ReplicaSet workers (default 5). 20 workers, chosen
+#: by a sweep of label moves (bench/results/operator-scale.md): 5, 10, 20 and 40 took 40-49 s with
+#: about one conflict per Deployment; 100 (this harness's earlier setting) took 50-61 s, its
+#: workers re-syncing Deployments from a stale cache: 600-3,900 conflicting status writes.
+KCM_WORKERS = 20
 FAST_CLIENTS = {
-    "kube-controller-manager": ["--kube-api-qps=400", "--kube-api-burst=800", "--concurrent-deployment-syncs=100",
-                                "--concurrent-replicaset-syncs=100"],
+    "kube-controller-manager": ["--kube-api-qps=400", "--kube-api-burst=800"],
     "kube-scheduler": ["--kube-api-qps=400", "--kube-api-burst=800"],
 }
 
+
+#: --kcm-syncs: the controller-manager's Deployment and ReplicaSet workers for this run (0: KCM_WORKERS).
+KCM_SYNCS = 0
 
 #: Extra operator settings (env) for this run; empty: the defaults the chart ships.
 SETTINGS: dict[str, str] = {}
@@ -89,6 +97,9 @@ class ScaleControlPlane(ControlPlane):
 
     def _spawn(self, name: str, args: Sequence[str], *, stage: int = 2) -> _Process:
         extra = list(FAST_CLIENTS.get(name, []))
+        if name == "kube-controller-manager":
+            workers = KCM_SYNCS or KCM_WORKERS
+            extra += [f"--concurrent-deployment-syncs={workers}", f"--concurrent-replicaset-syncs={workers}"]
         if name == "kwok":
             options = self.workdir / "kwok-scale.yaml"
             options.write_text(json.dumps(KWOK_OPTIONS))
@@ -330,6 +341,8 @@ def pipeline(cp: ControlPlane, since_wall: float) -> dict[str, Any]:
 def apiserver_requests(cp: ControlPlane) -> Counter[str]:
     """All clients' requests so far by "verb resource[/subresource]" (apiserver_request_total; watches excluded).
 
+    The 409 answers (conflicts) are counted again under "409 verb resource[/subresource]".
+
     The audit log holds only the operator's; this shows what the whole cluster asked of the apiserver.
     """
     counts: Counter[str] = Counter()
@@ -342,11 +355,14 @@ def apiserver_requests(cp: ControlPlane) -> Counter[str]:
         if labels.get("verb") in ("WATCH", "CONNECT"):
             continue
         what = labels.get("resource", "") + (f"/{labels['subresource']}" if labels.get("subresource") else "")
-        counts[f"{labels.get('verb', '').lower()} {what}"] += int(float(line.rsplit(" ", 1)[1]))
+        n = int(float(line.rsplit(" ", 1)[1]))
+        counts[f"{labels.get('verb', '').lower()} {what}"] += n
+        if labels.get("code") == "409":  # conflicts (stale resourceVersion, already exists): retried work
+            counts[f"409 {labels.get('verb', '').lower()} {what}"] += n
     return counts
 
 
-def top_requests(before: Counter[str], after: Counter[str], n: int = 12) -> dict[str, int]:
+def top_requests(before: Counter[str], after: Counter[str], n: int = 16) -> dict[str, int]:
     diff = after - before
     return dict(diff.most_common(n))
 
@@ -405,6 +421,28 @@ def profile(pid: int, out_dir: str | None, phase: str) -> subprocess.Popen[bytes
                              "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def profile_apiserver(cp: ControlPlane, out_dir: str | None, phase: str, seconds: int = 45) -> threading.Thread | None:
+    """The apiserver's own CPU profile (Go pprof, `/debug/pprof/profile`) over a phase's first `seconds`.
+
+    Read it with `go tool pprof -top <file>`: it says where the apiserver, the busiest process in a
+    label move, spends its CPU (encoding, admission, field management, etcd, GC).
+    """
+    if not out_dir:
+        return None
+    out = Path(out_dir) / f"apiserver-{phase}.pprof"
+    log(f"profiling the apiserver for {seconds}s into {out}")
+
+    def fetch() -> None:
+        with out.open("wb") as f:
+            subprocess.run([cp.tool("kubectl"), "--kubeconfig", str(cp.kubeconfig), "get", "--raw",
+                            f"/debug/pprof/profile?seconds={seconds}"], stdout=f, stderr=subprocess.DEVNULL,
+                           env=cp._tool_env(), timeout=seconds + 60, check=False)
+
+    thread = threading.Thread(target=fetch, name="apiserver-pprof", daemon=True)
+    thread.start()
+    return thread
+
+
 def per_minute(counts: Counter[str], seconds: float) -> dict[str, float]:
     return {verb: round(n * 60 / seconds, 2) for verb, n in sorted(counts.items())}
 
@@ -414,11 +452,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     policy = work / "audit-policy.json"
     policy.write_text(json.dumps(AUDIT_POLICY))
     audit_log = work / "audit.log"
-    out: dict[str, Any] = {"models": args.models, "poll_interval_s": args.poll, "idle_s": args.idle}
+    out: dict[str, Any] = {"models": args.models, "poll_interval_s": args.poll, "idle_s": args.idle,
+                           "controller_manager_workers": KCM_SYNCS or KCM_WORKERS}
     nodes = max(1, -(-args.models * 2 // 250))  # room for a rollout's surge pods too
     with ScaleControlPlane(extra_apiserver_args=[
         f"--audit-policy-file={policy}", f"--audit-log-path={audit_log}", "--audit-log-format=json",
         "--max-requests-inflight=800", "--max-mutating-requests-inflight=400",
+        *(["--profiling=true"] if args.profile else []),  # the harness turns it off; the last flag wins
     ]) as cp:
         log(f"control plane up in {cp.startup_seconds:.1f}s; adding {nodes - 1} kwok nodes")
         for i in range(1, nodes):
@@ -484,11 +524,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             requests0 = apiserver_requests(cp)
             off, t0, wall0, cpus0 = audit.offset(), time.monotonic(), time.time(), cpu.now()
             profiler = profile(pid, args.profile, "label-move")
+            apiserver_profiler = profile_apiserver(cp, args.profile, "label-move")
             version = register(registry, work)
             t_ready = wait_all_ready(watch, args.models, version, 600, "label move")
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait(timeout=60)
+            if apiserver_profiler is not None:
+                apiserver_profiler.join(timeout=120)
             out["label_move"] = {
                 "all_ready_on_new_version_s": round(t_ready - t0, 1) if t_ready else None,
                 "cpu_s_by_process": CpuMeter.since(cpus0, cpu.now()),
@@ -640,7 +683,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Operator at scale", "",
         f"{r['models']} ScoringModels tracking one label (pollInterval {r['poll_interval_s']} s) on the real "
-        f"control plane with kwok nodes; {result['machine']}. Command: `{result['command']}`.", "",
+        f"control plane with kwok nodes (the controller-manager with {r.get('controller_manager_workers', 100)} "
+        f"Deployment/ReplicaSet workers); {result['machine']}. Command: `{result['command']}`.", "",
         *_conditions(result), "",
         "| target | measured | goal | met |", "|---|---|---|---|",
     ]
@@ -691,10 +735,15 @@ def main() -> None:
                         help="only the creates and the label move (no idle window, outage or kills): to iterate")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (operator log, audit log)")
     parser.add_argument("--note", default="", help="a sentence for the write-up's header (what else ran, why this run)")
-    parser.add_argument("--profile", metavar="DIR", help="py-spy the operator during the label move into DIR")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="profile the operator (py-spy) and the apiserver (pprof) in the label move into DIR")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="an operator setting for this run, e.g. MAX_CONCURRENT_RECONCILES=32 (default: none)")
+    parser.add_argument("--kcm-syncs", type=int, default=0, metavar="N",
+                        help=f"the controller-manager's Deployment/ReplicaSet workers (default: {KCM_WORKERS})")
     args = parser.parse_args()
+    global KCM_SYNCS
+    KCM_SYNCS = args.kcm_syncs
     for item in args.set:
         name, _, value = item.partition("=")
         SETTINGS[f"SCORING_OPERATOR_{name.upper()}"] = value
