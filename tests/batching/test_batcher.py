@@ -190,8 +190,9 @@ async def test_closed_loop_clients_all_back_do_not_wait_for_rows_that_cannot_com
     await b.stop()
     full = [sum(batch) for batch in model.batches]
     assert full.count(4) >= rounds - 3, f"the clients were not batched together: {full}"
-    # waiting max_delay for every batch would take rounds x 0.21 s = 2.5 s; a few waits while it learns
-    assert elapsed < 1.2, f"batches waited for rows that could not come ({elapsed:.2f} s, batches {full})"
+    # waiting max_delay for every batch takes at least rounds x 0.2 s = 2.4 s however loaded the machine;
+    # here ~0.15 s of model, and a wait or two while it learns (room for a busy machine, as below)
+    assert elapsed < 1.8, f"batches waited for rows that could not come ({elapsed:.2f} s, batches {full})"
 
 
 async def test_returns_are_counted_from_when_the_answers_are_written() -> None:
