@@ -398,10 +398,7 @@ class AdaptiveBatcher(Generic[J, R]):
                 self._fail(i, BatcherClosed("the server shut down before the model finished; retry on another replica"))
             raise
         finally:
-            self._running = False
-            self._last_event = loop.time()
-            self._batch_done(rows, time.perf_counter() - t0, self._last_event)
-        elapsed = time.perf_counter() - t0
+            elapsed = self._call_ended(rows, t0, loop)
         if self._metrics:
             self._metrics.batch_seconds.observe(elapsed)
         log.debug("batch: %d requests in %.1f ms", len(batch), elapsed * 1000)
@@ -495,13 +492,19 @@ class AdaptiveBatcher(Generic[J, R]):
             if len(results) != 1:
                 raise RuntimeError(f"the model returned {len(results)} results for a batch of 1 requests")
         finally:
-            self._running = False
-            elapsed = time.perf_counter() - t0
-            self._last_event = loop.time()
-            self._batch_done(rows, elapsed, self._last_event)
+            elapsed = self._call_ended(rows, t0, loop)
         if self._metrics:
             self._metrics.batch_seconds.observe(elapsed)
         return results[0]
+
+    def _call_ended(self, rows: int, t0: float, loop: asyncio.AbstractEventLoop) -> float:
+        """After a model call started at `t0` (perf_counter), whether it failed or not: the model is
+        free, and the next batch's rule is set from this one (`_batch_done`). The call's seconds."""
+        self._running = False
+        elapsed = time.perf_counter() - t0
+        self._last_event = loop.time()
+        self._batch_done(rows, elapsed, self._last_event)
+        return elapsed
 
     @staticmethod
     def _succeed(item: _Queued[J, R], result: R) -> None:
