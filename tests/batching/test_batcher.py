@@ -179,37 +179,28 @@ async def four_closed_loop_clients(b: AdaptiveBatcher[Any, Any], rounds: int, wr
     return time.monotonic() - t0
 
 
-async def test_closed_loop_clients_all_back_do_not_wait_for_rows_that_cannot_come() -> None:
-    # 4 closed-loop clients, batches of up to 32 rows, a long max_delay. Once the batcher has seen the
-    # clients come back after their answers, a batch goes as soon as all 4 are queued again, instead of
-    # waiting max_delay for 28 more rows that no client can send.
+@pytest.mark.parametrize("writing_s", [0.0, 0.004], ids=["answers-written-at-once", "answers-written-4ms-each"])
+async def test_closed_loop_clients_all_back_do_not_wait_for_rows_that_cannot_come(writing_s: float) -> None:
+    """4 closed-loop clients, batches of up to 32 rows, a long max_delay. Once the batcher has seen the
+    clients come back after their answers, a batch goes as soon as all 4 are queued again, instead of
+    waiting max_delay for 28 more rows that no client can send.
+
+    answers-written-4ms-each: on one core the loop writes a batch's answers one after the other once the
+    call has ended (4 ms each here, on the loop), so the last client can only come back ~16 ms after the
+    call's end, past a return window of half the call (5 ms). Counted from the call's end, the clients
+    never look closed-loop and every batch waits max_delay for company; counted from when the answers are
+    written, they do.
+    """
     model = RowModel(delay_s=0.01)
     b = await started(model, max_batch_rows=32, max_delay_s=0.2, max_queue_rows=256)
     rounds = 12
-    elapsed = await four_closed_loop_clients(b, rounds)
+    elapsed = await four_closed_loop_clients(b, rounds, writing_s=writing_s)
     await b.stop()
     full = [sum(batch) for batch in model.batches]
     assert full.count(4) >= rounds - 3, f"the clients were not batched together: {full}"
     # waiting max_delay for every batch takes at least rounds x 0.2 s = 2.4 s however loaded the machine;
-    # here ~0.15 s of model, and a wait or two while it learns (room for a busy machine, as below)
-    assert elapsed < 1.8, f"batches waited for rows that could not come ({elapsed:.2f} s, batches {full})"
-
-
-async def test_returns_are_counted_from_when_the_answers_are_written() -> None:
-    # On one core the loop writes a batch's answers one after the other once the call has ended (here
-    # 4 ms each, on the loop), so the last client can only come back ~16 ms after the call's end, past
-    # a return window of half the call (5 ms). Counted from the call's end, the clients never look
-    # closed-loop and every batch waits max_delay for company; counted from when the answers are
-    # written, they do, and a batch goes as soon as all 4 are back.
-    model = RowModel(delay_s=0.01)
-    b = await started(model, max_batch_rows=32, max_delay_s=0.2, max_queue_rows=256)
-    rounds = 12
-    elapsed = await four_closed_loop_clients(b, rounds, writing_s=0.004)
-    await b.stop()
-    full = [sum(batch) for batch in model.batches]
-    assert full.count(4) >= rounds - 3, f"the clients were not batched together: {full}"
-    # waiting max_delay for every batch takes at least rounds x 0.2 s = 2.4 s however loaded the machine;
-    # here ~0.35 s of model and writing, and a wait or two while it learns (room for a busy machine)
+    # here ~0.15 s of model (~0.35 s with the writing), and a wait or two while it learns (room for a busy
+    # machine)
     assert elapsed < 1.8, f"batches waited for rows that could not come ({elapsed:.2f} s, batches {full})"
 
 
