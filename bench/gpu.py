@@ -136,10 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             out["precisions"][prec] = {"limit": limit, "served": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu.json").write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-    batching = out["server_batching"]
+    served_with = out["server_batching"]
     md = [f"# ResNet GPU benchmark ({out['generated']}, `{out['command']}`)", "",
-          f"Server batching: max_batch_size {batching['max_batch_size']}, max_batch_delay_ms "
-          f"{batching['max_batch_delay_ms']}.", ""]
+          f"Server batching: max_batch_size {served_with['max_batch_size']}, max_batch_delay_ms "
+          f"{served_with['max_batch_delay_ms']}.", ""]
     for prec, sec in out["precisions"].items():
         lim = sec["limit"]
         md += [f"## {prec} on {lim['device']} ({lim['device_name']})", "",

@@ -70,15 +70,13 @@ AUDIT_POLICY = {
 #: by a sweep of label moves (bench/results/operator-scale.md): 5, 10, 20 and 40 took 40-49 s with
 #: about one conflict per Deployment; 100 (this harness's earlier setting) took 50-61 s, its
 #: workers re-syncing Deployments from a stale cache: 600-3,900 conflicting status writes.
+#: `--kcm-syncs N` sets it for one run.
 KCM_WORKERS = 20
 FAST_CLIENTS = {
     "kube-controller-manager": ["--kube-api-qps=400", "--kube-api-burst=800"],
     "kube-scheduler": ["--kube-api-qps=400", "--kube-api-burst=800"],
 }
 
-
-#: --kcm-syncs: the controller-manager's Deployment and ReplicaSet workers for this run (0: KCM_WORKERS).
-KCM_SYNCS = 0
 
 #: Extra operator settings (env) for this run; empty: the defaults the chart ships.
 SETTINGS: dict[str, str] = {}
@@ -98,8 +96,7 @@ class ScaleControlPlane(ControlPlane):
     def _spawn(self, name: str, args: Sequence[str], *, stage: int = 2) -> _Process:
         extra = list(FAST_CLIENTS.get(name, []))
         if name == "kube-controller-manager":
-            workers = KCM_SYNCS or KCM_WORKERS
-            extra += [f"--concurrent-deployment-syncs={workers}", f"--concurrent-replicaset-syncs={workers}"]
+            extra += [f"--concurrent-deployment-syncs={KCM_WORKERS}", f"--concurrent-replicaset-syncs={KCM_WORKERS}"]
         if name == "kwok":
             options = self.workdir / "kwok-scale.yaml"
             options.write_text(json.dumps(KWOK_OPTIONS))
@@ -355,10 +352,10 @@ def apiserver_requests(cp: ControlPlane) -> Counter[str]:
         if labels.get("verb") in ("WATCH", "CONNECT"):
             continue
         what = labels.get("resource", "") + (f"/{labels['subresource']}" if labels.get("subresource") else "")
-        n = int(float(line.rsplit(" ", 1)[1]))
-        counts[f"{labels.get('verb', '').lower()} {what}"] += n
+        key, n = f"{labels.get('verb', '').lower()} {what}", int(float(line.rsplit(" ", 1)[1]))
+        counts[key] += n
         if labels.get("code") == "409":  # conflicts (stale resourceVersion, already exists): retried work
-            counts[f"409 {labels.get('verb', '').lower()} {what}"] += n
+            counts[f"409 {key}"] += n
     return counts
 
 
@@ -453,7 +450,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     policy.write_text(json.dumps(AUDIT_POLICY))
     audit_log = work / "audit.log"
     out: dict[str, Any] = {"models": args.models, "poll_interval_s": args.poll, "idle_s": args.idle,
-                           "controller_manager_workers": KCM_SYNCS or KCM_WORKERS}
+                           "controller_manager_workers": KCM_WORKERS}
     nodes = max(1, -(-args.models * 2 // 250))  # room for a rollout's surge pods too
     with ScaleControlPlane(extra_apiserver_args=[
         f"--audit-policy-file={policy}", f"--audit-log-path={audit_log}", "--audit-log-format=json",
@@ -721,6 +718,7 @@ def stage_table(r: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
+    global KCM_WORKERS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=int, default=500)
     parser.add_argument("--poll", type=int, default=20,
@@ -739,11 +737,10 @@ def main() -> None:
                         help="profile the operator (py-spy) and the apiserver (pprof) in the label move into DIR")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="an operator setting for this run, e.g. MAX_CONCURRENT_RECONCILES=32 (default: none)")
-    parser.add_argument("--kcm-syncs", type=int, default=0, metavar="N",
+    parser.add_argument("--kcm-syncs", type=int, default=KCM_WORKERS, metavar="N",
                         help=f"the controller-manager's Deployment/ReplicaSet workers (default: {KCM_WORKERS})")
     args = parser.parse_args()
-    global KCM_SYNCS
-    KCM_SYNCS = args.kcm_syncs
+    KCM_WORKERS = args.kcm_syncs
     for item in args.set:
         name, _, value = item.partition("=")
         SETTINGS[f"SCORING_OPERATOR_{name.upper()}"] = value
