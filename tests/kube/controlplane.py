@@ -163,6 +163,12 @@ def gateway_api_crds_file() -> Path:
     return Path(lines[-1])
 
 
+def crd_names(path: Path) -> list[str]:
+    """The names of the CustomResourceDefinitions in a YAML file."""
+    return [d["metadata"]["name"] for d in yaml.safe_load_all(path.read_text())
+            if d and d.get("kind") == "CustomResourceDefinition"]
+
+
 def free_ports(count: int) -> list[int]:
     """Pick ``count`` distinct free TCP ports on 127.0.0.1 (held together so they differ)."""
     socks: list[socket.socket] = []
@@ -539,8 +545,7 @@ class KubeCluster:
         stored by the apiserver, and nothing routes traffic.
         """
         path = gateway_api_crds_file()
-        names = [d["metadata"]["name"] for d in yaml.safe_load_all(path.read_text())
-                 if d and d.get("kind") == "CustomResourceDefinition"]
+        names = crd_names(path)
         self.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=scoring-tests", "-f", path,
                      timeout=timeout)
         self.kubectl("wait", "--for=condition=Established", f"--timeout={int(timeout)}s",
@@ -555,21 +560,17 @@ class KubeCluster:
         runs out, the error names the CRDs left and their conditions.
         """
         path = gateway_api_crds_file()
-        names = [d["metadata"]["name"] for d in yaml.safe_load_all(path.read_text())
-                 if d and d.get("kind") == "CustomResourceDefinition"]
+        names = crd_names(path)
         self.kubectl("delete", "-f", path, "--ignore-not-found", "--wait=false", timeout=60)
-        deadline = time.monotonic() + timeout
-        while True:
+        gone = self.kubectl("wait", "--for=delete", f"--timeout={int(timeout)}s", *[f"crd/{n}" for n in names],
+                            check=False, timeout=timeout + 10)
+        if gone.returncode != 0:
             left = self.kubectl("get", "crd", *names, "--ignore-not-found", "-o", "json", check=False)
-            items = json.loads(left.stdout or "{}").get("items", []) if left.returncode == 0 else None
-            if items == []:
-                return
-            if time.monotonic() > deadline:
-                states = [(i["metadata"]["name"], [(c.get("type"), c.get("status"), c.get("reason"))
-                                                   for c in i.get("status", {}).get("conditions", [])])
-                          for i in items or []]
-                raise ControlPlaneError(f"Gateway API CRDs still present {timeout:.0f}s after deletion: {states}")
-            time.sleep(1)
+            states = [(i["metadata"]["name"], [(c.get("type"), c.get("status"), c.get("reason"))
+                                               for c in i.get("status", {}).get("conditions", [])])
+                      for i in json.loads(left.stdout or "{}").get("items", [])]
+            raise ControlPlaneError(f"Gateway API CRDs still present {timeout:.0f}s after deletion: {states} "
+                                    f"({gone.stderr.strip()})")
 
     def close(self) -> None:
         """Release what this object holds (overridden to stop processes)."""
